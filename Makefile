@@ -1,0 +1,35 @@
+# One command sets up everything and runs the default sweep; one sets up and runs the tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The install stamp is named after the dependency list, so a changed pyproject reinstalls
+# and an unchanged one skips the install in well under a second.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/workbench sweep experiments/digits.yaml
+
+test: setup
+	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider tests notebooks
+
+test-fast: setup
+	$(BIN)/python -m pytest --nbval-lax -m "not slow" tests notebooks
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/demo_walltime.py
+
+clean:
+	rm -rf $(VENV) experiments/runs .pytest_cache

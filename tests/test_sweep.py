@@ -1,0 +1,109 @@
+"""End-to-end sweeps: real Optuna storage, real notebooks executed by papermill."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import optuna
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_cli
+from workbench import config, notebook, report, sweep
+
+REQUIRED_COLUMNS = ["trial", "state", "bits", "int8_mode", "sparsity", "batch_size", "runtime",
+                    "threads", "accuracy", "accuracy_drop", "latency_p50_ms", "latency_p90_ms",
+                    "latency_p99_ms", "throughput_sps", "size_bytes", "speedup_vs_baseline",
+                    "feasible", "pareto"]
+
+
+def small_experiment(tmp_path: Path, **space) -> Path:
+    space = {"bits": [32, 8], "batch_size": [1, 4], "threads": 1, **space}
+    lines = ["name: tiny", "sampler: grid", "n_trials: 3", "max_accuracy_drop: 1.0",
+             "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
+             "search_space:"] + [f"  {k}: {json.dumps(v)}" for k, v in space.items()]
+    path = tmp_path / "tiny.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_cli_sweep_end_to_end_and_resume(tmp_path):
+    exp = small_experiment(tmp_path)
+    runs = tmp_path / "runs"
+    result = run_cli("sweep", str(exp), "--runs-dir", str(runs), "--quiet")
+    assert result.returncode == 0, result.stderr
+    run_dir = runs / "tiny" / "tiny"
+    assert f"run directory: {run_dir}" in result.stdout
+    assert "recommended: trial" in result.stdout
+
+    df = pd.read_csv(run_dir / "results.csv")
+    assert set(REQUIRED_COLUMNS) <= set(df.columns)
+    trials = df[df.kind == "trial"]
+    assert len(trials) == 3 and set(trials.state) == {"COMPLETE"}
+    baselines = df[df.kind == "baseline"]
+    assert set(baselines.runtime) == {"tensorflow", "onnxruntime"}
+    assert set(baselines.batch_size) == {1, 4}
+    assert (trials.speedup_vs_baseline > 0).all() and trials.pareto.any()
+    for number in trials.trial:
+        nb_dir = run_dir / "trials" / str(number)
+        metrics = json.loads((nb_dir / "metrics.json").read_text())
+        assert metrics["status"] == "complete"
+        executed = nbformat.read(nb_dir / "trial.ipynb", as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["trial"] in set(trials.trial.astype(str)) and best["reason"]
+    assert (run_dir / "pareto.png").stat().st_size > 5000
+    assert "## Recommendation" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "environment.json").read_text())["cpu"]["cores"] >= 1
+
+    # The storage is a plain Optuna study (optuna-dashboard and load_study read it).
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    assert len(study.trials) == 3 and all(t.constraints for t in study.trials)
+
+    # Same command again: the study already has n_trials, nothing new is measured.
+    again = run_cli("sweep", str(exp), "--runs-dir", str(runs), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}").trials) == 3
+    # --n-trials is the total to reach: one more.
+    more = run_cli("sweep", str(exp), "--runs-dir", str(runs), "--quiet", "--n-trials", "4")
+    assert more.returncode == 0, more.stderr
+    assert len(pd.read_csv(run_dir / "results.csv").query("kind == 'trial'")) == 4
+
+
+@pytest.mark.slow
+def test_failing_trial_is_recorded_and_sweep_continues(tmp_path, monkeypatch):
+    # A real notebook that raises for fp16, otherwise the real trial notebook.
+    nb = nbformat.read(notebook.TRIAL_NOTEBOOK, as_version=4)
+    idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(idx + 1, nbformat.v4.new_code_cell(
+        'if bits == 16:\n    raise RuntimeError("deliberate failure for fp16")'))
+    broken = tmp_path / "trial.ipynb"
+    nbformat.write(nb, broken)
+    monkeypatch.setattr(notebook, "TRIAL_NOTEBOOK", broken)
+
+    exp = config.load(small_experiment(tmp_path, bits=[32, 16, 8], batch_size=1))
+    run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
+    df = report.load_table(run_dir)
+    trials = df[df.kind == "trial"].set_index("bits")
+    assert trials.loc[16, "state"] == "FAIL"
+    assert trials.loc[16, "reason"] == "RuntimeError: deliberate failure for fp16"
+    assert Path(trials.loc[16, "notebook"]).exists()
+    assert set(trials.loc[[32, 8], "state"]) == {"COMPLETE"}
+    assert "FAIL" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_papermill_cli_runs_the_trial_notebook(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.ipynb"
+    subprocess.run([str(Path(sys.executable).parent / "papermill"), str(notebook.TRIAL_NOTEBOOK),
+                    str(out), "-p", "bits", "8", "-p", "batch_size", "2", "--cwd", str(tmp_path)],
+                   check=True, capture_output=True)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "complete"
+    assert metrics["params"]["bits"] == 8 and metrics["params"]["batch_size"] == 2

@@ -1,0 +1,104 @@
+"""The ``workbench`` command: ``sweep``, ``trial``, ``report``.
+
+A user error prints one line (``error: ...``) and exits with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from workbench import config, report, sweep
+
+    exp = config.load(args.config)
+    run_dir = sweep.run(exp, n_trials=args.n_trials, study_name=args.study, storage=args.storage,
+                        runs_dir=args.runs_dir, progress=not args.quiet)
+    _print_table(report, run_dir)
+    return 0
+
+
+def _print_table(report, run_dir: Path) -> None:
+    import pandas as pd
+
+    table = report.load_table(run_dir)[report.SUMMARY_COLUMNS]
+    with pd.option_context("display.width", 200, "display.max_columns", 30,
+                           "display.max_colwidth", 60, "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False))
+    best = json.loads((run_dir / "best.json").read_text())
+    print(f"\nrecommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
+    print(f"run directory: {run_dir}")
+
+
+def _trial(args: argparse.Namespace) -> int:
+    from workbench import notebook, trial
+
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise WorkbenchError(f"-p {item}: expected NAME=VALUE")
+        params[key] = value
+    if args.out:
+        metrics = notebook.execute(params, args.out)
+    else:
+        metrics = trial.run(params)
+    metrics.pop("latency_quantiles_ms", None)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from workbench import report
+
+    paths = report.build(Path(args.run_dir))
+    _print_table(report, Path(args.run_dir))
+    for p in paths.values():
+        print(p)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("sweep", help="run or continue an Optuna sweep of trial notebooks")
+    sp.add_argument("config", help="experiment YAML file")
+    sp.add_argument("--n-trials", type=int, help="total number of trials the study should reach")
+    sp.add_argument("--study", help="study name (default: the experiment name)")
+    sp.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
+    sp.add_argument("--runs-dir", default="experiments/runs", help="where run directories go")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_sweep)
+
+    tp = sub.add_parser("trial", help="run one trial (in this process, or as a notebook with --out)")
+    tp.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    tp.add_argument("--out", help="execute notebooks/trial.ipynb into this directory")
+    tp.set_defaults(func=_trial)
+
+    rp = sub.add_parser("report", help="write results.csv, report.md, pareto.png, best.json")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=_report)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WorkbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: completed trials are kept in the study; run the same command to continue",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The unmodified Keras model run by TensorFlow fp32: the baseline every speed-up is measured against.
+
+The forward pass is a ``tf.function`` with a dynamic batch signature (what a TF serving
+deployment runs), not ``model.predict``, whose per-call overhead would flatter every other
+runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from workbench.errors import TrialPruned
+
+
+class TensorflowSession:
+    def __init__(self, path: Path, params):
+        if params.provider not in ("CPUExecutionProvider", "CPU", "default"):
+            raise TrialPruned(f"runtime tensorflow: provider {params.provider} is not supported "
+                              "(this baseline runs on the CPU)")
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(params.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TF already initialised in this process: keep its setting
+            pass
+        import keras
+
+        t0 = time.perf_counter()
+        model = keras.saving.load_model(path, safe_mode=True)
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        self._fn = tf.function(lambda x: model(x, training=False), input_signature=(spec,))
+        self._fn.get_concrete_function()
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        self.providers = ["tensorflow:CPU"]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._fn(batch).numpy()
+
+    def close(self) -> None:
+        del self._fn
+
+
+def open_session(path: Path, params) -> TensorflowSession:
+    return TensorflowSession(path, params)

@@ -1,0 +1,101 @@
+"""One trial: build the variant, open it in its runtime, measure it. The one place a trial is defined.
+
+``run(params)`` is what ``notebooks/trial.ipynb`` calls and what the tests call directly. It
+returns a JSON-serialisable metrics dict whose ``status`` is ``complete`` or ``pruned`` (with
+its ``reason``); anything else is an exception, which the sweep records as a failed trial.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from workbench import data as data_mod
+from workbench import fingerprint, measure, runtimes, variants, zoo
+from workbench.errors import TrialPruned
+from workbench.params import TrialParams
+
+
+def evaluate(session: runtimes.Session, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Outputs of ``session`` on all of ``x``, fed in batches of ``batch_size``."""
+    return np.concatenate([np.asarray(session.run(np.ascontiguousarray(x[i:i + batch_size])))
+                           for i in range(0, len(x), batch_size)])
+
+
+def timing_batch(x: np.ndarray, batch_size: int) -> np.ndarray:
+    """A fixed batch of real samples, prepared before timing (repeated if the split is small)."""
+    reps = -(-batch_size // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size].astype(np.float32))
+
+
+def _size(path: Path) -> tuple[int, int]:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    raw = b"".join(p.read_bytes() for p in sorted(files))
+    return len(raw), len(gzip.compress(raw, compresslevel=6))
+
+
+def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
+    """Build, load and measure one deployment configuration."""
+    t_start = time.perf_counter()
+    p = params if isinstance(params, TrialParams) else TrialParams.parse(params)
+    out: dict[str, Any] = {"status": "complete", "label": p.describe(), "params": p.model_dump()}
+    data = data_mod.load(p.data)
+    model = zoo.resolve(p.model, data)
+    out["baseline_accuracy"] = model.accuracy
+    try:
+        t0 = time.perf_counter()
+        artifact = variants.build(model, data, p, p.calibration_samples)
+        out["build_seconds"] = time.perf_counter() - t0
+        session = runtimes.load(p, artifact)
+    except TrialPruned as err:
+        out.update(status="pruned", reason=str(err), total_seconds=time.perf_counter() - t_start)
+        return out
+
+    try:
+        outputs = evaluate(session, data.x_eval, p.batch_size)
+        reference = model.reference()
+        acc = zoo.accuracy(outputs, data.y_eval)
+        batch = timing_batch(data.x_eval, p.batch_size)
+        with measure.exclusive():
+            times = measure.time_calls(lambda: session.run(batch), p.warmup, p.min_runs,
+                                       p.min_seconds, p.max_seconds)
+        stats = measure.summarize(times, p.batch_size, seed=p.seed)
+        providers, load_ms = list(session.providers), session.load_ms
+    finally:
+        session.close()
+
+    size, size_gz = _size(artifact.path)
+    drop = model.accuracy - acc
+    out.update(
+        accuracy=acc,
+        accuracy_drop=drop,
+        feasible=bool(drop <= p.max_accuracy_drop + 1e-9),
+        top1_agreement=float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0),
+        max_abs_diff=float(np.max(np.abs(outputs.astype(np.float32) - reference))),
+        **stats,
+        size_bytes=size,
+        size_gzip_bytes=size_gz,
+        load_ms=load_ms,
+        peak_rss_mb=measure.peak_rss_mb(),
+        providers=providers,
+        artifact=str(artifact.path),
+        artifact_format=artifact.format,
+        transforms=list(artifact.transforms),
+        fingerprint=fingerprint.collect(),
+        total_seconds=time.perf_counter() - t_start,
+    )
+    return out
+
+
+def write_metrics(metrics: Mapping[str, Any], path: str | Path = "metrics.json") -> Path:
+    """Write ``metrics`` atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,117 @@
+"""Quantization of an fp32 ONNX model with onnxruntime's own tools.
+
+- 16: fp16 weights and compute, fp32 inputs/outputs kept for the caller (no speed-up on CPU).
+- 8 dynamic: weights int8, activations quantized at run time. On convolutions this becomes
+  ConvInteger, which is often *slower* than fp32 on CPU; we build it and report it anyway.
+- 8 static: QDQ, activations calibrated on the calibration split (MinMax / Entropy /
+  Percentile), per-tensor or per-channel weights. This is the fast int8 path on CPU.
+- 4: weight-only MatMulNBits (block-wise), only where the graph has MatMul/Gather.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.data import Dataset
+from workbench.errors import TrialPruned
+
+INT4_BLOCK_SIZE = 32
+
+
+def recipe(params, calibration_samples: int) -> dict[str, Any]:
+    """The parameters that determine the quantized artifact (and nothing else)."""
+    if params.bits == 16:
+        return {"bits": 16}
+    if params.bits == 4:
+        return {"bits": 4, "block_size": INT4_BLOCK_SIZE}
+    if params.int8_mode == "dynamic":
+        return {"bits": 8, "mode": "dynamic", "per_channel": params.per_channel}
+    return {"bits": 8, "mode": "static", "per_channel": params.per_channel,
+            "calibration": params.calibration, "samples": calibration_samples}
+
+
+def describe(r: dict[str, Any]) -> str:
+    if r["bits"] == 8:
+        return f"int8-{r['mode']}" + ("-per-channel" if r["per_channel"] else "")
+    return {16: "fp16", 4: "int4-weight-only"}[r["bits"]]
+
+
+def apply(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
+    """Write the quantized version of ``src`` to ``dst``."""
+    if r["bits"] == 16:
+        _fp16(src, dst)
+    elif r["bits"] == 4:
+        _int4(src, dst, r["block_size"])
+    elif r["mode"] == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=r["per_channel"])
+    else:
+        _static(src, dst, r, data)
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    import warnings
+
+    import onnx
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():  # one warning per weight clipped to the fp16 range
+        warnings.simplefilter("ignore", UserWarning)
+        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+def _int4(src: Path, dst: Path, block_size: int) -> None:
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+
+    model = onnx.load(str(src))
+    if not any(n.op_type in ("MatMul", "Gather") for n in model.graph.node):
+        raise TrialPruned("no MatMul to quantize to 4 bits")
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True)
+    quantizer.process()
+    onnx.save(quantizer.model.model, str(dst))
+
+
+class _Calibration:
+    """Feeds the calibration split to the calibrator, one sample at a time."""
+
+    def __init__(self, x: np.ndarray, input_name: str):
+        self._it = iter(x[i:i + 1] for i in range(len(x)))
+        self._name = input_name
+
+    def get_next(self):
+        batch = next(self._it, None)
+        return None if batch is None else {self._name: batch.astype(np.float32)}
+
+    def rewind(self) -> None:  # pragma: no cover - part of the reader interface
+        pass
+
+
+def _static(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
+    import onnx
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[r["calibration"]]
+    x = data.x_calib[: r["samples"]]
+    input_name = onnx.load(str(src)).graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared))  # shape inference + fusions, as ORT advises
+        # U8 activations with S8 weights: onnxruntime's recommendation for x86 CPUs.
+        quantize_static(str(prepared), str(dst), _Calibration(x, input_name),
+                        quant_format=QuantFormat.QDQ, per_channel=r["per_channel"],
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method)
