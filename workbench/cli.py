@@ -17,9 +17,22 @@ def _sweep(args: argparse.Namespace) -> int:
     from workbench import config, report, sweep
 
     exp = config.load(args.config)
-    run_dir = sweep.run(exp, n_trials=args.n_trials, study_name=args.study, storage=args.storage,
-                        runs_dir=args.runs_dir, progress=not args.quiet)
+    if args.workers < 1:
+        raise WorkbenchError(f"--workers: must be at least 1 (got {args.workers})")
+    run_dir = sweep.run(exp, n_trials=args.n_trials, add=args.add, study_name=args.study,
+                        storage=args.storage, runs_dir=args.runs_dir, workers=args.workers,
+                        progress=not args.quiet)
     _print_table(report, run_dir)
+    return 0
+
+
+def _work(args: argparse.Namespace) -> int:
+    """One worker process of ``sweep --workers N`` (started by the sweep, not by users)."""
+    from workbench import config, sweep
+
+    exp = config.load(args.config)
+    study = sweep.open_study(exp, args.study, args.storage, worker=args.worker)
+    sweep.work(exp, Path(args.run_dir), study, args.storage, args.n_trials, progress=False)
     return 0
 
 
@@ -70,11 +83,23 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sweep", help="run or continue an Optuna sweep of trial notebooks")
     sp.add_argument("config", help="experiment YAML file")
     sp.add_argument("--n-trials", type=int, help="total number of trials the study should reach")
+    sp.add_argument("--add", type=int, help="add this many trials to what the study has")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="worker processes on this machine sharing the study (journal storage)")
     sp.add_argument("--study", help="study name (default: the experiment name)")
     sp.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
     sp.add_argument("--runs-dir", default="experiments/runs", help="where run directories go")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sweep)
+
+    wp = sub.add_parser("work", help=argparse.SUPPRESS)
+    wp.add_argument("config")
+    wp.add_argument("--study", required=True)
+    wp.add_argument("--storage", required=True)
+    wp.add_argument("--run-dir", required=True)
+    wp.add_argument("--n-trials", type=int, required=True)
+    wp.add_argument("--worker", type=int, default=0)
+    wp.set_defaults(func=_work)
 
     tp = sub.add_parser("trial", help="run one trial (in this process, or as a notebook with --out)")
     tp.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")

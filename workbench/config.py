@@ -89,6 +89,7 @@ class SearchSpace(BaseModel):
     per_channel: Param = False
     sparsity: Param = 0.0
     prune_structure: Param = "unstructured"
+    finetune_epochs: Param = 2
     batch_size: Param = 1
     runtime: Param = "onnxruntime"
     provider: Param = "CPUExecutionProvider"
@@ -116,6 +117,9 @@ class SearchSpace(BaseModel):
             for v in _choices(getattr(self, name)):
                 if v not in ok or isinstance(v, bool) != isinstance(ok[0], bool):
                     raise ValueError(f"{name}: unknown value {v!r} (choose from {', '.join(map(str, ok))})")
+        for v in _choices(self.finetune_epochs):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"finetune_epochs: must be a non-negative integer (got {v!r})")
         for name in ("batch_size", "threads"):
             for v in _choices(getattr(self, name)):
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:

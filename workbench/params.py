@@ -26,6 +26,7 @@ class TrialParams(BaseModel):
     per_channel: bool = False
     sparsity: float = Field(0.0, ge=0.0, le=0.95)
     prune_structure: Literal["unstructured", "channels"] = "unstructured"
+    finetune_epochs: int = Field(2, ge=0)
     batch_size: int = Field(1, ge=1)
     runtime: Literal["onnxruntime", "openvino", "litert", "tensorflow"] = "onnxruntime"
     provider: str = "CPUExecutionProvider"

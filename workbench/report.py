@@ -58,11 +58,13 @@ def _trial_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=info["study"], storage=info["storage"])
+    from workbench.storage import open_storage
+
+    study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state.name == "WAITING":  # enqueued, not started: not a row yet
-            continue
+        if t.state.name == "WAITING" or "duplicate_of" in t.user_attrs:
+            continue  # enqueued and not started, or a skipped repeat of a measured trial
         attrs = t.user_attrs
         metrics = attrs.get("metrics")
         row = _row("trial", str(t.number), t.state.name, attrs.get("params", t.params), metrics)
@@ -207,7 +209,10 @@ def plot_pareto(df, path: Path, max_drop: float) -> None:
     ref = base.accuracy.max() if len(base) else None
     if ref is not None and not math.isnan(ref):
         ax.axhline(ref - max_drop, ls="--", color="grey", lw=1, label=f"max drop {max_drop:g} pt")
-    ax.set_xscale("log")
+    if (done.latency_p90_ms > 0).any():
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no completed trials yet", ha="center", transform=ax.transAxes)
     ax.set_xlabel("p90 latency per batch (ms, log scale)")
     ax.set_ylabel("accuracy on the eval split (%)")
     ax.set_title("Accuracy vs p90 latency")

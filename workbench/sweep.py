@@ -11,8 +11,8 @@ and error; the sweep goes on.
 from __future__ import annotations
 
 import json
-import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import yaml
 from workbench import fingerprint, notebook
 from workbench.config import OBJECTIVES, Experiment, Range
 from workbench.errors import ConfigError, TrialFailed, WorkbenchError
+from workbench.storage import (ask_lock, counts_towards_budget, heartbeat, open_storage,
+                               recover_interrupted, worker_id)
 
 DEFAULT_RUNS_DIR = "experiments/runs"
 BASELINE_RUNTIMES = ("tensorflow", "onnxruntime")
@@ -30,11 +32,16 @@ CONDITIONS = {
     "calibration": lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static",
     "per_channel": lambda p: p.get("bits") == 8,
     "prune_structure": lambda p: float(p.get("sparsity", 0)) > 0,
+    "finetune_epochs": lambda p: float(p.get("sparsity", 0)) > 0,
 }
 
 
-def make_sampler(exp: Experiment):
+def make_sampler(exp: Experiment, worker: int = 0):
+    """The sampler of ``exp``; worker ``i`` of a parallel sweep gets seed ``seed + i`` so that
+    workers do not propose the same sequence."""
     import optuna
+
+    exp = exp.model_copy(update={"seed": exp.seed + worker})
 
     if exp.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=exp.seed)
@@ -139,27 +146,38 @@ def run_baselines(exp: Experiment, run_dir: Path, log=print) -> list[dict[str, A
     return results
 
 
-def storage_url(exp: Experiment, run_dir: Path, storage: str | None) -> str:
-    return storage or exp.storage or f"sqlite:///{run_dir / 'study.db'}"
+def storage_url(exp: Experiment, run_dir: Path, storage: str | None, workers: int = 1) -> str:
+    """The study's storage: explicit, from the experiment, or a file in the run directory
+    (SQLite for one process; a journal file for several workers, or when one exists)."""
+    if storage or exp.storage:
+        return storage or exp.storage
+    journal = run_dir / "study.journal"
+    if journal.exists() or (workers > 1 and not (run_dir / "study.db").exists()):
+        return f"journal:{journal}"
+    return f"sqlite:///{run_dir / 'study.db'}"
 
 
-def open_study(exp: Experiment, study_name: str, url: str):
+def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [OBJECTIVES[o] for o in exp.objectives]
     try:
-        study = optuna.create_study(study_name=study_name, storage=url, sampler=make_sampler(exp),
-                                    directions=directions, load_if_exists=True)
+        study = optuna.create_study(study_name=study_name, storage=open_storage(url),
+                                    sampler=make_sampler(exp, worker), directions=directions,
+                                    load_if_exists=True)
+    except WorkbenchError:
+        raise
     except ValueError as err:  # e.g. the stored study has other directions
         raise ConfigError(f"study {study_name!r} in {url}: {err}") from None
-    except Exception as err:  # unreachable or malformed storage URL
+    except Exception as err:  # unreachable or malformed storage
         raise ConfigError(f"storage {url}: cannot open ({type(err).__name__}: "
                           f"{str(err).strip().splitlines()[0]})") from None
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {study_name!r} in {url} was created with other objectives")
-    study.set_user_attr("experiment", exp.name)
-    study.set_user_attr("objectives", exp.objectives)
+    if study.user_attrs.get("experiment") != exp.name:
+        study.set_user_attr("experiment", exp.name)
+        study.set_user_attr("objectives", exp.objectives)
     return study
 
 
@@ -179,7 +197,6 @@ def prepare_run_dir(exp: Experiment, study_name: str, runs_dir: str | Path, url:
 def _tell(study, trial, exp: Experiment, params: dict, metrics: dict | None, error: TrialFailed | None):
     import optuna
 
-    trial.set_user_attr("params", params)
     if error is not None:
         trial.set_user_attr("error", error.reason)
         trial.set_user_attr("notebook", error.notebook)
@@ -196,91 +213,160 @@ def _tell(study, trial, exp: Experiment, params: dict, metrics: dict | None, err
     return "complete"
 
 
-def run(exp: Experiment, *, n_trials: int | None = None, study_name: str | None = None,
-        storage: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR, fresh: bool = False,
+def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
+        study_name: str | None = None, storage: str | None = None,
+        runs_dir: str | Path = DEFAULT_RUNS_DIR, workers: int = 1, fresh: bool = False,
         progress: bool = True) -> Path:
     """Run (or continue) the sweep of ``exp`` and build its report; returns the run directory.
 
     ``n_trials`` is the total the study should reach, counting trials finished by earlier
-    invocations. ``fresh`` deletes an existing SQLite study of the same run directory first
-    (the quickstart notebook uses it to be re-runnable).
+    invocations (and other workers); ``add`` asks for that many more than it has now.
+    ``workers`` > 1 starts that many worker processes sharing the study. ``fresh`` deletes the
+    run directory's own study first (the quickstart notebook uses it to be re-runnable).
     """
-    import optuna
-    from tqdm.auto import tqdm
-
-    from workbench import report
-
     study_name = study_name or exp.name
     run_dir = Path(runs_dir).resolve() / exp.name / study_name
     if fresh and not (storage or exp.storage):
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)
-    url = storage_url(exp, run_dir, storage)
-    run_dir = prepare_run_dir(exp, study_name, runs_dir, url)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url(exp, run_dir, storage, workers)
     study = open_study(exp, study_name, url)
-    log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if progress else (lambda msg: None)
-
+    prepare_run_dir(exp, study_name, runs_dir, url)
+    log = _logger(progress)
     run_baselines(exp, run_dir, log)
-    target = n_trials or exp.n_trials
-    if exp.sampler == "grid":
-        target = min(target, len(grid_points(exp)))
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                optuna.trial.TrialState.FAIL)
-    counts = {"complete": 0, "pruned": 0, "fail": 0}
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    bar = tqdm(total=target, initial=min(done, target), desc=f"sweep {exp.name}", unit="trial",
-               disable=not progress, file=sys.stderr)
-    consecutive_failures = duplicates = 0
-    while done < target:
-        if exp.sampler == "grid" and not enqueue_next_grid_point(study, exp):
-            break
-        trial = study.ask()
-        params = {**trial_settings(exp), **suggest(trial, exp)}
-        twin = _measured_twin(study, params)
-        if twin is not None:
-            # Not measured twice: recorded as pruned, and not counted against n_trials.
-            trial.set_user_attr("params", params)
-            trial.set_user_attr("reason", f"same parameters as trial {twin} (not measured twice)")
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            target += 1
-            duplicates += 1
-            done = len(study.get_trials(deepcopy=False, states=finished))
-            if duplicates >= 25:
-                log("search space exhausted: the sampler keeps proposing measured configurations")
-                break
-            continue
-        out_dir = run_dir / "trials" / str(trial.number)
-        metrics, error = None, None
-        try:
-            metrics = notebook.execute(params, out_dir, timeout_s=exp.trial_timeout_s)
-        except TrialFailed as err:
-            error = err
-            log(f"trial {trial.number} failed: {err.reason} (notebook: {err.notebook})")
-        outcome = _tell(study, trial, exp, params, metrics, error)
-        counts[outcome] += 1
-        consecutive_failures = consecutive_failures + 1 if outcome == "fail" else 0
-        done = len(study.get_trials(deepcopy=False, states=finished))
-        bar.update(1)
-        bar.set_postfix(complete=counts["complete"], pruned=counts["pruned"], failed=counts["fail"],
-                        best=_best_so_far(study))
-        if consecutive_failures >= exp.max_consecutive_failures:
-            bar.close()
-            report.build(run_dir)
-            raise WorkbenchError(f"sweep stopped: {consecutive_failures} trials failed in a row "
-                                 f"(max_consecutive_failures); see {out_dir / 'trial.ipynb'}")
-    bar.close()
+    target = _target(study, exp, n_trials, add)
+    if workers > 1:
+        _run_workers(exp, run_dir, study, study_name, url, target, workers, progress)
+    else:
+        work(exp, run_dir, study, url, target, progress=progress)
+    from workbench import report
+
     report.build(run_dir)
     return run_dir
 
 
-def _measured_twin(study, params: dict) -> int | None:
-    """The number of an earlier trial measured with exactly ``params``, if any."""
-    import optuna
+def _logger(progress: bool):
+    from tqdm.auto import tqdm
 
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                      optuna.trial.TrialState.PRUNED)):
-        if t.user_attrs.get("params") == params and "same parameters" not in t.user_attrs.get("reason", ""):
+    return (lambda msg: tqdm.write(msg, file=sys.stderr)) if progress else (lambda msg: None)
+
+
+def _target(study, exp: Experiment, n_trials: int | None, add: int | None) -> int:
+    if add is not None:
+        return sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) + add
+    target = n_trials or exp.n_trials
+    if exp.sampler == "grid":
+        target = min(target, len(grid_points(exp)))
+    return target
+
+
+def _run_workers(exp, run_dir: Path, study, study_name: str, url: str, target: int, workers: int,
+                 progress: bool) -> None:
+    """Start ``workers`` processes on the same study and follow their progress."""
+    import subprocess
+    import time
+
+    from tqdm.auto import tqdm
+
+    cmd = [sys.executable, "-m", "workbench.cli", "work", str(run_dir / "experiment.yaml"),
+           "--study", study_name, "--storage", url, "--run-dir", str(run_dir),
+           "--n-trials", str(target)]
+    procs = [subprocess.Popen(cmd + ["--worker", str(i)]) for i in range(workers)]
+    bar = tqdm(total=target, desc=f"sweep {exp.name} ({workers} workers)", unit="trial",
+               disable=not progress, file=sys.stderr)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            bar.n = min(target, _finished(study))
+            bar.refresh()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        bar.close()
+    failed = [p.returncode for p in procs if p.returncode not in (0, None)]
+    if failed:
+        raise WorkbenchError(f"{len(failed)} of {workers} workers stopped with an error "
+                             f"(exit codes {failed}); completed trials are kept, run again to continue")
+
+
+def _finished(study) -> int:
+    return sum(counts_towards_budget(t) and t.state.name != "RUNNING"
+               for t in study.get_trials(deepcopy=False))
+
+
+def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress: bool = True) -> None:
+    """One worker: ask, run the trial notebook, tell; until the study holds ``target`` trials.
+
+    "Count, then ask" runs under a lock shared by all workers (file lock on one machine,
+    PostgreSQL advisory lock across machines), so the study ends with exactly ``target``.
+    """
+    import optuna
+    from tqdm.auto import tqdm
+
+    log = _logger(progress)
+    bar = tqdm(total=target, initial=min(_finished(study), target), desc=f"sweep {exp.name}",
+               unit="trial", disable=not progress, file=sys.stderr)
+    counts = {"complete": 0, "pruned": 0, "fail": 0}
+    consecutive_failures = duplicates = 0
+    while True:
+        with ask_lock(url, run_dir, study.study_name):
+            for number in recover_interrupted(study):
+                log(f"trial {number} was interrupted (its worker is gone): marked FAIL, retried")
+            if sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) >= target:
+                break
+            if exp.sampler == "grid" and not enqueue_next_grid_point(study, exp):
+                break
+            with warnings.catch_warnings():  # we beat the heartbeat ourselves (storage.heartbeat)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                trial = study.ask()
+            trial.set_user_attr("worker", worker_id())
+            params = {**trial_settings(exp), **suggest(trial, exp)}
+            trial.set_user_attr("params", params)
+            twin = _measured_twin(study, params, trial.number)
+            if twin is not None:
+                # Not measured twice: recorded as pruned, and not counted against n_trials.
+                trial.set_user_attr("duplicate_of", twin)
+                trial.set_user_attr("reason", f"same parameters as trial {twin} (not measured twice)")
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                duplicates += 1
+                if duplicates >= 25:
+                    log("search space exhausted: the sampler keeps proposing measured configurations")
+                    break
+                continue
+        out_dir = run_dir / "trials" / str(trial.number)
+        metrics, error = None, None
+        with heartbeat(study, trial):
+            try:
+                metrics = notebook.execute(params, out_dir, timeout_s=exp.trial_timeout_s)
+            except TrialFailed as err:
+                error = err
+                log(f"trial {trial.number} failed: {err.reason} (notebook: {err.notebook})")
+        outcome = _tell(study, trial, exp, params, metrics, error)
+        counts[outcome] += 1
+        consecutive_failures = consecutive_failures + 1 if outcome == "fail" else 0
+        bar.n = min(target, _finished(study))
+        bar.set_postfix(complete=counts["complete"], pruned=counts["pruned"], failed=counts["fail"],
+                        best=_best_so_far(study))
+        if consecutive_failures >= exp.max_consecutive_failures:
+            bar.close()
+            from workbench import report
+
+            report.build(run_dir)
+            raise WorkbenchError(f"sweep stopped: {consecutive_failures} trials failed in a row "
+                                 f"(max_consecutive_failures); last: {error.reason} "
+                                 f"(notebook: {error.notebook})")
+    bar.close()
+
+
+def _measured_twin(study, params: dict, number: int) -> int | None:
+    """An earlier trial measured (or being measured) with exactly ``params``, if any."""
+    for t in study.get_trials(deepcopy=False):
+        if (t.number != number and t.user_attrs.get("params") == params and counts_towards_budget(t)
+                and t.state.name != "FAIL"):
             return t.number
     return None
 

@@ -39,6 +39,20 @@ def _size(path: Path) -> tuple[int, int]:
     return len(raw), len(gzip.compress(raw, compresslevel=6))
 
 
+def _pruning_metrics(model: zoo.ModelRef, data, p: TrialParams) -> dict[str, Any]:
+    """What pruning reached, measured on the exported fp32 artifact's weights (unstructured) or
+    on the rebuilt model's parameter count (channels)."""
+    from workbench.variants import prune
+
+    pruned = variants.pruned(model, data, p)
+    fp32 = variants._onnx_fp32(pruned, data)
+    return {
+        "sparsity_reached": prune.onnx_sparsity(fp32.path),
+        "params": pruned.meta["params"],
+        "params_removed_fraction": 1.0 - pruned.meta["params"] / model.meta["params"],
+    }
+
+
 def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     """Build, load and measure one deployment configuration."""
     t_start = time.perf_counter()
@@ -70,6 +84,8 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
         session.close()
 
     size, size_gz = _size(artifact.path)
+    if p.sparsity > 0:
+        out.update(_pruning_metrics(model, data, p))
     drop = model.accuracy - acc
     out.update(
         accuracy=acc,

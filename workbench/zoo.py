@@ -85,12 +85,13 @@ def _train_builtin(name: str, data: Dataset) -> Callable[[Path], None]:
         model.compile(optimizer=keras.optimizers.Adam(1e-3),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
-        _save(model, data, out)
+        save(model, data, out)
 
     return build
 
 
-def _save(model, data: Dataset, out: Path) -> None:
+def save(model, data: Dataset, out: Path, **extra: Any) -> None:
+    """Write a model directory: model.keras, its eval outputs (reference.npy) and meta.json."""
     model.save(out / "model.keras")
     reference = model.predict(data.x_eval, batch_size=256, verbose=0).astype(np.float32)
     np.save(out / "reference.npy", reference)
@@ -99,6 +100,7 @@ def _save(model, data: Dataset, out: Path) -> None:
         "input_shape": list(data.input_shape),
         "params": int(model.count_params()),
         "name": model.name,
+        **extra,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 

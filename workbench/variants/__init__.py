@@ -15,6 +15,8 @@ from workbench.data import Dataset
 from workbench.errors import TrialPruned
 from workbench.zoo import ModelRef
 
+PRUNE_PACKAGES = ("tensorflow", "keras")
+
 ONNX_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxconverter-common")
 
 
@@ -40,6 +42,42 @@ def _onnx_fp32(model: ModelRef, data: Dataset) -> Artifact:
     return Artifact(d / "model.onnx", "onnx", k, ("export:onnx",))
 
 
+def _prune_label(params) -> str:
+    kind = "channels" if params.prune_structure == "channels" else "unstructured"
+    return f"prune:{kind}:{params.sparsity:g}"
+
+
+def pruned(model: ModelRef, data: Dataset, params) -> ModelRef:
+    """The pruned and fine-tuned Keras model (cached like any artifact)."""
+    if model.meta.get("format", "keras") != "keras":
+        raise TrialPruned(f"pruning needs a Keras model; {model.name} is {model.meta['format']}")
+    if params.finetune_epochs and data.x_train is None:
+        raise TrialPruned("pruning fine-tune needs x_train/y_train in the data set "
+                          "(or finetune_epochs: 0)")
+    recipe = {"sparsity": params.sparsity, "structure": params.prune_structure,
+              "finetune_epochs": params.finetune_epochs, "seed": params.seed}
+    k = cache.key("pruned", model.key, recipe, cache.versions(*PRUNE_PACKAGES))
+
+    def build_pruned(out: Path) -> None:
+        from workbench import zoo
+        from workbench.variants import prune
+
+        original = model.load_keras()
+        if params.prune_structure == "channels":
+            result = prune.prune_channels(original, data.x_train, data.y_train, params.sparsity,
+                                          params.finetune_epochs, seed=params.seed)
+        else:
+            result = prune.prune_unstructured(original, data.x_train, data.y_train, params.sparsity,
+                                              params.finetune_epochs, seed=params.seed)
+        zoo.save(result, data, out, source_params=int(original.count_params()),
+                 kernel_sparsity=prune.kernel_sparsity(result), pruning=recipe)
+
+    d = cache.entry("models", k, build_pruned)
+    import json
+
+    return ModelRef(f"{model.name}+{_prune_label(params)}", k, d, json.loads((d / "meta.json").read_text()))
+
+
 def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_samples: int) -> Artifact:  # noqa: F821
     """The artifact for one trial's parameters (built once, then read from the cache)."""
     if params.runtime == "tensorflow":
@@ -47,11 +85,12 @@ def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_sam
             raise TrialPruned("runtime tensorflow runs only the unmodified fp32 Keras model "
                               f"(asked bits={params.bits}, sparsity={params.sparsity})")
         return Artifact(model.keras_path, "keras", model.key, ())
-    if params.sparsity > 0:
-        raise TrialPruned(f"sparsity {params.sparsity}: pruning is not built yet (only 0.0 is supported)")
     if params.runtime not in ("onnxruntime", "openvino"):
         raise TrialPruned(f"runtime {params.runtime} is not supported yet")
-    base = _onnx_fp32(model, data)
+    source = pruned(model, data, params) if params.sparsity > 0 else model
+    base = _onnx_fp32(source, data)
+    if params.sparsity > 0:
+        base = Artifact(base.path, base.format, base.key, (_prune_label(params),) + base.transforms)
     if params.bits == 32:
         return base
 
