@@ -30,6 +30,9 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/demo_walltime.py
+	$(BIN)/python benchmarks/measurement.py
+	$(BIN)/python benchmarks/runtimes.py
+	$(BIN)/python benchmarks/compression.py
 
 clean:
 	rm -rf $(VENV) experiments/runs .pytest_cache

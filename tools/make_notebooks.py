@@ -94,18 +94,27 @@ def report_nb() -> None:
             "# Report of a sweep\n\n"
             "Renders any run directory (`experiments/runs/<experiment>/<study>`). Set `run_dir`,\n"
             "or leave it empty to render the newest run under `experiments/runs` (run\n"
-            "`quickstart.ipynb` or `make demo` first to have one)."),
+            "`quickstart.ipynb` or `make demo` first to have one). The same tables and plots as\n"
+            "`report.html` in the run directory, which opens in a browser without a server."),
         params_cell('run_dir = ""'),
         new_code_cell(
-            "from pathlib import Path\n\nfrom workbench import report\n\n"
+            "import json\nfrom pathlib import Path\n\nfrom workbench import plots, report\n\n"
             "run_dir = Path(run_dir) if run_dir else report.latest_run_dir('../experiments/runs')\n"
             "paths = report.build(run_dir)\n"
             "table = report.load_table(run_dir)\n"
+            "best = json.loads((run_dir / 'best.json').read_text())\n"
             "print(run_dir)"),
-        new_code_cell("table[report.SUMMARY_COLUMNS]"),
-        new_code_cell("from IPython.display import Image, Markdown\n\n"
+        new_markdown_cell("## Recommendation\n\nWhy it won, with intervals, against the baselines "
+                          "at the same batch size."),
+        new_code_cell("from IPython.display import Image, Markdown, display\n\n"
                       "Markdown((run_dir / 'report.md').read_text().split('## Trials')[0])"),
-        new_code_cell("Image(filename=str(run_dir / 'pareto.png'))"),
+        new_markdown_cell("## All trials\n\nEvery column of `results.csv` (click a column in "
+                          "JupyterLab's table viewer, or sort here with `table.sort_values`)."),
+        new_code_cell("table.sort_values('latency_p50_ms')"),
+        new_markdown_cell("## Plots"),
+        new_code_cell("for name, title in plots.PLOTS:\n"
+                      "    print(title)\n"
+                      "    display(Image(filename=str(run_dir / name)))"),
     ])
 
 

@@ -1,4 +1,4 @@
-"""The ``workbench`` command: ``sweep``, ``trial``, ``report``.
+"""The ``workbench`` command: ``sweep``, ``trial``, ``report``, ``export``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback.
 """
@@ -69,10 +69,37 @@ def _trial(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from workbench import report
 
-    paths = report.build(Path(args.run_dir))
+    paths = report.build(Path(args.run_dir), remeasure=not args.no_remeasure, progress=True)
     _print_table(report, Path(args.run_dir))
     for p in paths.values():
         print(p)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from workbench import bundle
+
+    out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
+    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from workbench import remeasure
+
+    r = remeasure.bench_onnx(args.model, batch_size=args.batch_size, threads=args.threads,
+                             seconds=args.seconds, repeats=args.repeats)
+    print(f"workbench p50 {r['workbench_p50_ms']:.5f} ms, bare loop p50 {r['bare_loop_p50_ms']:.5f} ms, "
+          f"ratio {r['ratio']:.4f} (batch {r['batch_size']}, threads {r['threads']}, "
+          f"{r['calls_each']} calls each in alternating blocks)")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from workbench import doctor
+
+    report = doctor.collect()
+    print(json.dumps(report, indent=2) if args.json else doctor.render(report))
     return 0
 
 
@@ -106,9 +133,29 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--out", help="execute notebooks/trial.ipynb into this directory")
     tp.set_defaults(func=_trial)
 
-    rp = sub.add_parser("report", help="write results.csv, report.md, pareto.png, best.json")
+    rp = sub.add_parser("report", help="write results.csv, report.md, report.html, plots, best.json")
     rp.add_argument("run_dir")
+    rp.add_argument("--no-remeasure", action="store_true",
+                    help="decide overlapping candidates without an interleaved re-measurement")
     rp.set_defaults(func=_report)
+
+    ep = sub.add_parser("export", help="bundle a trial's artifact, config, metrics and predict.py")
+    ep.add_argument("run_dir")
+    ep.add_argument("--trial", help="trial number (default: the recommended one in best.json)")
+    ep.add_argument("--out", help="bundle directory (default: RUN_DIR/export/trial-N)")
+    ep.set_defaults(func=_export)
+
+    bp = sub.add_parser("bench", help="p50 of the workbench's timing loop vs a bare loop (onnxruntime)")
+    bp.add_argument("model", help="an .onnx file")
+    bp.add_argument("--batch-size", type=int, default=1)
+    bp.add_argument("--threads", type=int, default=1)
+    bp.add_argument("--seconds", type=float, default=1.0, help="seconds per repeat")
+    bp.add_argument("--repeats", type=int, default=5, help="total time is seconds x repeats")
+    bp.set_defaults(func=_bench)
+
+    dp = sub.add_parser("doctor", help="runtimes, providers, CPU features and GPUs of this machine")
+    dp.add_argument("--json", action="store_true", help="machine-readable output")
+    dp.set_defaults(func=_doctor)
     return ap
 
 

@@ -34,7 +34,10 @@ OBJECTIVES = {
     "throughput_sps": "maximize",
     "size_bytes": "minimize",
     "size_gzip_bytes": "minimize",
+    "mae": "minimize",  # regression tasks
+    "rmse": "minimize",
 }
+REGRESSION_ONLY = ("mae", "rmse")
 
 Scalar = Union[bool, int, float, str]
 
@@ -94,6 +97,11 @@ class SearchSpace(BaseModel):
     runtime: Param = "onnxruntime"
     provider: Param = "CPUExecutionProvider"
     threads: Param = 1
+    inter_op_threads: Param = 1
+    graph_optimization: Param = "all"
+    execution_mode: Param = "sequential"
+    ov_hint: Param = "LATENCY"
+    ov_streams: Param = 0
 
     @field_validator("*", mode="after")
     @classmethod
@@ -111,6 +119,9 @@ class SearchSpace(BaseModel):
             "per_channel": (True, False),
             "prune_structure": ("unstructured", "channels"),
             "runtime": RUNTIMES,
+            "graph_optimization": ("all", "extended", "basic", "disabled"),
+            "execution_mode": ("sequential", "parallel"),
+            "ov_hint": ("LATENCY", "THROUGHPUT"),
             "provider": PROVIDERS,
         }
         for name, ok in allowed.items():
@@ -120,7 +131,10 @@ class SearchSpace(BaseModel):
         for v in _choices(self.finetune_epochs):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"finetune_epochs: must be a non-negative integer (got {v!r})")
-        for name in ("batch_size", "threads"):
+        for v in _choices(self.ov_streams):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"ov_streams: must be a non-negative integer (got {v!r})")
+        for name in ("batch_size", "threads", "inter_op_threads"):
             for v in _choices(getattr(self, name)):
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                     raise ValueError(f"{name}: must be a positive integer (got {v!r})")
@@ -168,6 +182,25 @@ class Experiment(BaseModel):
     storage: str | None = None
     trial_timeout_s: float = Field(600.0, gt=0)
     max_consecutive_failures: int = Field(5, ge=1)
+    # classification: top-1 accuracy; regression: MAE/RMSE, and max_accuracy_drop is the largest
+    # allowed MAE increase (in the target's units) over the fp32 model
+    task: Literal["classification", "regression"] = "classification"
+    # let a .keras file with Python code in it (Lambda layers) be loaded (safe_mode=False)
+    trust_model_code: bool = False
+
+    @model_validator(mode="after")
+    def _task_objectives(self) -> "Experiment":
+        if self.task == "regression":
+            if "objectives" not in self.model_fields_set:  # the default, adapted to regression
+                self.objectives = ["mae" if o == "accuracy" else o for o in self.objectives]
+            elif "accuracy" in self.objectives:
+                raise ValueError("objectives: accuracy is for task classification; use mae or rmse")
+        else:
+            bad = [o for o in self.objectives if o in REGRESSION_ONLY]
+            if bad:
+                raise ValueError(f"objectives: {bad[0]} is for task regression (this experiment's "
+                                 "task is classification)")
+        return self
 
     @field_validator("objectives")
     @classmethod
@@ -184,7 +217,7 @@ class Experiment(BaseModel):
 
     def resolve(self, spec: str) -> str:
         """A builtin name stays as is; a path is made absolute relative to the experiment file."""
-        if "/" in spec or "." in spec:
+        if "/" in spec or "." in spec or (self.base_dir / spec / "saved_model.pb").is_file():
             return str((self.base_dir / spec).resolve())
         return spec
 

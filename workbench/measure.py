@@ -8,6 +8,7 @@ machine-wide file lock so parallel workers never time concurrently.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -37,8 +38,14 @@ def exclusive() -> Iterator[None]:
 
 
 def time_calls(fn: Callable[[], object], warmup: int, min_runs: int, min_seconds: float,
-               max_seconds: float) -> np.ndarray:
-    """Per-call wall times in nanoseconds, after ``warmup`` untimed calls."""
+               max_seconds: float, settle: bool = True) -> np.ndarray:
+    """Per-call wall times in nanoseconds, after ``warmup`` untimed calls.
+
+    Stops once both ``min_runs`` and ``min_seconds`` are met, unless the median is still
+    unstable then (``settle``; see :func:`is_unstable`): a burst of noise from another process
+    should cost more samples, not a flagged trial. Stability is re-checked each time the sample
+    grows by a quarter, between timed calls, and ``max_seconds`` caps it all.
+    """
     for _ in range(warmup):
         fn()
     clock = time.perf_counter_ns
@@ -46,14 +53,45 @@ def time_calls(fn: Callable[[], object], warmup: int, min_runs: int, min_seconds
     start = clock()
     enough = start + int(min_seconds * 1e9)
     cap = start + int(max_seconds * 1e9)
+    next_check = 0
     while True:
         t0 = clock()
         fn()
         t1 = clock()
         times.append(t1 - t0)
-        if (len(times) >= min_runs and t1 >= enough) or t1 >= cap:
+        if t1 >= cap:
             break
+        if len(times) >= min_runs and t1 >= enough and len(times) >= next_check:
+            if not settle or not is_unstable(np.asarray(times, dtype=np.float64)):
+                break
+            next_check = int(len(times) * 1.25) + 1
     return np.asarray(times, dtype=np.int64)
+
+
+def median_ci_rank(x: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free CI of the median from order statistics (ranks n/2 -+ z*sqrt(n)/2).
+
+    Cheap enough (one partial sort) to evaluate inside the stopping rule; the reported CI is
+    the bootstrap one.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan
+    half = z * math.sqrt(n) / 2
+    lo_k = max(0, int(math.floor(n / 2 - half)))
+    hi_k = min(n - 1, int(math.ceil(n / 2 + half)))
+    part = np.partition(x, (lo_k, hi_k))
+    return float(part[lo_k]), float(part[hi_k])
+
+
+def is_unstable(x: np.ndarray, fraction: float = UNSTABLE_CI_FRACTION) -> bool:
+    """True when the median's CI is wider than ``fraction`` of the median."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 5:
+        return True
+    lo, hi = median_ci_rank(x)
+    return bool((hi - lo) > fraction * float(np.median(x)))
 
 
 def bootstrap_median_ci(x: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
@@ -104,3 +142,33 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def interleaved_times(fns: list[Callable[[], object]], warmup: int, seconds: float,
+                      min_rounds: int = 20) -> list[np.ndarray]:
+    """Per-call times (ns) of several callables timed in turn (A, B, A, B, ...).
+
+    Interleaving exposes every candidate to the same slow drifts of a shared machine (another
+    process starting, frequency changes), which separate measurements minutes apart do not.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    clock = time.perf_counter_ns
+    times: list[list[int]] = [[] for _ in fns]
+    end = clock() + int(seconds * 1e9)
+    rounds = 0
+    while rounds < min_rounds or clock() < end:
+        for fn, out in zip(fns, times):
+            t0 = clock()
+            fn()
+            out.append(clock() - t0)
+        rounds += 1
+    return [np.asarray(t, dtype=np.int64) for t in times]
+
+
+def distinguishable(a_ms: np.ndarray, b_ms: np.ndarray, seed: int = 0) -> bool:
+    """True when the bootstrap 95% CIs of the two medians do not overlap."""
+    alo, ahi = bootstrap_median_ci(np.asarray(a_ms, dtype=np.float64), seed=seed)
+    blo, bhi = bootstrap_median_ci(np.asarray(b_ms, dtype=np.float64), seed=seed)
+    return bool(ahi < blo or bhi < alo)

@@ -31,6 +31,16 @@ class TrialParams(BaseModel):
     runtime: Literal["onnxruntime", "openvino", "litert", "tensorflow"] = "onnxruntime"
     provider: str = "CPUExecutionProvider"
     threads: int = Field(1, ge=1)
+    # onnxruntime session options (ignored by the other runtimes)
+    inter_op_threads: int = Field(1, ge=1)
+    graph_optimization: Literal["all", "extended", "basic", "disabled"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    # OpenVINO: performance hint and number of streams (0: let the hint decide)
+    ov_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+    ov_streams: int = Field(0, ge=0)
+    # the experiment's task and whether a .keras file may run its own Python code (Lambda)
+    task: Literal["classification", "regression"] = "classification"
+    trust_model_code: bool = False
     calibration_samples: int = Field(200, ge=1)
     warmup: int = Field(10, ge=0)
     min_runs: int = Field(50, ge=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ PARAM_COLUMNS = ["bits", "int8_mode", "sparsity", "prune_structure", "batch_size
 METRIC_COLUMNS = ["accuracy", "accuracy_drop", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
                   "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_cv", "unstable",
                   "throughput_sps", "size_bytes", "size_gzip_bytes", "max_abs_diff",
-                  "top1_agreement", "peak_rss_mb", "load_ms"]
+                  "top1_agreement", "peak_rss_mb", "load_ms", "mae", "rmse"]  # mae/rmse: regression
 COLUMNS = (["trial", "kind", "state", "label"] + PARAM_COLUMNS + METRIC_COLUMNS +
            ["speedup_vs_baseline", "speedup_vs_onnx_fp32", "feasible", "pareto", "reason",
             "notebook", "hardware_id"])
+# Not in results.csv: what plots, re-measurement and export need from each row.
+EXTRA_COLUMNS = ["latency_quantiles_ms", "artifact", "artifact_format", "params_full"]
 SUMMARY_COLUMNS = ["trial", "state", "label", "accuracy", "accuracy_drop", "latency_p50_ms",
                    "latency_p90_ms", "throughput_sps", "size_bytes", "speedup_vs_baseline",
                    "feasible", "pareto", "reason"]
@@ -51,6 +54,10 @@ def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None) 
     row["reason"] = m.get("reason")
     row["notebook"] = m.get("notebook")
     row["hardware_id"] = m.get("fingerprint", {}).get("hardware_id")
+    row["latency_quantiles_ms"] = m.get("latency_quantiles_ms")
+    row["artifact"] = m.get("artifact")
+    row["artifact_format"] = m.get("artifact_format")
+    row["params_full"] = p or None
     return row
 
 
@@ -91,18 +98,24 @@ def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_table(run_dir: str | Path):
-    """All rows of a run (baselines first), with speed-ups, feasibility and the Pareto flag."""
+def load_table(run_dir: str | Path, extras: bool = False):
+    """All rows of a run (baselines first), with speed-ups, feasibility and the Pareto flag.
+
+    ``extras`` adds :data:`EXTRA_COLUMNS` (latency quantiles, artifact path and format, the full
+    trial parameters) for plots, re-measurement and export.
+    """
     import pandas as pd
 
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
     df = pd.DataFrame(_baseline_rows(run_dir) + _trial_rows(info), columns=COLUMNS[:-5] +
-                      ["feasible", "reason", "notebook", "hardware_id"])
+                      ["feasible", "reason", "notebook", "hardware_id"] + EXTRA_COLUMNS)
+    for col in ("accuracy", "mae", "rmse"):  # a regression run has no accuracy (None -> NaN)
+        df[col] = pd.to_numeric(df[col], errors="coerce")
     df["speedup_vs_baseline"] = _speedup(df, "tensorflow")
     df["speedup_vs_onnx_fp32"] = _speedup(df, "onnxruntime")
     df["pareto"] = _pareto(df, info["objectives"])
-    return df[COLUMNS]
+    return df[COLUMNS + EXTRA_COLUMNS] if extras else df[COLUMNS]
 
 
 def _speedup(df, runtime: str):
@@ -135,31 +148,120 @@ def _simplicity(row) -> int:
     return {32: 0, 16: 1, 8: 2, 4: 3}.get(int(row.bits or 32), 3) + (1 if row.sparsity else 0)
 
 
-def recommend(df) -> dict[str, Any] | None:
-    """The fastest feasible trial (lowest p50 per sample). When its p50 CI overlaps others',
-    those are a tie and the smallest, simplest artifact among them wins."""
+# At most this many tied candidates are re-measured (interleaved), to bound the time it takes.
+MAX_REMEASURE = 3
+# p50s closer than this fraction are a tie even when their CIs are tight (tens of thousands of
+# interleaved calls make CIs narrower than what a deployment would ever notice).
+TIE_MARGIN = 0.02
+REMEASURE_FILE = "remeasure.json"
+
+
+def _feasible_same_hw(df):
     ok = df[(df.kind == "trial") & (df.state == "COMPLETE") & (df.feasible == True)].copy()  # noqa: E712
     if ok.empty:
-        return None
+        return ok, None
     hw = ok.hardware_id.mode().iloc[0]
-    ok = ok[ok.hardware_id == hw]
-    ok["per_sample_ms"] = ok.latency_p50_ms / ok.batch_size
-    ok["per_sample_hi"] = ok.latency_p50_ci_high_ms / ok.batch_size
-    ok["per_sample_lo"] = ok.latency_p50_ci_low_ms / ok.batch_size
-    ok = ok.sort_values("per_sample_ms")
+    return ok[ok.hardware_id == hw], hw
+
+
+def _tied_with_fastest(ok):
+    """Rows (sorted fastest first) whose p50 CI reaches the fastest's, or within TIE_MARGIN."""
     fastest = ok.iloc[0]
-    tied = ok[ok.per_sample_lo <= fastest.per_sample_hi]
+    reach = max(fastest.per_sample_hi, fastest.per_sample_ms * (1 + TIE_MARGIN))
+    return ok[ok.per_sample_lo <= reach]
+
+
+def _per_sample(ok, p50, lo, hi):
+    return ok.assign(per_sample_ms=p50 / ok.batch_size, per_sample_lo=lo / ok.batch_size,
+                     per_sample_hi=hi / ok.batch_size).sort_values("per_sample_ms")
+
+
+def recommend(df, run_dir: str | Path | None = None, remeasure: bool = False,
+              log=None) -> dict[str, Any] | None:
+    """The fastest feasible trial (lowest p50 per sample) whose p50 CI overlaps no other's.
+
+    When CIs overlap and ``remeasure`` (and ``run_dir``) is given, the overlapping candidates
+    (up to :data:`MAX_REMEASURE`, fastest first) are timed again interleaved in one fresh
+    process (``workbench.remeasure``), and the decision is taken on those numbers. Whatever
+    still overlaps is a tie: the smallest, simplest artifact among them wins.
+    """
+    ok, hw = _feasible_same_hw(df)
+    if ok.empty:
+        return None
+    ok = _per_sample(ok, ok.latency_p50_ms, ok.latency_p50_ci_low_ms, ok.latency_p50_ci_high_ms)
+    fastest = ok.iloc[0]
+    tied = _tied_with_fastest(ok)
+    interleaved, decided_by = None, "sweep measurements"
+    if len(tied) > 1 and remeasure and run_dir is not None:
+        cands = tied.head(MAX_REMEASURE)
+        try:
+            interleaved = _interleaved(Path(run_dir), cands, log)
+        except WorkbenchError as err:
+            interleaved = {"error": str(err)}
+        if "results" in interleaved:
+            res = {str(r["trial"]): r for r in interleaved["results"]}
+            col = lambda k: np.array([res[t][k] for t in cands.trial], dtype=float)  # noqa: E731
+            again = _per_sample(cands, col("latency_p50_ms"), col("latency_p50_ci_low_ms"),
+                                col("latency_p50_ci_high_ms"))
+            fastest = again.iloc[0]
+            tied = _tied_with_fastest(again)
+            decided_by = "interleaved re-measurement"
     tied = tied.assign(simplicity=[_simplicity(r) for _, r in tied.iterrows()])
     winner = tied.sort_values(["size_bytes", "simplicity", "per_sample_ms"]).iloc[0]
+    again_txt = " after interleaved re-measurement in one fresh process" if decided_by != "sweep measurements" else ""
     if len(tied) == 1:
-        why = (f"fastest feasible trial: {winner.per_sample_ms:.4f} ms per sample (p50), its 95% CI "
-               f"does not overlap any other feasible trial's")
+        why = (f"fastest feasible trial{again_txt}: {winner.per_sample_ms:.4f} ms per sample (p50), "
+               f"its 95% CI does not overlap any other feasible trial's and the next is more than "
+               f"{TIE_MARGIN:.0%} slower")
+        if again_txt:
+            why += " (the sweep's own CIs overlapped)"
     else:
         why = (f"tie: the p50 CIs of trials {', '.join(tied.trial)} overlap the fastest "
-               f"({fastest.trial}); the smallest, simplest artifact among them wins")
-    return {"trial": winner.trial, "label": winner.label, "reason": why,
-            "tied_with": [t for t in tied.trial if t != winner.trial],
-            "hardware_id": hw, "row": _clean(winner.to_dict())}
+               f"({fastest.trial}) or lie within {TIE_MARGIN:.0%} of it{again_txt}; the smallest, "
+               f"simplest artifact among them wins")
+    if interleaved and "error" in interleaved:
+        why += f" (interleaved re-measurement not used: {interleaved['error']})"
+    out = {"trial": winner.trial, "label": winner.label, "reason": why, "tie": len(tied) > 1,
+           "decided_by": decided_by, "tied_with": [t for t in tied.trial if t != winner.trial],
+           "hardware_id": hw, "per_sample_p50_ms": float(winner.per_sample_ms),
+           "row": _clean(winner.drop(labels=[c for c in EXTRA_COLUMNS if c in winner.index]).to_dict())}
+    if interleaved is not None:
+        out["interleaved"] = interleaved
+    return out
+
+
+def _interleaved(run_dir: Path, cands, log=None) -> dict[str, Any]:
+    """Interleaved numbers for ``cands``: from ``remeasure.json`` when it holds exactly these
+    candidates as measured now (a rebuilt report does not re-measure), else measured afresh."""
+    from workbench import fingerprint, remeasure
+
+    here = fingerprint.collect()["hardware_id"]
+    if here != cands.hardware_id.iloc[0]:
+        raise remeasure.RemeasureError(f"this machine ({here}) is not the hardware the candidates "
+                                       f"were measured on ({cands.hardware_id.iloc[0]})")
+    key = [[str(r.trial), float(r.latency_p50_ms)] for _, r in cands.iterrows()]
+    path = run_dir / REMEASURE_FILE
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["interleaved"]
+    if cands.params_full.isna().any():  # a missing artifact is rebuilt from the parameters
+        raise remeasure.RemeasureError(f"trials {', '.join(cands.trial)} have no recorded parameters")
+    if log:
+        log(f"re-measuring trials {', '.join(cands.trial)} interleaved "
+            f"(~{remeasure.INTERLEAVE_SECONDS:g} s): their p50 CIs overlap")
+    candidates = [{"trial": str(r.trial), "params": r.params_full, "artifact": r.artifact,
+                   "artifact_format": r.artifact_format} for _, r in cands.iterrows()]
+    results = remeasure.interleave_in_subprocess(candidates)
+    interleaved = {"seconds": remeasure.INTERLEAVE_SECONDS, "order": [c["trial"] for c in candidates],
+                   "results": results}
+    path.write_text(json.dumps({"key": key, "interleaved": interleaved}, indent=2))
+    return interleaved
+
+
+def _nan(v) -> float:
+    """None (a cleaned NaN, e.g. the accuracy of a regression run) as NaN, for formatting."""
+    return math.nan if v is None else v
 
 
 def _clean(d: dict) -> dict:
@@ -186,64 +288,166 @@ def _markdown_table(df) -> str:
 
 
 def plot_pareto(df, path: Path, max_drop: float) -> None:
-    import matplotlib
+    """Accuracy vs p90 latency (kept here for callers of the old name; see :mod:`workbench.plots`)."""
+    from workbench import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    done = df[df.state.isin(["COMPLETE", "BASELINE"])]
-    trials = done[done.kind == "trial"]
-    for feasible, marker, name in ((True, "o", "feasible"), (False, "x", "infeasible")):
-        sel = trials[trials.feasible == feasible]  # noqa: E712
-        ax.scatter(sel.latency_p90_ms, sel.accuracy, marker=marker, s=40,
-                   c=["tab:blue" if feasible else "tab:red"] * len(sel), label=name)
-    front = trials[trials.pareto == True].sort_values("latency_p90_ms")  # noqa: E712
-    if len(front):
-        ax.plot(front.latency_p90_ms, front.accuracy, "-", color="tab:blue", alpha=0.5, label="Pareto front")
-    base = done[done.kind == "baseline"]
-    ax.scatter(base.latency_p90_ms, base.accuracy, marker="*", s=140, c="black", label="baselines")
-    for _, r in done.iterrows():
-        ax.annotate(r.trial.replace("baseline:", ""), (r.latency_p90_ms, r.accuracy), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    ref = base.accuracy.max() if len(base) else None
-    if ref is not None and not math.isnan(ref):
-        ax.axhline(ref - max_drop, ls="--", color="grey", lw=1, label=f"max drop {max_drop:g} pt")
-    if (done.latency_p90_ms > 0).any():
-        ax.set_xscale("log")
-    else:
-        ax.text(0.5, 0.5, "no completed trials yet", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("p90 latency per batch (ms, log scale)")
-    ax.set_ylabel("accuracy on the eval split (%)")
-    ax.set_title("Accuracy vs p90 latency")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.pareto(df, path, max_drop)
 
 
-def build(run_dir: str | Path) -> dict[str, Path]:
-    """Write results.csv, report.md, pareto.png and best.json into ``run_dir``."""
+def _ratio_ci(num, den) -> tuple[float, float, float]:
+    """num.p50 / den.p50 with a conservative interval from both p50 CIs."""
+    est = num.latency_p50_ms / den.latency_p50_ms
+    lo = num.latency_p50_ci_low_ms / den.latency_p50_ci_high_ms
+    hi = num.latency_p50_ci_high_ms / den.latency_p50_ci_low_ms
+    return float(est), float(lo), float(hi)
+
+
+def _eval_size(params: dict | None) -> int | None:
+    try:
+        from workbench import data as data_mod
+
+        return int(len(data_mod.load(params["data"]).y_eval))
+    except Exception:  # noqa: BLE001 - the CI is then omitted, the report still builds
+        return None
+
+
+def headline(df, best: dict | None) -> dict[str, Any]:
+    """The recommended trial against the baselines at its batch size, with intervals.
+
+    Speed-up intervals combine both p50 CIs (low/high over high/low). The accuracy-drop CI is
+    the paired one (same eval samples): drop +- 1.96 * sqrt((d - drop^2) / n), d the fraction of
+    samples whose top-1 differs from the fp32 Keras model's.
+    """
+    if not best:
+        return {}
+    row = df[(df.kind == "trial") & (df.trial == best["trial"])].iloc[0]
+    out: dict[str, Any] = {"trial": best["trial"], "label": row.label, "batch_size": int(row.batch_size),
+                           "latency_p50_ms": [float(row.latency_p50_ms), float(row.latency_p50_ci_low_ms),
+                                              float(row.latency_p50_ci_high_ms)],
+                           "size_bytes": int(row.size_bytes), "accuracy": float(row.accuracy)}
+    for runtime, name in (("tensorflow", "keras_fp32"), ("onnxruntime", "onnx_fp32")):
+        base = df[(df.kind == "baseline") & (df.runtime == runtime) & (df.batch_size == row.batch_size)
+                  & (df.hardware_id == row.hardware_id)]
+        if base.empty:
+            continue
+        b = base.iloc[0]
+        out[f"speedup_vs_{name}"] = list(_ratio_ci(b, row))
+        out[f"size_reduction_vs_{name}"] = float(b.size_bytes / row.size_bytes)
+        out[f"baseline_{name}"] = {"trial": b.trial, "latency_p50_ms": float(b.latency_p50_ms),
+                                   "size_bytes": int(b.size_bytes), "accuracy": float(b.accuracy)}
+    drop = float(row.accuracy_drop)
+    out["accuracy_drop"] = [drop, math.nan, math.nan]
+    n = _eval_size(row.params_full if isinstance(row.params_full, dict) else None)
+    if n and row.top1_agreement == row.top1_agreement:
+        d, delta = 1.0 - float(row.top1_agreement) / 100.0, drop / 100.0
+        half = 196.0 * math.sqrt(max(d - delta * delta, 0.0) / n)
+        out["accuracy_drop"] = [drop, drop - half, drop + half]
+        out["eval_samples"] = n
+    return _clean(out)
+
+
+def _interval(v: list | None, unit: str = "", digits: int = 4) -> str:
+    if not v or v[0] is None:
+        return "n/a"
+    est, lo, hi = v
+    ci = f" [95% CI {lo:.{digits}g}-{hi:.{digits}g}]" if lo is not None and hi is not None else ""
+    return f"{est:.{digits}g}{unit}{ci}"
+
+
+def _machine(run_dir: Path) -> list[tuple[str, str]]:
+    path = run_dir / "environment.json"
+    if not path.exists():
+        return [("machine", "unknown (no environment.json)")]
+    env = json.loads(path.read_text())
+    cpu = env.get("cpu", {})
+    vers = env.get("versions", {})
+    libs = ", ".join(f"{k} {vers[k]}" for k in ("onnxruntime", "openvino", "tensorflow", "optuna")
+                     if vers.get(k))
+    return [("host", env.get("host", "?")), ("CPU", f"{cpu.get('model', '?')}, {cpu.get('cores', '?')} cores, "
+                                                    f"flags {' '.join(cpu.get('flags', [])) or '-'}"),
+            ("platform", f"{env.get('platform', '?')}, Python {env.get('python', '?')}"),
+            ("libraries", libs or "-"), ("hardware id", env.get("hardware_id", "?"))]
+
+
+def _summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
+    if not best:
+        return [("recommendation", "no completed feasible trial yet")]
+    items = [("recommended", f"trial {best['trial']}: {best['label']}"),
+             ("p50 per batch", f"{_interval(head.get('latency_p50_ms'), ' ms')} at batch {head.get('batch_size')}")]
+    for name, title in (("keras_fp32", "Keras fp32 (TensorFlow)"), ("onnx_fp32", "ONNX fp32 (onnxruntime)")):
+        if f"speedup_vs_{name}" in head:
+            b = head[f"baseline_{name}"]
+            items.append((f"vs {title}", f"speed-up {_interval(head[f'speedup_vs_{name}'], 'x', 3)}, "
+                                         f"size {head[f'size_reduction_vs_{name}']:.2f}x smaller "
+                                         f"({b['size_bytes']:,} -> {head['size_bytes']:,} bytes); baseline p50 "
+                                         f"{b['latency_p50_ms']:.4g} ms, accuracy {_nan(b['accuracy']):.2f}%"))
+    n = head.get("eval_samples")
+    items.append(("accuracy", f"{_nan(head['accuracy']):.2f}%, drop {_interval(head.get('accuracy_drop'), ' pt', 3)}"
+                              + (f" (paired, {n} eval samples)" if n else "")))
+    items.append(("why", best["reason"]))
+    inter = best.get("interleaved") or {}
+    for r in inter.get("results", []):
+        items.append((f"interleaved: trial {r['trial']}",
+                      f"p50 {r['latency_p50_ms']:.4g} ms [95% CI {r['latency_p50_ci_low_ms']:.4g}-"
+                      f"{r['latency_p50_ci_high_ms']:.4g}] over {r['n_runs']} runs, batch {r['batch_size']}"))
+    return items
+
+
+def build(run_dir: str | Path, remeasure: bool = True, progress: bool = False) -> dict[str, Path]:
+    """Write results.csv, report.md, report.html, the plots and best.json into ``run_dir``.
+
+    ``remeasure``: settle overlapping p50 CIs of the fastest candidates by an interleaved
+    re-measurement (a few seconds, once per set of candidates; see :func:`recommend`).
+    """
+    from workbench import plots
+
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
-    df = load_table(run_dir)
-    paths = {name: run_dir / name for name in ("results.csv", "report.md", "pareto.png", "best.json")}
-    df.drop(columns=[]).to_csv(paths["results.csv"], index=False)
-    best = recommend(df)
+    full = load_table(run_dir, extras=True)
+    df = full[COLUMNS]
+    paths = {name: run_dir / name for name in ("results.csv", "report.md", "report.html", "best.json")}
+    df.to_csv(paths["results.csv"], index=False)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None
+    best = recommend(full, run_dir, remeasure=remeasure, log=log)
     best_doc = ({"experiment": info["experiment"], "study": info["study"], **best} if best else
                 {"experiment": info["experiment"], "study": info["study"], "trial": None,
                  "reason": "no completed feasible trial"})
+    head = headline(full, best)
     if best:
         best_doc["params"] = {k: best["row"].get(k) for k in PARAM_COLUMNS}
+        best_doc["summary"] = head
     paths["best.json"].write_text(json.dumps(best_doc, indent=2))
-    plot_pareto(df, paths["pareto.png"], info["max_accuracy_drop"])
-    paths["report.md"].write_text(_markdown(info, df, best))
+    images = plots.draw_all(full, run_dir, info["objectives"], info["max_accuracy_drop"])
+    paths.update({name.removesuffix(".png"): p for name, p in images.items()})
+    paths["report.md"].write_text(_markdown(info, df, best, head))
+    paths["report.html"].write_text(_html(info, run_dir, df, best, head, images))
     return paths
 
 
-def _markdown(info: dict, df, best: dict | None) -> str:
-    env_path = None
+def _html(info: dict, run_dir: Path, df, best: dict | None, head: dict, images: dict[str, Path]) -> str:
+    from workbench import html, plots
+
+    counts = df[df.kind == "trial"].state.value_counts().to_dict()
+    intro = (f"<p>Trials: {html.esc(', '.join(f'{v} {k.lower()}' for k, v in counts.items()) or 'none')}. "
+             f"Objectives: {html.esc(', '.join(info['objectives']))}; feasible means accuracy drop &lt;= "
+             f"{info['max_accuracy_drop']:g} points vs the fp32 Keras model. Latency is per batch "
+             f"(p50 with a bootstrap 95% CI) unless it says per sample.</p>")
+    cls = "rec tie" if best and best.get("tie") else "rec"
+    base = df[df.kind == "baseline"][["trial", "accuracy", "latency_p50_ms", "latency_p50_ci_low_ms",
+                                      "latency_p50_ci_high_ms", "latency_p90_ms", "size_bytes"]]
+    figs = "".join(html.image(images[name], title) for name, title in plots.PLOTS if name in images)
+    sections = [
+        ("", intro),
+        ("Recommendation", f"<div class='{cls}'>{html.definition_list(_summary_items(head, best))}</div>"),
+        ("Machine", html.definition_list(_machine(run_dir))),
+        ("Baselines", html.table(base)),
+        ("Plots", f"<div class='plots'>{figs}</div>"),
+        ("All trials (click a header to sort)", html.table(df, best["trial"] if best else None, "all-trials")),
+    ]
+    return html.page(f"{info['experiment']} / {info['study']}", sections)
+
+
+def _markdown(info: dict, df, best: dict | None, head: dict | None = None) -> str:
     lines = [f"# {info['experiment']} / {info['study']}", ""]
     counts = df[df.kind == "trial"].state.value_counts().to_dict()
     lines.append("Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) +
@@ -253,16 +457,20 @@ def _markdown(info: dict, df, best: dict | None) -> str:
     if best:
         r = best["row"]
         lines += ["## Recommendation", "",
-                  f"**Trial {best['trial']}: {best['label']}**: accuracy {r['accuracy']:.2f}% "
+                  f"**Trial {best['trial']}: {best['label']}**: accuracy {_nan(r['accuracy']):.2f}% "
                   f"(drop {r['accuracy_drop']:.2f} pt), p50 {r['latency_p50_ms']:.4f} ms "
                   f"[95% CI {r['latency_p50_ci_low_ms']:.4f}-{r['latency_p50_ci_high_ms']:.4f}], "
                   f"p90 {r['latency_p90_ms']:.4f} ms per batch of {r['batch_size']}, "
                   f"{r['size_bytes']:,} bytes, speed-up vs Keras {r['speedup_vs_baseline'] or float('nan'):.2f}x.",
-                  "", f"Why: {best['reason']}.", ""]
+                  ""]
+        lines += [f"- {k}: {v}" for k, v in _summary_items(head or {}, best)[2:]] + [""]
     else:
         lines += ["## Recommendation", "", "No completed feasible trial yet.", ""]
     lines += ["## Trials", "", _markdown_table(df[SUMMARY_COLUMNS]), "",
-              "Full columns (CIs, CV, agreement, memory, load time, notebooks): `results.csv`.", ""]
+              "## All columns", "",
+              "The same table as `results.csv` (CIs, CV, `unstable`, agreement, memory, load time, "
+              "notebooks). Plots and a sortable version: `report.html`.", "",
+              _markdown_table(df[COLUMNS]), ""]
     return "\n".join(lines)
 
 

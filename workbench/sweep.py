@@ -33,6 +33,12 @@ CONDITIONS = {
     "per_channel": lambda p: p.get("bits") == 8,
     "prune_structure": lambda p: float(p.get("sparsity", 0)) > 0,
     "finetune_epochs": lambda p: float(p.get("sparsity", 0)) > 0,
+    "provider": lambda p: p.get("runtime") in ("onnxruntime", "openvino"),
+    "inter_op_threads": lambda p: p.get("runtime") == "onnxruntime",
+    "graph_optimization": lambda p: p.get("runtime") == "onnxruntime",
+    "execution_mode": lambda p: p.get("runtime") == "onnxruntime",
+    "ov_hint": lambda p: p.get("runtime") == "openvino",
+    "ov_streams": lambda p: p.get("runtime") == "openvino",
 }
 
 
@@ -111,6 +117,7 @@ def trial_settings(exp: Experiment) -> dict[str, Any]:
     return dict(model=exp.resolve(exp.model), data=exp.resolve(exp.data),
                 calibration_samples=exp.calibration_samples,
                 max_accuracy_drop=exp.max_accuracy_drop, seed=exp.seed,
+                task=exp.task, trust_model_code=exp.trust_model_code,
                 **exp.measurement.model_dump())
 
 

@@ -53,14 +53,26 @@ def _pruning_metrics(model: zoo.ModelRef, data, p: TrialParams) -> dict[str, Any
     }
 
 
+def artifact_for(p: TrialParams) -> tuple[data_mod.Dataset, zoo.ModelRef, variants.Artifact]:
+    """Data, source model and the (cached) artifact of a trial's parameters: how a report,
+    a re-measurement or an export bundle re-opens what a trial measured."""
+    data = data_mod.load(p.data, p.task)
+    model = zoo.resolve(p.model, data, p.trust_model_code)
+    return data, model, variants.build(model, data, p, p.calibration_samples)
+
+
 def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     """Build, load and measure one deployment configuration."""
     t_start = time.perf_counter()
     p = params if isinstance(params, TrialParams) else TrialParams.parse(params)
     out: dict[str, Any] = {"status": "complete", "label": p.describe(), "params": p.model_dump()}
-    data = data_mod.load(p.data)
-    model = zoo.resolve(p.model, data)
-    out["baseline_accuracy"] = model.accuracy
+    data = data_mod.load(p.data, p.task)
+    model = zoo.resolve(p.model, data, p.trust_model_code)
+    regression = p.task == "regression"
+    if regression:  # quality is MAE/RMSE; "accuracy_drop" is the MAE increase over fp32
+        out.update(baseline_mae=model.meta["mae"], baseline_rmse=model.meta["rmse"])
+    else:
+        out["baseline_accuracy"] = model.accuracy
     try:
         t0 = time.perf_counter()
         artifact = variants.build(model, data, p, p.calibration_samples)
@@ -73,7 +85,7 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     try:
         outputs = evaluate(session, data.x_eval, p.batch_size)
         reference = model.reference()
-        acc = zoo.accuracy(outputs, data.y_eval)
+        quality = zoo.quality(outputs, data)
         batch = timing_batch(data.x_eval, p.batch_size)
         with measure.exclusive():
             times = measure.time_calls(lambda: session.run(batch), p.warmup, p.min_runs,
@@ -86,12 +98,11 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     size, size_gz = _size(artifact.path)
     if p.sparsity > 0:
         out.update(_pruning_metrics(model, data, p))
-    drop = model.accuracy - acc
+    drop = quality["mae"] - model.meta["mae"] if regression else model.accuracy - quality["accuracy"]
     out.update(
-        accuracy=acc,
+        **quality,
         accuracy_drop=drop,
         feasible=bool(drop <= p.max_accuracy_drop + 1e-9),
-        top1_agreement=float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0),
         max_abs_diff=float(np.max(np.abs(outputs.astype(np.float32) - reference))),
         **stats,
         size_bytes=size,
@@ -105,6 +116,8 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
         fingerprint=fingerprint.collect(),
         total_seconds=time.perf_counter() - t_start,
     )
+    if not regression:  # argmax agreement means nothing for a real-valued output
+        out["top1_agreement"] = float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0)
     return out
 
 

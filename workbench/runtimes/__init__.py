@@ -29,9 +29,11 @@ _MODULES = {
     "onnxruntime": "workbench.runtimes.ort",
     "openvino": "workbench.runtimes.openvino",
     "tensorflow": "workbench.runtimes.tensorflow",
+    "litert": "workbench.runtimes.litert",
 }
 # Which artifact formats each runtime reads.
-FORMATS = {"onnxruntime": ("onnx",), "openvino": ("onnx",), "tensorflow": ("keras",)}
+FORMATS = {"onnxruntime": ("onnx",), "openvino": ("onnx",), "tensorflow": ("keras", "savedmodel"),
+           "litert": ("tflite",)}
 
 
 def load(params, artifact) -> Session:

@@ -1,8 +1,10 @@
-"""The unmodified Keras model run by TensorFlow fp32: the baseline every speed-up is measured against.
+"""The unmodified fp32 model run by TensorFlow: the baseline every speed-up is measured against.
 
-The forward pass is a ``tf.function`` with a dynamic batch signature (what a TF serving
-deployment runs), not ``model.predict``, whose per-call overhead would flatter every other
-runtime.
+A Keras model's forward pass is a ``tf.function`` with a dynamic batch signature (what a TF
+serving deployment runs), not ``model.predict``, whose per-call overhead would flatter every
+other runtime. A SavedModel runs its ``serving_default`` signature. Threads are set through
+``tf.config.threading`` (which only takes effect before TensorFlow's first op in the process:
+each trial notebook is a fresh kernel, so there it always does).
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ class TensorflowSession:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:  # TF already initialised in this process: keep its setting
             pass
-        import keras
-
         t0 = time.perf_counter()
-        model = keras.saving.load_model(path, safe_mode=True)
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        self._fn = tf.function(lambda x: model(x, training=False), input_signature=(spec,))
+        if Path(path).is_dir():  # SavedModel
+            from workbench.usermodel import saved_model_signature
+
+            self._loaded, sig, in_name, out_name = saved_model_signature(Path(path))
+            spec = sig.structured_input_signature[1][in_name]
+            self._fn = tf.function(lambda x: sig(**{in_name: x})[out_name],
+                                   input_signature=(tf.TensorSpec(spec.shape, tf.float32),))
+        else:
+            import keras
+
+            model = keras.saving.load_model(path, safe_mode=not params.trust_model_code)
+            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+            self._fn = tf.function(lambda x: model(x, training=False), input_signature=(spec,))
         self._fn.get_concrete_function()
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.providers = ["tensorflow:CPU"]

@@ -16,6 +16,7 @@ from workbench.errors import TrialPruned
 from workbench.zoo import ModelRef
 
 PRUNE_PACKAGES = ("tensorflow", "keras")
+TFLITE_PACKAGES = ("tensorflow", "keras", "ai-edge-litert")
 
 ONNX_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxconverter-common")
 
@@ -37,6 +38,8 @@ class Artifact:
 def _onnx_fp32(model: ModelRef, data: Dataset) -> Artifact:
     from workbench.variants import export
 
+    if model.format == "onnx":  # a user ONNX model is its own fp32 artifact (checked by zoo)
+        return Artifact(model.onnx_path, "onnx", model.key, ())
     k = cache.key("onnx-fp32", model.key, export.OPSET, cache.versions(*ONNX_PACKAGES))
     d = cache.entry("artifacts", k, lambda out: export.to_onnx(model, data, out / "model.onnx"))
     return Artifact(d / "model.onnx", "onnx", k, ("export:onnx",))
@@ -78,16 +81,32 @@ def pruned(model: ModelRef, data: Dataset, params) -> ModelRef:
     return ModelRef(f"{model.name}+{_prune_label(params)}", k, d, json.loads((d / "meta.json").read_text()))
 
 
+def _tflite(source: ModelRef, data: Dataset, params, calibration_samples: int) -> Artifact:
+    if source.meta.get("format", "keras") != "keras":
+        raise TrialPruned(f"the TFLite route needs a Keras model; {source.name} is {source.meta['format']}")
+    from workbench.variants import tflite
+
+    r = tflite.recipe(params, calibration_samples)
+    k = cache.key("tflite", source.key, r, cache.versions(*TFLITE_PACKAGES))
+    d = cache.entry("artifacts", k, lambda out: tflite.convert(source, data, out / "model.tflite", r))
+    prefix = (_prune_label(params),) if params.sparsity > 0 else ()
+    return Artifact(d / "model.tflite", "tflite", k, prefix + ("export:savedmodel", tflite.describe(r)))
+
+
 def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_samples: int) -> Artifact:  # noqa: F821
     """The artifact for one trial's parameters (built once, then read from the cache)."""
     if params.runtime == "tensorflow":
         if params.bits != 32 or params.sparsity > 0:
             raise TrialPruned("runtime tensorflow runs only the unmodified fp32 Keras model "
                               f"(asked bits={params.bits}, sparsity={params.sparsity})")
+        if model.format == "onnx":
+            raise TrialPruned(f"runtime tensorflow needs a Keras or SavedModel model; {model.name} is onnx")
+        if model.format == "savedmodel":
+            return Artifact(model.saved_model_path, "savedmodel", model.key, ())
         return Artifact(model.keras_path, "keras", model.key, ())
-    if params.runtime not in ("onnxruntime", "openvino"):
-        raise TrialPruned(f"runtime {params.runtime} is not supported yet")
     source = pruned(model, data, params) if params.sparsity > 0 else model
+    if params.runtime == "litert":
+        return _tflite(source, data, params, calibration_samples)
     base = _onnx_fp32(source, data)
     if params.sparsity > 0:
         base = Artifact(base.path, base.format, base.key, (_prune_label(params),) + base.transforms)

@@ -1,7 +1,8 @@
-"""Keras 3 -> ONNX export, checked against the Keras outputs.
+"""Keras 3 / SavedModel -> ONNX export, checked against the fp32 outputs.
 
-tf2onnx converts a ``tf.function`` that calls the Keras model (Keras 3's own ``model.export``
-goes through the same converter); the exported graph keeps a dynamic batch dimension. The
+tf2onnx converts a ``tf.function`` that calls the Keras model, or the SavedModel's
+``serving_default`` signature (Keras 3's own ``model.export`` goes through the same converter);
+the exported graph keeps a dynamic batch dimension. The
 export is only accepted when onnxruntime reproduces the Keras eval outputs within
 ``TOLERANCE``: a silently wrong conversion would make every later number meaningless.
 """
@@ -21,19 +22,44 @@ TOLERANCE = 1e-4
 INPUT_NAME = "input"
 
 
-def to_onnx(model: ModelRef, data: Dataset, out: Path) -> None:
-    """Export ``model`` to ``out`` and verify output equivalence on the eval split."""
+def _serving_function(model: ModelRef, data: Dataset):
+    """A ``tf.function`` with a dynamic batch signature computing the fp32 model's outputs."""
     import tensorflow as tf
-    import tf2onnx
 
-    keras_model = model.load_keras()
     spec = (tf.TensorSpec((None, *data.input_shape), tf.float32, name=INPUT_NAME),)
+    if model.format == "savedmodel":
+        from workbench.usermodel import saved_model_signature
+
+        loaded, sig, in_name, out_name = saved_model_signature(model.saved_model_path)
+
+        @tf.function(input_signature=spec)
+        def serve(x):
+            return sig(**{in_name: x})[out_name]
+
+        serve._keep_alive = loaded  # the signature's variables live as long as the function
+        return serve, spec
+    keras_model = model.load_keras()
 
     @tf.function(input_signature=spec)
     def serve(x):
         return keras_model(x, training=False)
 
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+    return serve, spec
+
+
+def to_onnx(model: ModelRef, data: Dataset, out: Path) -> None:
+    """Export ``model`` (Keras or SavedModel) to ``out`` and verify output equivalence on the
+    eval split. An ONNX user model needs no export: it is its own fp32 artifact."""
+    import tf2onnx
+
+    if model.format == "onnx":
+        raise ModelError(f"{model.name} is already an ONNX model; it is used as is")
+    serve, spec = _serving_function(model, data)
+    try:
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+    except Exception as err:  # an op tf2onnx cannot convert, for example
+        line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelError(f"ONNX export of {model.name!r} failed ({line})") from None
     out.write_bytes(proto.SerializeToString())
     diff = max_abs_diff_vs_reference(out, model, data)
     if diff > TOLERANCE:

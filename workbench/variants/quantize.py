@@ -20,6 +20,18 @@ from workbench.data import Dataset
 from workbench.errors import TrialPruned
 
 INT4_BLOCK_SIZE = 32
+# Below this share of weights in MatMul/Gather, an "int4" artifact would be a mislabelled fp32
+# one (e.g. a CNN whose only MatMul is its classifier head).
+INT4_MIN_SHARE = 0.5
+
+
+def matmul_weight_share(model) -> float:
+    """Fraction of the model's weight elements that feed MatMul/Gather (what int4 can cover)."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) >= 2}
+    total = sum(sizes.values())
+    covered = sum(sizes.get(name, 0) for n in model.graph.node if n.op_type in ("MatMul", "Gather")
+                  for name in n.input)
+    return covered / total if total else 0.0
 
 
 def recipe(params, calibration_samples: int) -> dict[str, Any]:
@@ -75,8 +87,12 @@ def _int4(src: Path, dst: Path, block_size: int) -> None:
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
     model = onnx.load(str(src))
-    if not any(n.op_type in ("MatMul", "Gather") for n in model.graph.node):
+    share = matmul_weight_share(model)
+    if share == 0.0:
         raise TrialPruned("no MatMul to quantize to 4 bits")
+    if share < INT4_MIN_SHARE:
+        raise TrialPruned(f"no MatMul to quantize to 4 bits worth it: only {share:.1%} of the weights "
+                          "are in MatMul/Gather, the rest would stay fp32")
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True)
     quantizer.process()
     onnx.save(quantizer.model.model, str(dst))

@@ -1,0 +1,60 @@
+"""Keras -> SavedModel -> TFLite, with the TFLite converter's own quantization.
+
+- 32: fp32. 16: fp16 weights (dequantized to fp32 at load by the runtime).
+- 8 dynamic: dynamic-range int8 (int8 weights, float activations).
+- 8 static: full int8, activations calibrated with a representative dataset drawn from the
+  calibration split; int8 input and output tensors (the runtime session quantizes the float
+  batch with the input's scale and zero point, so callers always pass float32).
+- 4: not offered by the TFLite converter: the trial is pruned with that reason.
+
+Converted from a SavedModel export (``model.export``), the route LiteRT documents for Keras 3.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.data import Dataset
+from workbench.errors import TrialPruned
+from workbench.zoo import ModelRef
+
+
+def recipe(params, calibration_samples: int) -> dict[str, Any]:
+    if params.bits == 4:
+        raise TrialPruned("the TFLite converter has no 4-bit weight quantization")
+    if params.bits == 8 and params.int8_mode == "static":
+        return {"bits": 8, "mode": "full-int8", "samples": calibration_samples}
+    if params.bits == 8:
+        return {"bits": 8, "mode": "dynamic-range"}
+    return {"bits": params.bits}
+
+
+def describe(r: dict[str, Any]) -> str:
+    return "tflite-" + (f"int8-{r['mode']}" if r["bits"] == 8 else f"fp{r['bits']}")
+
+
+def convert(model: ModelRef, data: Dataset, out: Path, r: dict[str, Any]) -> None:
+    """Write the TFLite flatbuffer for ``model`` quantized as ``r`` to ``out``."""
+    import tensorflow as tf
+
+    keras_model = model.load_keras()
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "saved_model"
+        keras_model.export(str(saved), format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        if r["bits"] == 16:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif r["bits"] == 8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if r["mode"] == "full-int8":
+                x = data.x_calib[: r["samples"]].astype(np.float32)
+                converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+        out.write_bytes(converter.convert())
