@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/measurement.py
 	$(BIN)/python benchmarks/runtimes.py
 	$(BIN)/python benchmarks/compression.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf $(VENV) experiments/runs .pytest_cache
