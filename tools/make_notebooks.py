@@ -80,7 +80,7 @@ def quickstart() -> None:
         new_markdown_cell("## Every trial, with the baselines\n\n`feasible` means the accuracy drop "
                           "is within `max_accuracy_drop`; `pareto` marks the trade-off front."),
         new_code_cell("table = report.load_table(run_dir)\n"
-                      "table[report.SUMMARY_COLUMNS]"),
+                      "table[report.summary_columns(table)]"),
         new_markdown_cell("## Accuracy against p90 latency"),
         new_code_cell("from IPython.display import Image\n\nImage(filename=str(run_dir / 'pareto.png'))"),
         new_markdown_cell("## The recommendation"),

@@ -39,7 +39,8 @@ def _work(args: argparse.Namespace) -> int:
 def _print_table(report, run_dir: Path) -> None:
     import pandas as pd
 
-    table = report.load_table(run_dir)[report.SUMMARY_COLUMNS]
+    full = report.load_table(run_dir)
+    table = full[report.summary_columns(full)]
     with pd.option_context("display.width", 200, "display.max_columns", 30,
                            "display.max_colwidth", 60, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))

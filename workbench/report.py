@@ -324,7 +324,8 @@ def headline(df, best: dict | None) -> dict[str, Any]:
     out: dict[str, Any] = {"trial": best["trial"], "label": row.label, "batch_size": int(row.batch_size),
                            "latency_p50_ms": [float(row.latency_p50_ms), float(row.latency_p50_ci_low_ms),
                                               float(row.latency_p50_ci_high_ms)],
-                           "size_bytes": int(row.size_bytes), "accuracy": float(row.accuracy)}
+                           "size_bytes": int(row.size_bytes), "accuracy": float(row.accuracy),
+                           "mae": _nan(row.get("mae"))}
     for runtime, name in (("tensorflow", "keras_fp32"), ("onnxruntime", "onnx_fp32")):
         base = df[(df.kind == "baseline") & (df.runtime == runtime) & (df.batch_size == row.batch_size)
                   & (df.hardware_id == row.hardware_id)]
@@ -334,7 +335,8 @@ def headline(df, best: dict | None) -> dict[str, Any]:
         out[f"speedup_vs_{name}"] = list(_ratio_ci(b, row))
         out[f"size_reduction_vs_{name}"] = float(b.size_bytes / row.size_bytes)
         out[f"baseline_{name}"] = {"trial": b.trial, "latency_p50_ms": float(b.latency_p50_ms),
-                                   "size_bytes": int(b.size_bytes), "accuracy": float(b.accuracy)}
+                                   "size_bytes": int(b.size_bytes), "accuracy": float(b.accuracy),
+                                   "mae": _nan(b.get("mae"))}
     drop = float(row.accuracy_drop)
     out["accuracy_drop"] = [drop, math.nan, math.nan]
     n = _eval_size(row.params_full if isinstance(row.params_full, dict) else None)
@@ -369,6 +371,29 @@ def _machine(run_dir: Path) -> list[tuple[str, str]]:
             ("libraries", libs or "-"), ("hardware id", env.get("hardware_id", "?"))]
 
 
+def _is_regression_value(d: dict) -> bool:
+    acc, mae = d.get("accuracy"), d.get("mae")
+    return (acc is None or acc != acc) and mae is not None and mae == mae
+
+
+def quality_text(d: dict) -> str:
+    """"accuracy 98.06%" for classification, "MAE 0.0123" for regression."""
+    return f"MAE {d['mae']:.4g}" if _is_regression_value(d) else f"accuracy {_nan(d.get('accuracy')):.2f}%"
+
+
+def feasibility_text(info: dict, df) -> str:
+    if "mae" in df and df["mae"].notna().any() and df["accuracy"].isna().all():
+        return f"feasible means the MAE increase is <= {info['max_accuracy_drop']:g} vs the fp32 model"
+    return f"feasible means accuracy drop <= {info['max_accuracy_drop']:g} points vs the fp32 Keras model"
+
+
+def summary_columns(df) -> list[str]:
+    """SUMMARY_COLUMNS, with MAE in place of accuracy for a regression run."""
+    if "mae" in df and df["mae"].notna().any() and df["accuracy"].isna().all():
+        return [("mae" if c == "accuracy" else c) for c in SUMMARY_COLUMNS]
+    return SUMMARY_COLUMNS
+
+
 def _summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
     if not best:
         return [("recommendation", "no completed feasible trial yet")]
@@ -380,10 +405,14 @@ def _summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
             items.append((f"vs {title}", f"speed-up {_interval(head[f'speedup_vs_{name}'], 'x', 3)}, "
                                          f"size {head[f'size_reduction_vs_{name}']:.2f}x smaller "
                                          f"({b['size_bytes']:,} -> {head['size_bytes']:,} bytes); baseline p50 "
-                                         f"{b['latency_p50_ms']:.4g} ms, accuracy {_nan(b['accuracy']):.2f}%"))
+                                         f"{b['latency_p50_ms']:.4g} ms, {quality_text(b)}"))
     n = head.get("eval_samples")
-    items.append(("accuracy", f"{_nan(head['accuracy']):.2f}%, drop {_interval(head.get('accuracy_drop'), ' pt', 3)}"
-                              + (f" (paired, {n} eval samples)" if n else "")))
+    if _is_regression_value(head):
+        items.append(("quality", f"{quality_text(head)}, MAE increase {_nan(head['accuracy_drop'][0]):.4g} "
+                                 "vs the fp32 model"))
+    else:
+        items.append(("accuracy", f"{_nan(head['accuracy']):.2f}%, drop {_interval(head.get('accuracy_drop'), ' pt', 3)}"
+                                  + (f" (paired, {n} eval samples)" if n else "")))
     items.append(("why", best["reason"]))
     inter = best.get("interleaved") or {}
     for r in inter.get("results", []):
@@ -429,11 +458,11 @@ def _html(info: dict, run_dir: Path, df, best: dict | None, head: dict, images: 
 
     counts = df[df.kind == "trial"].state.value_counts().to_dict()
     intro = (f"<p>Trials: {html.esc(', '.join(f'{v} {k.lower()}' for k, v in counts.items()) or 'none')}. "
-             f"Objectives: {html.esc(', '.join(info['objectives']))}; feasible means accuracy drop &lt;= "
-             f"{info['max_accuracy_drop']:g} points vs the fp32 Keras model. Latency is per batch "
+             f"Objectives: {html.esc(', '.join(info['objectives']))}; {html.esc(feasibility_text(info, df))}. "
+             "Latency is per batch "
              f"(p50 with a bootstrap 95% CI) unless it says per sample.</p>")
     cls = "rec tie" if best and best.get("tie") else "rec"
-    base = df[df.kind == "baseline"][["trial", "accuracy", "latency_p50_ms", "latency_p50_ci_low_ms",
+    base = df[df.kind == "baseline"][["trial", summary_columns(df)[3], "latency_p50_ms", "latency_p50_ci_low_ms",
                                       "latency_p50_ci_high_ms", "latency_p90_ms", "size_bytes"]]
     figs = "".join(html.image(images[name], title) for name, title in plots.PLOTS if name in images)
     sections = [
@@ -451,14 +480,13 @@ def _markdown(info: dict, df, best: dict | None, head: dict | None = None) -> st
     lines = [f"# {info['experiment']} / {info['study']}", ""]
     counts = df[df.kind == "trial"].state.value_counts().to_dict()
     lines.append("Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) +
-                 f". Objectives: {', '.join(info['objectives'])}; feasible means accuracy drop "
-                 f"<= {info['max_accuracy_drop']:g} points vs the fp32 Keras model.")
+                 f". Objectives: {', '.join(info['objectives'])}; {feasibility_text(info, df)}.")
     lines.append("")
     if best:
         r = best["row"]
         lines += ["## Recommendation", "",
-                  f"**Trial {best['trial']}: {best['label']}**: accuracy {_nan(r['accuracy']):.2f}% "
-                  f"(drop {r['accuracy_drop']:.2f} pt), p50 {r['latency_p50_ms']:.4f} ms "
+                  f"**Trial {best['trial']}: {best['label']}**: {quality_text(r)} "
+                  f"(drop {r['accuracy_drop']:.3g}), p50 {r['latency_p50_ms']:.4f} ms "
                   f"[95% CI {r['latency_p50_ci_low_ms']:.4f}-{r['latency_p50_ci_high_ms']:.4f}], "
                   f"p90 {r['latency_p90_ms']:.4f} ms per batch of {r['batch_size']}, "
                   f"{r['size_bytes']:,} bytes, speed-up vs Keras {r['speedup_vs_baseline'] or float('nan'):.2f}x.",
@@ -466,7 +494,7 @@ def _markdown(info: dict, df, best: dict | None, head: dict | None = None) -> st
         lines += [f"- {k}: {v}" for k, v in _summary_items(head or {}, best)[2:]] + [""]
     else:
         lines += ["## Recommendation", "", "No completed feasible trial yet.", ""]
-    lines += ["## Trials", "", _markdown_table(df[SUMMARY_COLUMNS]), "",
+    lines += ["## Trials", "", _markdown_table(df[summary_columns(df)]), "",
               "## All columns", "",
               "The same table as `results.csv` (CIs, CV, `unstable`, agreement, memory, load time, "
               "notebooks). Plots and a sortable version: `report.html`.", "",
