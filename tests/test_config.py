@@ -72,3 +72,15 @@ def test_relative_paths_resolve_from_the_experiment_file(tmp_path):
     exp = config.load(tmp_path / "exp.yaml")
     assert exp.resolve(exp.data) == str(tmp_path / "data" / "mine.npz")
     assert exp.resolve(exp.model) == "digits_cnn"
+
+
+def test_default_storage_follows_workers(tmp_path):
+    from workbench import sweep
+
+    exp = config.parse({"name": "x"})
+    assert sweep.storage_url(exp, tmp_path, None) == f"sqlite:///{tmp_path / 'study.db'}"
+    assert sweep.storage_url(exp, tmp_path, None, workers=2) == f"journal:{tmp_path / 'study.journal'}"
+    assert sweep.storage_url(exp, tmp_path, "postgresql://u@h/db", workers=2) == "postgresql://u@h/db"
+    (tmp_path / "study.db").touch()
+    with pytest.raises(ConfigError, match="this study is in SQLite"):
+        sweep.storage_url(exp, tmp_path, None, workers=2)

@@ -158,10 +158,13 @@ def storage_url(exp: Experiment, run_dir: Path, storage: str | None, workers: in
     (SQLite for one process; a journal file for several workers, or when one exists)."""
     if storage or exp.storage:
         return storage or exp.storage
-    journal = run_dir / "study.journal"
-    if journal.exists() or (workers > 1 and not (run_dir / "study.db").exists()):
+    journal, sqlite = run_dir / "study.journal", run_dir / "study.db"
+    if workers > 1 and sqlite.exists():
+        raise ConfigError(f"{run_dir}: this study is in SQLite (one process); for --workers give a "
+                          "new --study, or --storage journal:PATH / postgresql://...")
+    if journal.exists() or workers > 1:
         return f"journal:{journal}"
-    return f"sqlite:///{run_dir / 'study.db'}"
+    return f"sqlite:///{sqlite}"
 
 
 def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
