@@ -21,11 +21,12 @@ sys.path.insert(0, str(ROOT))
 from workbench import config, fingerprint  # noqa: E402
 
 
-def sweep_seconds(cache: Path, runs: Path) -> float:
+def sweep_seconds(cache: Path, runs: Path, *options: str) -> float:
+    """Run the default sweep as a user would (the CLI, its own cache), return its wall time."""
     env = dict(os.environ, WORKBENCH_CACHE_DIR=str(cache), TF_CPP_MIN_LOG_LEVEL="2")
     t0 = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "workbench"), "sweep", "experiments/digits.yaml",
-                    "--runs-dir", str(runs), "--quiet"], cwd=ROOT, env=env, check=True,
+                    "--runs-dir", str(runs), "--quiet", *options], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     return time.perf_counter() - t0
 

@@ -7,9 +7,7 @@ last trial end, from the study), so the baselines and the report do not dilute t
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from demo_walltime import sweep_seconds  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
 from workbench import config, fingerprint  # noqa: E402
 from workbench.storage import open_storage  # noqa: E402
 
@@ -28,10 +27,7 @@ N_TRIALS = 12
 def sweep(cache: Path, runs: Path, workers: int) -> tuple[float, list]:
     import optuna
 
-    env = dict(os.environ, WORKBENCH_CACHE_DIR=str(cache), TF_CPP_MIN_LOG_LEVEL="2")
-    subprocess.run([str(Path(sys.executable).parent / "workbench"), "sweep", "experiments/digits.yaml",
-                    "--runs-dir", str(runs), "--workers", str(workers), "--quiet",
-                    "--n-trials", str(N_TRIALS)], cwd=ROOT, env=env, check=True, capture_output=True)
+    sweep_seconds(cache, runs, "--workers", str(workers), "--n-trials", str(N_TRIALS))
     run_dir = runs / "digits" / "digits"
     url = (f"journal:{run_dir / 'study.journal'}" if workers > 1 else f"sqlite:///{run_dir / 'study.db'}")
     trials = [t for t in optuna.load_study(study_name="digits", storage=open_storage(url)).trials

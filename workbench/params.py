@@ -52,7 +52,7 @@ class TrialParams(BaseModel):
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> "TrialParams":
         """Validate (and cast) ``values``; a bad one is a one-line error naming the parameter."""
-        clean = {k: _builtin(v) for k, v in values.items()}
+        clean = {k: to_builtin(v) for k, v in values.items()}
         try:
             return cls.model_validate(clean)
         except ValidationError as err:
@@ -67,7 +67,7 @@ class TrialParams(BaseModel):
         return f"{self.runtime} {bits}{sp} b{self.batch_size} t{self.threads}"
 
 
-def _builtin(value: Any) -> Any:
+def to_builtin(value: Any) -> Any:
     """numpy scalars -> Python scalars; numeric/boolean strings -> numbers/bools."""
     if hasattr(value, "item") and callable(value.item):
         value = value.item()

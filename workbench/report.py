@@ -287,13 +287,6 @@ def _markdown_table(df) -> str:
                           for row in df.itertuples(index=False))
 
 
-def plot_pareto(df, path: Path, max_drop: float) -> None:
-    """Accuracy vs p90 latency (kept here for callers of the old name; see :mod:`workbench.plots`)."""
-    from workbench import plots
-
-    plots.pareto(df, path, max_drop)
-
-
 def _ratio_ci(num, den) -> tuple[float, float, float]:
     """num.p50 / den.p50 with a conservative interval from both p50 CIs."""
     est = num.latency_p50_ms / den.latency_p50_ms
@@ -381,15 +374,20 @@ def quality_text(d: dict) -> str:
     return f"MAE {d['mae']:.4g}" if _is_regression_value(d) else f"accuracy {_nan(d.get('accuracy')):.2f}%"
 
 
+def _regression_run(df) -> bool:
+    """A run whose rows carry MAE and no accuracy (``task: regression``)."""
+    return "mae" in df and df["mae"].notna().any() and df["accuracy"].isna().all()
+
+
 def feasibility_text(info: dict, df) -> str:
-    if "mae" in df and df["mae"].notna().any() and df["accuracy"].isna().all():
+    if _regression_run(df):
         return f"feasible means the MAE increase is <= {info['max_accuracy_drop']:g} vs the fp32 model"
     return f"feasible means accuracy drop <= {info['max_accuracy_drop']:g} points vs the fp32 Keras model"
 
 
 def summary_columns(df) -> list[str]:
     """SUMMARY_COLUMNS, with MAE in place of accuracy for a regression run."""
-    if "mae" in df and df["mae"].notna().any() and df["accuracy"].isna().all():
+    if _regression_run(df):
         return [("mae" if c == "accuracy" else c) for c in SUMMARY_COLUMNS]
     return SUMMARY_COLUMNS
 

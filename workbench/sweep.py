@@ -21,6 +21,7 @@ import yaml
 from workbench import fingerprint, notebook
 from workbench.config import OBJECTIVES, Experiment, Range
 from workbench.errors import ConfigError, TrialFailed, WorkbenchError
+from workbench.params import to_builtin
 from workbench.storage import (ask_lock, counts_towards_budget, heartbeat, open_storage,
                                recover_interrupted, worker_id)
 
@@ -102,14 +103,10 @@ def suggest(trial, exp: Experiment) -> dict[str, Any]:
                 params[name] = float(trial.suggest_float(name, spec.low, spec.high,
                                                          step=spec.step, log=spec.log))
         elif isinstance(spec, list):
-            params[name] = _builtin(trial.suggest_categorical(name, spec))
+            params[name] = to_builtin(trial.suggest_categorical(name, spec))
         else:
             params[name] = spec
     return params
-
-
-def _builtin(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def trial_settings(exp: Experiment) -> dict[str, Any]:
