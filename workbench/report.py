@@ -42,7 +42,8 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
 
 def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None) -> dict[str, Any]:
     m = metrics or {}
-    p = {**params, **m.get("params", {})}
+    recorded = m.get("params")
+    p = {**(params if isinstance(params, dict) else {}), **(recorded if isinstance(recorded, dict) else {})}
     row = {"trial": trial, "kind": kind, "state": state, "label": m.get("label", "")}
     row.update({k: p.get(k) for k in PARAM_COLUMNS})
     if p.get("bits") != 8:
@@ -317,7 +318,7 @@ def headline(df, best: dict | None) -> dict[str, Any]:
     out: dict[str, Any] = {"trial": best["trial"], "label": row.label, "batch_size": int(row.batch_size),
                            "latency_p50_ms": [float(row.latency_p50_ms), float(row.latency_p50_ci_low_ms),
                                               float(row.latency_p50_ci_high_ms)],
-                           "size_bytes": int(row.size_bytes), "accuracy": float(row.accuracy),
+                           "size_bytes": int(row.size_bytes), "accuracy": _nan(row.accuracy),
                            "mae": _nan(row.get("mae"))}
     for runtime, name in (("tensorflow", "keras_fp32"), ("onnxruntime", "onnx_fp32")):
         base = df[(df.kind == "baseline") & (df.runtime == runtime) & (df.batch_size == row.batch_size)
@@ -328,13 +329,14 @@ def headline(df, best: dict | None) -> dict[str, Any]:
         out[f"speedup_vs_{name}"] = list(_ratio_ci(b, row))
         out[f"size_reduction_vs_{name}"] = float(b.size_bytes / row.size_bytes)
         out[f"baseline_{name}"] = {"trial": b.trial, "latency_p50_ms": float(b.latency_p50_ms),
-                                   "size_bytes": int(b.size_bytes), "accuracy": float(b.accuracy),
+                                   "size_bytes": int(b.size_bytes), "accuracy": _nan(b.accuracy),
                                    "mae": _nan(b.get("mae"))}
     drop = float(row.accuracy_drop)
     out["accuracy_drop"] = [drop, math.nan, math.nan]
     n = _eval_size(row.params_full if isinstance(row.params_full, dict) else None)
-    if n and row.top1_agreement == row.top1_agreement:
-        d, delta = 1.0 - float(row.top1_agreement) / 100.0, drop / 100.0
+    agreement = _nan(row.top1_agreement)
+    if n and agreement == agreement:
+        d, delta = 1.0 - float(agreement) / 100.0, drop / 100.0
         half = 196.0 * math.sqrt(max(d - delta * delta, 0.0) / n)
         out["accuracy_drop"] = [drop, drop - half, drop + half]
         out["eval_samples"] = n

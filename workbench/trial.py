@@ -48,7 +48,7 @@ def _pruning_metrics(model: zoo.ModelRef, data, p: TrialParams) -> dict[str, Any
     fp32 = variants._onnx_fp32(pruned, data)
     return {
         "sparsity_reached": prune.onnx_sparsity(fp32.path),
-        "params": pruned.meta["params"],
+        "param_count": pruned.meta["params"],
         "params_removed_fraction": 1.0 - pruned.meta["params"] / model.meta["params"],
     }
 
@@ -118,6 +118,7 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     )
     if not regression:  # argmax agreement means nothing for a real-valued output
         out["top1_agreement"] = float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0)
+    out["eval_samples"] = int(len(data.y_eval))
     return out
 
 
