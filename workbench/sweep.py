@@ -11,6 +11,7 @@ and error; the sweep goes on.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,7 +32,7 @@ BASELINE_RUNTIMES = ("tensorflow", "onnxruntime")
 CONDITIONS = {
     "int8_mode": lambda p: p.get("bits") == 8,
     "calibration": lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static",
-    "per_channel": lambda p: p.get("bits") == 8,
+    "per_channel": lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static",
     "prune_structure": lambda p: float(p.get("sparsity", 0)) > 0,
     "finetune_epochs": lambda p: float(p.get("sparsity", 0)) > 0,
     "provider": lambda p: p.get("runtime") in ("onnxruntime", "openvino"),
@@ -182,6 +183,8 @@ def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
                           f"{str(err).strip().splitlines()[0]})") from None
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {study_name!r} in {url} was created with other objectives")
+    if study.metric_names is None:
+        study.set_metric_names(list(exp.objectives))
     if study.user_attrs.get("experiment") != exp.name:
         study.set_user_attr("experiment", exp.name)
         study.set_user_attr("objectives", exp.objectives)
@@ -231,6 +234,9 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     ``workers`` > 1 starts that many worker processes sharing the study. ``fresh`` deletes the
     run directory's own study first (the quickstart notebook uses it to be re-runnable).
     """
+    from workbench import space
+
+    exp = space.resolve(exp)  # the automatic search space and default n_trials, when omitted
     study_name = study_name or exp.name
     run_dir = Path(runs_dir).resolve() / exp.name / study_name
     if fresh and not (storage or exp.storage):
@@ -248,8 +254,9 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
         _run_workers(exp, run_dir, study, study_name, url, target, workers, progress)
     else:
         work(exp, run_dir, study, url, target, progress=progress)
-    from workbench import report
+    from workbench import decide, report
 
+    decide.decide(run_dir, log=log)
     report.build(run_dir)
     return run_dir
 
@@ -315,6 +322,10 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
     from tqdm.auto import tqdm
 
     log = _logger(progress)
+    from workbench import decide
+
+    # trial.run reuses the measurement of an identical artifact with identical run options
+    os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
     bar = tqdm(total=target, initial=min(_finished(study), target), desc=f"sweep {exp.name}",
                unit="trial", disable=not progress, file=sys.stderr)
     counts = {"complete": 0, "pruned": 0, "fail": 0}
@@ -353,6 +364,8 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
                 error = err
                 log(f"trial {trial.number} failed: {err.reason} (notebook: {err.notebook})")
         outcome = _tell(study, trial, exp, params, metrics, error)
+        if metrics:
+            decide.record(run_dir, trial.number, metrics)
         counts[outcome] += 1
         consecutive_failures = consecutive_failures + 1 if outcome == "fail" else 0
         bar.n = min(target, _finished(study))
