@@ -325,6 +325,9 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
         value = detail["geomean"][str(winner.trial)]
         how = (f"{len(lead)} leading candidates re-measured together in one fresh process over "
                f"{detail['n_rounds']} interleaved rounds; compared by paired per-round ratios")
+    elif len(lead) == 1:
+        value = float(winner[col])
+        how = "the only feasible candidate on the Pareto front that answers the question"
     else:
         value = float(winner[col])
         how = "decided on the sweep's own measurements (no interleaved re-measurement"

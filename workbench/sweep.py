@@ -183,8 +183,10 @@ def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
                           f"{str(err).strip().splitlines()[0]})") from None
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {study_name!r} in {url} was created with other objectives")
-    if study.metric_names is None:
-        study.set_metric_names(list(exp.objectives))
+    if study.metric_names is None:  # the objectives by name, in Optuna's dashboard and tables
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(exp.objectives))
     if study.user_attrs.get("experiment") != exp.name:
         study.set_user_attr("experiment", exp.name)
         study.set_user_attr("objectives", exp.objectives)
