@@ -196,3 +196,25 @@ def test_identical_artifacts_share_one_measurement(tmp_path, monkeypatch):
     assert m["reused_from"] == 3 and m["latency_p90_ms"] == 0.1 and "notebook" not in m
     assert m["params"] == {"per_channel": True}
     assert decide.reuse_metrics(decide.measurement_key(p, c), {}, "x") is None
+
+
+@pytest.mark.slow
+def test_sweep_measures_an_identical_litert_artifact_once(tmp_path):
+    # per_channel does not change LiteRT's full-int8 artifact: the second trial reuses the first's
+    # measurement instead of timing the same bytes again.
+    from workbench import sweep
+
+    path = tmp_path / "reuse.yaml"
+    path.write_text("\n".join([
+        "name: reuse", "sampler: grid", "max_accuracy_drop: 5.0",
+        "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
+        "search_space:", "  bits: 8", "  int8_mode: static", "  per_channel: [false, true]",
+        "  runtime: litert", "  threads: 1"]) + "\n")
+    exp = config.load(path)
+    run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
+    df = report.load_table(run_dir)
+    trials = df[df.kind == "trial"].set_index("trial")
+    assert len(trials) == 2 and (trials.state == "COMPLETE").all()
+    assert pd.isna(trials.loc["0", "reused_from"]) and int(trials.loc["1", "reused_from"]) == 0
+    assert trials.loc["1", "latency_p90_ms"] == trials.loc["0", "latency_p90_ms"]
+    assert len(list((run_dir / "measured").glob("*.json"))) == 1
