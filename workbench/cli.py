@@ -1,6 +1,7 @@
 """The ``workbench`` command: ``sweep``, ``trial``, ``report``, ``export``, ``bench``, ``doctor``.
 
-A user error prints one line (``error: ...``) and exits with code 2; no traceback.
+A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
+else is a bug: one line naming a log file that holds the traceback, exit code 1.
 """
 
 from __future__ import annotations
@@ -8,17 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from workbench import config, report, sweep
 
+    for flag, value, least in (("--n-trials", args.n_trials, 1), ("--add", args.add, 0),
+                               ("--workers", args.workers, 1)):
+        if value is not None and value < least:
+            raise WorkbenchError(f"{flag}: must be at least {least} (got {value})")
     exp = config.load(args.config)
-    if args.workers < 1:
-        raise WorkbenchError(f"--workers: must be at least 1 (got {args.workers})")
     run_dir = sweep.run(exp, n_trials=args.n_trials, add=args.add, study_name=args.study,
                         storage=args.storage, runs_dir=args.runs_dir, workers=args.workers,
                         progress=not args.quiet)
@@ -45,7 +51,10 @@ def _print_table(report, run_dir: Path) -> None:
                            "display.max_colwidth", 60, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
     best = json.loads((run_dir / "best.json").read_text())
-    print(f"\nrecommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
+    if best.get("trial") is None:
+        print(f"\nrecommended: none ({best.get('reason', 'no completed feasible trial')})")
+    else:
+        print(f"\nrecommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
     print(f"run directory: {run_dir}")
 
 
@@ -68,8 +77,9 @@ def _trial(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from workbench import report
+    from workbench import preflight, report
 
+    preflight.check_run_dir(args.run_dir)
     paths = report.build(Path(args.run_dir), remeasure=not args.no_remeasure, progress=True)
     _print_table(report, Path(args.run_dir))
     for p in paths.values():
@@ -78,8 +88,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from workbench import bundle
+    from workbench import bundle, preflight
 
+    preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
     print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}")
     return 0
@@ -160,17 +171,44 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def one_line(err: BaseException) -> str:
+    """The whole message of a user error on one line (its lines joined), never empty."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) or type(err).__name__
+
+
+def _internal_error(err: BaseException) -> int:
+    """A bug, not a user error: one line on stderr, the traceback in a log file, exit 1."""
+    log_dir = Path(tempfile.gettempdir()) / "workbench-logs"
+    text = "".join(traceback.format_exception(err))
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{id(err):x}.log"
+        log.write_text(f"workbench {' '.join(sys.argv[1:])}\n\n{text}")
+        where = str(log)
+    except OSError:
+        where = "unavailable: the log could not be written"
+    print(f"error: internal error: {type(err).__name__}: {first_line(err)} "
+          f"(please report; details in {where})", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2), already printed by argparse
+        return done.code if isinstance(done.code, int) else 2
     try:
         return args.func(args)
     except WorkbenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted: completed trials are kept in the study; run the same command to continue",
               file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last resort: never a traceback on the terminal
+        return _internal_error(err)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from workbench.cache import file_lock
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, first_line
 
 HEARTBEAT_S = 10
 GRACE_S = 40
@@ -55,7 +55,7 @@ def open_storage(url: str):
         except Exception as err:  # noqa: BLE001 - reported as one line below
             last = err
             time.sleep(1.0 + attempt)
-    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    first = first_line(last)
     raise ConfigError(f"storage {url}: cannot open ({first})") from None
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from workbench import fingerprint, notebook
+from workbench import fingerprint, notebook, preflight
 from workbench.config import OBJECTIVES, Experiment, Range
-from workbench.errors import ConfigError, TrialFailed, WorkbenchError
+from workbench.errors import ConfigError, TrialFailed, WorkbenchError, first_line
 from workbench.params import to_builtin
 from workbench.storage import (ask_lock, counts_towards_budget, heartbeat, open_storage,
                                recover_interrupted, worker_id)
@@ -179,7 +179,7 @@ def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
         raise ConfigError(f"study {study_name!r} in {url}: {err}") from None
     except Exception as err:  # unreachable or malformed storage
         raise ConfigError(f"storage {url}: cannot open ({type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[0]})") from None
+                          f"{first_line(err)})") from None
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {study_name!r} in {url} was created with other objectives")
     if study.user_attrs.get("experiment") != exp.name:
@@ -231,6 +231,7 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     ``workers`` > 1 starts that many worker processes sharing the study. ``fresh`` deletes the
     run directory's own study first (the quickstart notebook uses it to be re-runnable).
     """
+    preflight.check(exp)  # model + data loaded once and checked: nothing is created before this
     study_name = study_name or exp.name
     run_dir = Path(runs_dir).resolve() / exp.name / study_name
     if fresh and not (storage or exp.storage):

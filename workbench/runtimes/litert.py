@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.errors import TrialPruned
+from workbench.errors import TrialPruned, first_line
 
 _XNNPACK = ("xnnpack", "default", "CPU", "CPUExecutionProvider")
 
@@ -34,7 +34,7 @@ class LitertSession:
             self._interp = Interpreter(model_path=str(path), num_threads=params.threads,
                                        experimental_op_resolver_type=OpResolverType.AUTO)
         except (ValueError, RuntimeError) as err:
-            raise TrialPruned(f"litert cannot load this artifact: {str(err).strip().splitlines()[0]}") from None
+            raise TrialPruned(f"litert cannot load this artifact: {first_line(err)}") from None
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
         self._batch = None
@@ -50,7 +50,7 @@ class LitertSession:
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise TrialPruned(f"litert cannot run this model at batch size {n}: "
-                              f"{str(err).strip().splitlines()[0]}") from None
+                              f"{first_line(err)}") from None
         self._batch = n
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:

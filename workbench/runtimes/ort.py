@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.errors import TrialPruned
+from workbench.errors import TrialPruned, first_line
 
 GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
                       "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
@@ -47,7 +47,7 @@ class OrtSession:
             self._sess = ort.InferenceSession(str(path), sess_options=session_options(params),
                                               providers=[params.provider])
         except Exception as err:  # e.g. the CUDA provider library present but no driver
-            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            line = first_line(err, 200)
             raise TrialPruned(f"provider {params.provider} could not create a session ({line})") from None
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.providers = self._sess.get_providers()
