@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from workbench.config import Experiment
 from workbench.errors import DataError, ModelError, WorkbenchError, first_line
@@ -28,6 +32,41 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def check(exp: Experiment) -> None:
     """Load ``exp``'s data and model as a trial would and check that they fit together."""
+    with _native_stderr_held():
+        _check(exp)
+
+
+@contextmanager
+def _native_stderr_held() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 meanwhile: TensorFlow's C++ start-up lines
+    (oneDNN, CUDA) ignore TF_CPP_MIN_LOG_LEVEL, and a refused model must be one line. A user
+    error drops them; anything else (success, or a bug) writes them out as they were."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters)
+        yield
+        return
+    user_error = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except WorkbenchError:
+            user_error = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not user_error:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
+
+
+def _check(exp: Experiment) -> None:
     from workbench import data as data_mod
     from workbench import zoo
 
