@@ -119,3 +119,67 @@ def test_every_combination_completes_or_is_pruned_with_its_reason(tmp_path, task
     assert f"recommended: trial {best['trial']}" in result.stdout
     quality = "mae" if task == "regression" else "accuracy"
     assert trials[trials.state == "COMPLETE"][quality].notna().all()
+
+
+def test_report_never_dies_on_a_trials_metrics(tmp_path):
+    """Trials whose recorded metrics miss keys, have wrong types or NaN, written into a real
+    Optuna storage beside one real measurement: the report shows each with its reason."""
+    import math
+
+    import optuna
+
+    from workbench import report, trial
+
+    good = trial.run(dict(model="digits_mlp", runtime="onnxruntime", **FAST))
+    assert good["status"] == "complete"
+    run_dir = tmp_path / "odd"
+    run_dir.mkdir()
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    objectives = ["accuracy", "latency_p90_ms", "size_bytes"]
+    (run_dir / "run.json").write_text(json.dumps({
+        "experiment": "odd", "study": "odd", "storage": url, "objectives": objectives,
+        "max_accuracy_drop": 1.0}))
+    study = optuna.create_study(study_name="odd", storage=url,
+                                directions=["maximize", "minimize", "minimize"])
+    odd = {
+        "missing keys": ({k: v for k, v in good.items()
+                          if k not in ("latency_p50_ms", "size_bytes", "fingerprint")},
+                         ["no latency_p50_ms", "size_bytes"]),
+        "wrong types": ({**good, "latency_p50_ms": "fast", "feasible": "yes", "fingerprint": "x",
+                         "params": [1], "label": 5, "latency_quantiles_ms": "q", "bits": "8"},
+                        ["latency_p50_ms is 'fast'", "feasible is 'yes'"]),
+        "NaN": ({**good, "accuracy": math.nan, "latency_p50_ms": math.nan,
+                 "latency_p50_ci_high_ms": math.inf}, ["accuracy is nan", "latency_p50_ci_high_ms is inf"]),
+        "not a mapping": ("fast and small", ["metrics are a str, not a mapping"]),
+    }
+    numbers = {}
+
+    def add(metrics, params=good["params"], state=optuna.trial.TrialState.COMPLETE):
+        t = study.ask()
+        t.set_user_attr("params", params)
+        if metrics is not None:
+            t.set_user_attr("metrics", metrics)
+        study.tell(t, [1.0, 1.0, 1.0] if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        return str(t.number)
+
+    numbers["good"] = add(good)
+    for name, (metrics, _) in odd.items():
+        numbers[name] = add(metrics)
+    numbers["params not a mapping"] = add(None, params="bits=8", state=optuna.trial.TrialState.FAIL)
+
+    paths = report.build(run_dir, remeasure=False)
+
+    df = pd.read_csv(paths["results.csv"], dtype={"trial": str})
+    assert list(df.trial) == [numbers[k] for k in ["good", *odd, "params not a mapping"]]
+    rows = df.set_index("trial")
+    for name, (_, expected) in odd.items():
+        row = rows.loc[numbers[name]]
+        assert row.state == "COMPLETE" and not row.feasible, (name, row.to_dict())
+        assert "metrics unusable" in row.reason and all(e in row.reason for e in expected), row.reason
+    assert rows.loc[numbers["good"]].feasible and pd.isna(rows.loc[numbers["good"]].reason)
+    assert rows.loc[numbers["params not a mapping"]].state == "FAIL"
+    best = json.loads(paths["best.json"].read_text())
+    assert best["trial"] == numbers["good"]  # an unusable row is never recommended
+    md = paths["report.md"].read_text()
+    assert all(f"| {numbers[name]} | COMPLETE |" in md for name in odd)
+    assert "metrics are a str, not a mapping" in md and "metrics unusable" in paths["report.html"].read_text()
