@@ -200,13 +200,16 @@ def test_sigterm_drains_in_flight_requests(bundle, tmp_path, digits, session):
 
     async def request_then_term():
         task = asyncio.ensure_future(post_many(eng.infer_url, [protocol.request_json(x)] * 4))
-        await asyncio.sleep(0.4)  # the requests are queued, waiting for the 1.5 s batching delay
+        for _ in range(100):  # the requests are queued, waiting for the 1.5 s batching delay
+            await asyncio.sleep(0.05)
+            if eng.metrics().get("workbench_queue_depth") == 4:
+                break
         os.killpg(eng.proc.pid, signal.SIGTERM)
         return await task
     try:
         answers = asyncio.run(request_then_term())
         for status, body, headers in answers:
-            assert status == 200
+            assert status == 200, (body, eng.log_path.read_text())
             assert np.array_equal(protocol.response_array(body, headers["content-type"]), session.run(x))
         eng.proc.wait(30)
         assert eng.proc.returncode is not None
