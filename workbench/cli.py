@@ -1,4 +1,4 @@
-"""The ``workbench`` command: ``sweep``, ``trial``, ``report``, ``export``, ``bench``, ``doctor``.
+"""The ``workbench`` command: ``sweep``, ``trial``, ``report``, ``export``, ``serve``, ``load``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
 else is a bug: one line naming a log file that holds the traceback, exit code 1.
@@ -107,6 +107,55 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from workbench import serve
+    from workbench.serve.batcher import POLICIES
+    from workbench.serve.model import open_bundle
+
+    for flag, value, low in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
+                             ("--instances", args.instances, 1), ("--threads", args.threads or 1, 1),
+                             ("--max-queue-delay-ms", args.max_queue_delay_ms, 0)):
+        if value < low:
+            raise WorkbenchError(f"{flag}: must be at least {low} (got {value})")
+    if args.batch_policy not in POLICIES:
+        raise WorkbenchError(f"--batch-policy: one of {', '.join(POLICIES)} (got {args.batch_policy})")
+    open_bundle(args.bundle)  # a bad bundle is a one-line error here, not in the server's log
+    opts = serve.ServeOptions(name=args.name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                              max_queue_delay_ms=args.max_queue_delay_ms, batch_policy=args.batch_policy,
+                              max_queue=args.max_queue, instances=args.instances, threads=args.threads)
+    eng = serve.engine(args.engine, args.bundle, opts)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        eng.start(log=args.log, watch_parent=True)
+        eng.wait_ready(args.ready_timeout)
+        print(f"serving {args.bundle} as {opts.name!r} ({args.engine}) at {eng.url}\n"
+              f"infer: POST {eng.infer_url}\nmetrics: {eng.url}/metrics", flush=True)
+        while eng.proc.poll() is None:
+            time.sleep(0.5)
+        return 0 if eng.proc.returncode in (0, -signal.SIGTERM) else 1
+    except KeyboardInterrupt:
+        print("stopping: draining in-flight requests", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        eng.stop()
+
+
+def _load(args: argparse.Namespace) -> int:
+    from workbench import load
+
+    result = load.run(args.url, rate=args.rate, duration=args.duration, concurrency=args.concurrency,
+                      requests=args.requests, data=args.data, seed=args.seed, binary=args.binary)
+    print(json.dumps(result, indent=2) if args.json else load.render(result))
+    return 0 if result["valid"] else 1
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from workbench import doctor
 
@@ -164,6 +213,35 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--seconds", type=float, default=1.0, help="seconds per repeat")
     bp.add_argument("--repeats", type=int, default=5, help="total time is seconds x repeats")
     bp.set_defaults(func=_bench)
+
+    sv = sub.add_parser("serve", help="serve an exported bundle over the Open Inference Protocol (v2 REST)")
+    sv.add_argument("bundle", help="a directory written by `workbench export`")
+    sv.add_argument("--engine", default="builtin", help="serving engine: builtin (default) or kserve")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--name", default="model", help="model name in the /v2/models/{name} routes")
+    sv.add_argument("--max-batch-size", type=int, default=8, help="rows per batch (1: no batching)")
+    sv.add_argument("--max-queue-delay-ms", type=float, default=2.0,
+                    help="longest wait of a batch's first request for company (policy delay)")
+    sv.add_argument("--batch-policy", default="delay", help="delay (wait up to the delay) or idle (never wait)")
+    sv.add_argument("--max-queue", type=int, default=256, help="queued requests beyond this get 503")
+    sv.add_argument("--instances", type=int, default=1, help="model instances (sessions) serving batches")
+    sv.add_argument("--threads", type=int, help="intra-op threads per instance (default: the bundle's)")
+    sv.add_argument("--log", help="append the server's output to this file")
+    sv.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the model")
+    sv.set_defaults(func=_serve)
+
+    lp = sub.add_parser("load", help="open-loop Poisson (or closed-loop) load on a v2 infer URL")
+    lp.add_argument("url", help="e.g. http://127.0.0.1:8000/v2/models/model/infer")
+    lp.add_argument("--rate", type=float, help="offered QPS (open loop, Poisson arrivals)")
+    lp.add_argument("--duration", type=float, help="seconds of open-loop load")
+    lp.add_argument("--concurrency", type=int, help="clients of a closed loop")
+    lp.add_argument("--requests", type=int, help="requests of a closed loop")
+    lp.add_argument("--data", help=".npz with x_eval (and y_eval: answers are scored)")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--binary", action="store_true", help="send .npy bodies instead of JSON tensors")
+    lp.add_argument("--json", action="store_true", help="machine-readable output")
+    lp.set_defaults(func=_load)
 
     dp = sub.add_parser("doctor", help="runtimes, providers, CPU features and GPUs of this machine")
     dp.add_argument("--json", action="store_true", help="machine-readable output")
