@@ -36,9 +36,17 @@ def _work(args: argparse.Namespace) -> int:
     """One worker process of ``sweep --workers N`` (started by the sweep, not by users)."""
     from workbench import config, sweep
 
+    import signal
+
+    from workbench.storage import ENV, resolve_url
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the kernels are shut down
+    url = resolve_url(args.storage)  # the sweep passes it in the environment, not in argv
+    if not url:
+        raise WorkbenchError(f"work: no storage (--storage or {ENV})")
     exp = config.load(args.config)
-    study = sweep.open_study(exp, args.study, args.storage, worker=args.worker)
-    sweep.work(exp, Path(args.run_dir), study, args.storage, args.n_trials, progress=False)
+    study = sweep.open_study(exp, args.study, url, worker=args.worker)
+    sweep.work(exp, Path(args.run_dir), study, url, args.n_trials, progress=False)
     return 0
 
 
@@ -175,7 +183,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1,
                     help="worker processes on this machine sharing the study (journal storage)")
     sp.add_argument("--study", help="study name (default: the experiment name)")
-    sp.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
+    sp.add_argument("--storage", help="Optuna storage URL (default: $WORKBENCH_STORAGE, else sqlite in "
+                                      "the run directory); prefer WORKBENCH_STORAGE for a password")
     sp.add_argument("--runs-dir", default="experiments/runs", help="where run directories go")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sweep)
@@ -183,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
     wp = sub.add_parser("work", help=argparse.SUPPRESS)
     wp.add_argument("config")
     wp.add_argument("--study", required=True)
-    wp.add_argument("--storage", required=True)
+    wp.add_argument("--storage", help="default: $WORKBENCH_STORAGE")
     wp.add_argument("--run-dir", required=True)
     wp.add_argument("--n-trials", type=int, required=True)
     wp.add_argument("--worker", type=int, default=0)
