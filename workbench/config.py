@@ -15,17 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench.errors import ConfigError
 
-RUNTIMES = ("onnxruntime", "openvino", "litert", "tensorflow")
-# Every execution provider name onnxruntime knows. Unknown names are config errors; known ones
-# that the installed build lacks are pruned trials with their reason.
-ORT_PROVIDERS = (
-    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
-    "OpenVINOExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider",
-    "ROCMExecutionProvider", "MIGraphXExecutionProvider", "QNNExecutionProvider",
-    "XnnpackExecutionProvider", "NnapiExecutionProvider", "AzureExecutionProvider",
-    "WebGpuExecutionProvider",
-)
-PROVIDERS = ORT_PROVIDERS + ("CPU", "GPU", "NPU", "xnnpack", "default")
 OBJECTIVES = {
     "accuracy": "maximize",
     "latency_p50_ms": "minimize",
@@ -82,10 +71,21 @@ def _choices(value: Param) -> list:
     return [value]
 
 
+def _extra_param(name: str, value: Any) -> Param:
+    if isinstance(value, dict):
+        try:
+            return Range.model_validate(value)
+        except ValidationError as err:
+            raise ValueError(f"{name}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    if isinstance(value, list) and not value:
+        raise ValueError(f"{name}: must not be an empty list")
+    return value
+
+
 class SearchSpace(BaseModel):
     """The deployment parameters a sweep varies; a scalar fixes a parameter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     bits: Param = 32
     int8_mode: Param = "static"
     calibration: Param = "minmax"
@@ -112,35 +112,20 @@ class SearchSpace(BaseModel):
 
     @model_validator(mode="after")
     def _check_values(self) -> "SearchSpace":
-        allowed = {
-            "bits": (32, 16, 8, 4),
-            "int8_mode": ("static", "dynamic"),
-            "calibration": ("minmax", "entropy", "percentile"),
-            "per_channel": (True, False),
-            "prune_structure": ("unstructured", "channels"),
-            "runtime": RUNTIMES,
-            "graph_optimization": ("all", "extended", "basic", "disabled"),
-            "execution_mode": ("sequential", "parallel"),
-            "ov_hint": ("LATENCY", "THROUGHPUT"),
-            "provider": PROVIDERS,
-        }
-        for name, ok in allowed.items():
-            for v in _choices(getattr(self, name)):
-                if v not in ok or isinstance(v, bool) != isinstance(ok[0], bool):
-                    raise ValueError(f"{name}: unknown value {v!r} (choose from {', '.join(map(str, ok))})")
-        for v in _choices(self.finetune_epochs):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"finetune_epochs: must be a non-negative integer (got {v!r})")
-        for v in _choices(self.ov_streams):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"ov_streams: must be a non-negative integer (got {v!r})")
-        for name in ("batch_size", "threads", "inter_op_threads"):
-            for v in _choices(getattr(self, name)):
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                    raise ValueError(f"{name}: must be a positive integer (got {v!r})")
-        for v in _choices(self.sparsity):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.95:
-                raise ValueError(f"sparsity: must be a number in 0.0..0.95 (got {v!r})")
+        # Allowed values and bounds come from the plug-ins that read each parameter
+        # (workbench.space); a runtime's or transform's own parameter may be given as an extra key.
+        from workbench import space
+
+        declared = space.parameters()
+        for name, value in list(self):
+            if name not in declared:
+                raise ValueError(f"{name}: unknown key")
+            if name in (self.model_extra or {}):
+                value = self.model_extra[name] = _extra_param(name, value)
+            for v in _choices(value):
+                why = declared[name].check(v)
+                if why:
+                    raise ValueError(f"{name}: {why}")
         return self
 
     def fixed(self) -> dict[str, Any]:

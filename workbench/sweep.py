@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from workbench import fingerprint, notebook
+from workbench import fingerprint, notebook, space
 from workbench.config import OBJECTIVES, Experiment, Range
 from workbench.errors import ConfigError, TrialFailed, WorkbenchError
 from workbench.params import to_builtin
@@ -27,20 +27,9 @@ from workbench.storage import (ask_lock, counts_towards_budget, heartbeat, open_
 
 DEFAULT_RUNS_DIR = "experiments/runs"
 BASELINE_RUNTIMES = ("tensorflow", "onnxruntime")
-# Parameters that only mean something when another one has a given value.
-CONDITIONS = {
-    "int8_mode": lambda p: p.get("bits") == 8,
-    "calibration": lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static",
-    "per_channel": lambda p: p.get("bits") == 8,
-    "prune_structure": lambda p: float(p.get("sparsity", 0)) > 0,
-    "finetune_epochs": lambda p: float(p.get("sparsity", 0)) > 0,
-    "provider": lambda p: p.get("runtime") in ("onnxruntime", "openvino"),
-    "inter_op_threads": lambda p: p.get("runtime") == "onnxruntime",
-    "graph_optimization": lambda p: p.get("runtime") == "onnxruntime",
-    "execution_mode": lambda p: p.get("runtime") == "onnxruntime",
-    "ov_hint": lambda p: p.get("runtime") == "openvino",
-    "ov_streams": lambda p: p.get("runtime") == "openvino",
-}
+# Parameters that only mean something when another one has a given value: derived from the
+# runtimes' and variant transforms' declarations (a live mapping, see workbench.space).
+CONDITIONS = space.CONDITIONS
 
 
 def make_sampler(exp: Experiment, worker: int = 0):
