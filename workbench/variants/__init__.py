@@ -81,9 +81,12 @@ def register(transform: Transform) -> Transform:
 
 
 def registered() -> list[Transform]:
-    """The registered transforms, in the order build() tries them."""
+    """The registered transforms, in the order build() tries them: that of ``TRANSFORM_MODULES``
+    (not of imports: a module may import another's parameters), then any others as registered."""
     plugins.import_modules(TRANSFORM_MODULES)
-    return list(_REGISTRY.values())
+    rank = {m: i for i, m in enumerate(TRANSFORM_MODULES)}
+    ts = list(_REGISTRY.values())
+    return sorted(ts, key=lambda t: (rank.get(type(t).__module__, len(rank)), ts.index(t)))
 
 
 def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_samples: int) -> Artifact:  # noqa: F821
