@@ -1,6 +1,6 @@
 """The search space: which parameters a trial gets, conditional parameters, and the grid.
 
-``CONDITIONS`` says when a parameter means something (``int8_mode`` only at 8 bits, OpenVINO
+``CONDITIONS`` (derived from the runtime and variant registries) says when a parameter means something (``int8_mode`` only at 8 bits, OpenVINO
 options only for OpenVINO...): a parameter whose condition is false is neither sampled nor
 enumerated, so two trials never differ only in a value that has no effect.
 """
@@ -12,20 +12,8 @@ from typing import Any
 from workbench.config import Experiment, Range
 from workbench.params import to_builtin
 
-# Parameters that only mean something when another one has a given value.
-CONDITIONS = {
-    "int8_mode": lambda p: p.get("bits") == 8,
-    "calibration": lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static",
-    "per_channel": lambda p: p.get("bits") == 8,
-    "prune_structure": lambda p: float(p.get("sparsity", 0)) > 0,
-    "finetune_epochs": lambda p: float(p.get("sparsity", 0)) > 0,
-    "provider": lambda p: p.get("runtime") in ("onnxruntime", "openvino"),
-    "inter_op_threads": lambda p: p.get("runtime") == "onnxruntime",
-    "graph_optimization": lambda p: p.get("runtime") == "onnxruntime",
-    "execution_mode": lambda p: p.get("runtime") == "onnxruntime",
-    "ov_hint": lambda p: p.get("runtime") == "openvino",
-    "ov_streams": lambda p: p.get("runtime") == "openvino",
-}
+# When a parameter means something, declared by the plug-in that reads it (workbench.parameters).
+from workbench.parameters import CONDITIONS  # noqa: E402
 
 
 def grid_points(exp: Experiment) -> list[dict[str, Any]]:
