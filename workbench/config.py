@@ -166,10 +166,13 @@ class SearchSpace(BaseModel):
             if name in (self.model_extra or {}):
                 value = self.model_extra[name] = _extra_param(name, value)
             p = declared[name]
-            if isinstance(value, Range) and p.type is int and not value.is_int:
+            if p.choices:
+                values = _every_value(name, value, p.choices)
+            elif isinstance(value, Range) and p.type is int and not value.is_int:
                 raise ValueError(f"{name}: a range of integers is needed (low, high and step "
                                  f"integers; got {value.low}..{value.high} step {value.step})")
-            values = _every_value(name, value, p.choices) if p.choices else _choices(value)
+            else:
+                values = _choices(value)
             for v in values:
                 why = p.check(v)
                 if why:
