@@ -1,4 +1,4 @@
-"""The ``workbench`` command: ``sweep``, ``trial``, ``report``, ``export``, ``serve``, ``load``, ``bench``, ``doctor``.
+"""The ``workbench`` command: ``sweep``, ``plan``, ``trial``, ``report``, ``export``, ``serve``, ``load``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
 else is a bug: one line naming a log file that holds the traceback, exit code 1.
@@ -59,10 +59,12 @@ def _print_table(report, run_dir: Path) -> None:
                            "display.max_colwidth", 60, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
     best = json.loads((run_dir / "best.json").read_text())
+    if best.get("question"):
+        print(f"\nquestion: {best['question']}")
     if best.get("trial") is None:
-        print(f"\nrecommended: none ({best.get('reason', 'no completed feasible trial')})")
+        print(f"recommended: none ({best.get('reason', 'no completed feasible trial')})")
     else:
-        print(f"\nrecommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
+        print(f"recommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
     print(f"run directory: {run_dir}")
 
 
@@ -85,13 +87,22 @@ def _trial(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from workbench import preflight, report
+    from workbench import decide, preflight, report
 
     preflight.check_run_dir(args.run_dir)
-    paths = report.build(Path(args.run_dir), remeasure=not args.no_remeasure, progress=True)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    decide.decide(Path(args.run_dir), remeasure=not args.no_remeasure, log=log)
+    paths = report.build(Path(args.run_dir))
     _print_table(report, Path(args.run_dir))
     for p in paths.values():
         print(p)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from workbench import config, space
+
+    print(space.plan(config.load(args.config)))
     return 0
 
 
@@ -203,10 +214,15 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--out", help="execute notebooks/trial.ipynb into this directory")
     tp.set_defaults(func=_trial)
 
+    pl = sub.add_parser("plan", help="print the resolved search space and its number of distinct "
+                                     "configurations (runs nothing)")
+    pl.add_argument("config", help="experiment YAML file")
+    pl.set_defaults(func=_plan)
+
     rp = sub.add_parser("report", help="write results.csv, report.md, report.html, plots, best.json")
     rp.add_argument("run_dir")
     rp.add_argument("--no-remeasure", action="store_true",
-                    help="decide overlapping candidates without an interleaved re-measurement")
+                    help="decide on the sweep's numbers, without the interleaved re-measurement")
     rp.set_defaults(func=_report)
 
     ep = sub.add_parser("export", help="bundle a trial's artifact, config, metrics and predict.py")

@@ -19,6 +19,7 @@ OBJECTIVES = {
     "accuracy": "maximize",
     "latency_p50_ms": "minimize",
     "latency_p90_ms": "minimize",
+    "latency_p95_ms": "minimize",
     "latency_p99_ms": "minimize",
     "throughput_sps": "maximize",
     "size_bytes": "minimize",
@@ -220,7 +221,7 @@ class Experiment(BaseModel):
     search_space: SearchSpace = SearchSpace()
     objectives: list[str] = ["accuracy", "latency_p90_ms", "size_bytes"]
     max_accuracy_drop: float = Field(1.0, ge=0)
-    n_trials: int = Field(10, ge=1)
+    n_trials: int | None = Field(None, ge=1)  # None: see workbench.space.default_n_trials
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     seed: int = Field(0, ge=0, le=2**31 - 1)  # numpy's seeds are unsigned 32-bit (+ worker index)
     calibration_samples: int = Field(200, ge=1)
@@ -233,6 +234,49 @@ class Experiment(BaseModel):
     task: Literal["classification", "regression"] = "classification"
     # let a .keras file with Python code in it (Lambda layers) be loaded (safe_mode=False)
     trust_model_code: bool = False
+
+    # --- scenario: which deployment question the sweep answers (issue 12; workbench.decide) ---
+    # single_stream: lowest latency_percentile at batch 1 (optional latency_budget_ms);
+    # offline: highest throughput, batch size searched. Default objectives follow the scenario;
+    # an omitted search_space is derived from the model and machine (workbench.space.auto).
+    scenario: str = "single_stream"
+    latency_percentile: Literal[50, 90, 95, 99] = 90
+    latency_budget_ms: float | None = Field(None, gt=0)
+
+    @field_validator("scenario")
+    @classmethod
+    def _scenario(cls, value: str) -> str:
+        from workbench import decide
+
+        try:
+            decide.scenario(value)
+        except Exception as err:  # WorkbenchError: "scenario: ..." -> the field's message
+            raise ValueError(str(err).removeprefix("scenario: ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _scenario_defaults(self) -> "Experiment":
+        from workbench import decide
+
+        sc = decide.scenario(self.scenario)
+        if "objectives" not in self.model_fields_set:
+            # not via setattr: that would mark objectives as given by the user
+            self.__dict__["objectives"] = sc.objectives(self.latency_percentile)
+        if sc.batch_one and "search_space" in self.model_fields_set:
+            spec = self.search_space.batch_size
+            if 1 not in (spec.values() if isinstance(spec, Range) else _choices(spec)):
+                raise ValueError("search_space.batch_size: scenario single_stream answers at batch 1; "
+                                 "include 1 (other sizes are measured, not recommended) or use scenario: offline")
+        if self.latency_budget_ms is not None and sc.name != "single_stream":
+            raise ValueError("latency_budget_ms: only for scenario single_stream")
+        return self
+
+    @property
+    def auto_space(self) -> bool:
+        """True when the file gives no search_space (``workbench.space.resolve`` derives one)."""
+        return "search_space" not in self.model_fields_set
+
+    # --- end of the scenario block ---
 
     @model_validator(mode="after")
     def _grid(self) -> "Experiment":

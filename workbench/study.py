@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,12 @@ def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
         raise ConfigError(f"storage {shown}: cannot open ({type(err).__name__}: {first})") from None
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {study_name!r} in {shown} was created with other objectives")
+    if study.metric_names is None:  # the objectives by name, in Optuna's dashboard and tables
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(exp.objectives))
     if study.user_attrs.get("experiment") != exp.name:
         study.set_user_attr("experiment", exp.name)
         study.set_user_attr("objectives", exp.objectives)
