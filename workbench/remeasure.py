@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from workbench import measure
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 
 class RemeasureError(WorkbenchError):
     """Candidates could not be re-opened or re-measured (the recommendation then stands as is)."""
@@ -117,7 +117,7 @@ def bench_onnx(model: str | Path, batch_size: int = 1, threads: int = 1, seconds
     try:
         session = ort_rt.open_session(path, TrialParams(batch_size=batch_size, threads=threads))
     except Exception as err:  # noqa: BLE001 - a broken file is a user error here
-        raise WorkbenchError(f"{model}: onnxruntime cannot load it: {str(err).splitlines()[0]}") from None
+        raise WorkbenchError(f"{model}: onnxruntime cannot load it: {first_line(err)}") from None
     raw = session._sess
     inp = raw.get_inputs()[0]
     shape = [batch_size] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]

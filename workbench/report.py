@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 
 PARAM_COLUMNS = ["bits", "int8_mode", "sparsity", "prune_structure", "batch_size", "runtime",
                  "provider", "threads"]
@@ -58,27 +58,71 @@ def run_info(run_dir: Path) -> dict[str, Any]:
 _run_info = run_info  # bundle.py's name for it
 
 
-def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None) -> dict[str, Any]:
+# What a measured row needs to be compared and recommended; a row lacking one is shown, with
+# the reason, and is not feasible.
+NEEDED = ["batch_size", "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms",
+          "latency_p90_ms", "size_bytes", "accuracy_drop"]
+NUMERIC_PARAMS = ("bits", "sparsity", "batch_size", "threads")
+
+
+def _number(value: Any, name: str, problems: list[str]) -> float | int | None:
+    """``value`` if it is a finite number, else None (noted in ``problems`` unless missing)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    problems.append(f"{name} is {value!r:.40}")
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None,
+         needed: list[str] | None = None) -> dict[str, Any]:
+    """One table row. Whatever a trial recorded (missing keys, wrong types, NaN) gives a row:
+    values that are not what they should be are left empty and named in ``reason``, and such a
+    measured row is not feasible (so never recommended)."""
+    problems: list[str] = []
+    if metrics is not None and not isinstance(metrics, dict):
+        problems.append(f"metrics are a {type(metrics).__name__}, not a mapping")
+        metrics = None
     m = metrics or {}
     recorded = m.get("params")
     p = {**(params if isinstance(params, dict) else {}), **(recorded if isinstance(recorded, dict) else {})}
-    row = {"trial": trial, "kind": kind, "state": state, "label": m.get("label", "")}
-    row.update({k: p.get(k) for k in PARAM_COLUMNS})
+    row = {"trial": trial, "kind": kind, "state": state, "label": _text(m.get("label")) or ""}
+    row.update({k: _number(p.get(k), k, problems) if k in NUMERIC_PARAMS else _text(p.get(k))
+                for k in PARAM_COLUMNS})
     if p.get("bits") != 8:
         row["int8_mode"] = None
     if not p.get("sparsity"):
         row["prune_structure"] = None
-    row.update({k: m.get(k) for k in METRIC_COLUMNS})
-    row["feasible"] = m.get("feasible")
-    row["reason"] = m.get("reason")
-    row["reused_from"] = m.get("reused_from")
-    row["notebook"] = m.get("notebook")
-    row["hardware_id"] = m.get("fingerprint", {}).get("hardware_id")
-    row["latency_quantiles_ms"] = m.get("latency_quantiles_ms")
-    row["artifact"] = m.get("artifact")
-    row["artifact_format"] = m.get("artifact_format")
+    row.update({k: _number(m.get(k), k, problems) for k in METRIC_COLUMNS if k != "unstable"})
+    row["unstable"] = m.get("unstable") if isinstance(m.get("unstable"), bool) else None
+    row["feasible"] = m.get("feasible") if isinstance(m.get("feasible"), bool) else None
+    if m.get("feasible") is not None and row["feasible"] is None:
+        problems.append(f"feasible is {m.get('feasible')!r:.40}")
+    row["reason"] = _text(m.get("reason"))
+    row["reused_from"] = m.get("reused_from") if isinstance(m.get("reused_from"), (int, str)) else None
+    row["notebook"] = _text(m.get("notebook"))
+    fp = m.get("fingerprint")
+    row["hardware_id"] = _text(fp.get("hardware_id")) if isinstance(fp, dict) else None
+    q = m.get("latency_quantiles_ms")
+    row["latency_quantiles_ms"] = q if isinstance(q, dict) and all(
+        _number(v, "quantile", []) is not None for v in q.values()) else None
+    row["artifact"] = _text(m.get("artifact"))
+    row["artifact_format"] = _text(m.get("artifact_format"))
     row["params_full"] = p or None
-    row["eval_samples"] = m.get("eval_samples")
+    row["eval_samples"] = _number(m.get("eval_samples"), "eval_samples", problems)
+    if state in ("COMPLETE", "BASELINE"):
+        missing = [k for k in (needed or NEEDED) if row.get(k) is None
+                   and not any(pr.startswith(f"{k} is ") for pr in problems)]
+        if missing:
+            problems.append(f"no {', '.join(missing)}")
+    if problems:
+        row["feasible"] = False if row["feasible"] is not None or state == "COMPLETE" else None
+        row["reason"] = "; ".join(filter(None, [row["reason"], "metrics unusable: " + "; ".join(problems)]))
     return row
 
 
@@ -90,32 +134,49 @@ def _trial_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
 
     study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
     rows = []
+    needed = NEEDED + [o for o in info.get("objectives", []) if o not in NEEDED]
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "WAITING" or "duplicate_of" in t.user_attrs:
             continue  # enqueued and not started, or a skipped repeat of a measured trial
-        attrs = t.user_attrs
-        metrics = attrs.get("metrics")
-        row = _row("trial", str(t.number), t.state.name, attrs.get("params", t.params), metrics)
-        if not row["label"] and attrs.get("params"):
-            from workbench.params import TrialParams
-
-            try:
-                row["label"] = TrialParams.parse(attrs["params"]).describe()
-            except WorkbenchError:
-                pass
-        row["reason"] = attrs.get("reason") or attrs.get("error") or row["reason"]
-        row["notebook"] = attrs.get("notebook") or row["notebook"]
-        rows.append(row)
+        try:
+            rows.append(_trial_row(t, needed))
+        except Exception as err:  # noqa: BLE001 - a report never dies on one trial's record
+            rows.append({"trial": str(t.number), "kind": "trial", "state": t.state.name, "label": "",
+                         "feasible": False if t.state.name == "COMPLETE" else None,
+                         "reason": f"unreadable trial record ({type(err).__name__}: {first_line(err)})"})
     return rows
+
+
+def _trial_row(t, needed: list[str]) -> dict[str, Any]:
+    attrs = t.user_attrs
+    row = _row("trial", str(t.number), t.state.name, attrs.get("params", t.params), attrs.get("metrics"),
+               needed)
+    if not row["label"] and isinstance(attrs.get("params"), dict):
+        from workbench.params import TrialParams
+
+        try:
+            row["label"] = TrialParams.parse(attrs["params"]).describe()
+        except WorkbenchError:
+            pass
+    said = attrs.get("reason") or attrs.get("error")
+    if said:
+        row["reason"] = "; ".join(filter(None, [str(said), row["reason"]]))
+    row["notebook"] = _text(attrs.get("notebook")) or row["notebook"]
+    return row
 
 
 def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((run_dir / "baselines").glob("*/metrics.json")):
-        m = json.loads(path.read_text())
-        rt = m["params"]["runtime"]
-        name = f"baseline:{'keras' if rt == 'tensorflow' else 'onnx-fp32'}:b{m['params']['batch_size']}"
-        rows.append(_row("baseline", name, "BASELINE", {}, m))
+        try:
+            m = json.loads(path.read_text())
+            rt = m["params"]["runtime"]
+            name = f"baseline:{'keras' if rt == 'tensorflow' else 'onnx-fp32'}:b{m['params']['batch_size']}"
+            rows.append(_row("baseline", name, "BASELINE", {}, m))
+        except Exception as err:  # noqa: BLE001 - shown as a row, not a crash
+            rows.append({"trial": f"baseline:{path.parent.name}", "kind": "baseline", "state": "BASELINE",
+                         "label": "", "reason": f"unreadable {path.name} ({type(err).__name__}: "
+                                                f"{first_line(err)})"})
     return rows
 
 

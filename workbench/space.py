@@ -1,12 +1,18 @@
-"""The search space: the automatic one when an experiment gives none, and the resolved
-experiment a sweep runs (``workbench plan`` prints it without running anything).
+"""The search space: which parameters a trial gets, the grid, and the automatic space.
 
-An automatic space holds what this model and this machine allow: every installed runtime that
-can run the model's format, bits 32/16/8 (and 4, plus dynamic int8, only where MatMul weights
-dominate: ``quantize.INT4_MIN_SHARE``), int8 static with and without per-channel scales,
-threads 1..cores, channel pruning 0/0.25/0.5 for a Keras model whose data has a training split,
-and the batch sizes of the scenario (single_stream: 1; offline: 1, 8, 32, 128). TensorFlow is
-left out: it runs only the fp32 Keras model, which is already the baseline.
+``CONDITIONS`` (derived from the runtime and variant registries, :mod:`workbench.parameters`)
+says when a parameter means something (``int8_mode`` only at 8 bits, OpenVINO options only for
+OpenVINO...): a parameter whose condition is false is neither sampled nor enumerated, so two
+trials never differ only in a value that has no effect.
+
+When an experiment gives no ``search_space``, :func:`auto` builds one from what this model and
+this machine allow: every installed runtime that can run the model's format, bits 32/16/8 (and
+4, plus dynamic int8, only where MatMul weights dominate: ``quantize.INT4_MIN_SHARE``), int8
+static with and without per-channel scales, threads 1..cores, channel pruning 0/0.25/0.5 for a
+Keras model whose data has a training split, and the batch sizes of the scenario
+(single_stream: 1; offline: 1, 8, 32, 128). TensorFlow is left out: it runs only the fp32 Keras
+model, which is already the baseline. ``workbench plan`` prints the resolved space
+(:func:`plan`) without running anything.
 """
 
 from __future__ import annotations
@@ -15,25 +21,80 @@ import importlib.util
 import os
 from typing import Any
 
-from workbench.config import Experiment, SearchSpace
+from workbench.config import Experiment, Range, SearchSpace
+from workbench.params import to_builtin
+
+# When a parameter means something, declared by the plug-in that reads it (workbench.parameters).
+from workbench.parameters import CONDITIONS  # noqa: E402,F401
 
 # n_trials when the experiment gives none: every distinct configuration up to this many.
 MAX_DEFAULT_TRIALS = 40
 OFFLINE_BATCH_SIZES = [1, 8, 32, 128]
 PRUNE_SPARSITIES = [0.0, 0.25, 0.5]
-# Which runtimes read which source format (onnx: exported or given; tflite: via the Keras model).
-_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}
+
+
+def grid_points(exp: Experiment) -> list[dict[str, Any]]:
+    """Every distinct combination of the searched values, conditional parameters respected."""
+    points: list[dict[str, Any]] = [{}]
+    fixed = exp.search_space.fixed()
+    for name, spec in exp.search_space:
+        if not isinstance(spec, (list, Range)):
+            continue
+        values = spec.values() if isinstance(spec, Range) else spec
+        grown = []
+        for point in points:
+            context = {**fixed, **point}
+            if name in CONDITIONS and not CONDITIONS[name](context):
+                grown.append(point)
+            else:
+                grown.extend({**point, name: v} for v in values)
+        points = grown
+    return points
+
+
+def enqueue_next_grid_point(study, exp: Experiment) -> bool:
+    """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
+    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+    for point in grid_points(exp):
+        if point not in seen:
+            study.enqueue_trial(point)
+            return True
+    return False
+
+
+def suggest(trial, exp: Experiment) -> dict[str, Any]:
+    """Trial parameters: searched ones from the sampler, fixed ones as written, all builtins."""
+    params: dict[str, Any] = {}
+    for name, spec in exp.search_space:
+        if name in CONDITIONS and not CONDITIONS[name](params):
+            continue
+        if isinstance(spec, Range):
+            if spec.is_int:
+                params[name] = int(trial.suggest_int(name, int(spec.low), int(spec.high),
+                                                     step=int(spec.step or 1), log=spec.log))
+            else:
+                params[name] = float(trial.suggest_float(name, spec.low, spec.high,
+                                                         step=spec.step, log=spec.log))
+        elif isinstance(spec, list):
+            params[name] = to_builtin(trial.suggest_categorical(name, spec))
+        else:
+            params[name] = spec
+    return params
 
 
 def installed_runtimes(model_format: str) -> list[str]:
-    """Runtimes importable here that can run a model of ``model_format`` (keras or onnx)."""
+    """Registered runtimes whose packages are installed here and that can run a model of
+    ``model_format`` (keras: exported to ONNX or converted to TFLite; onnx: as it is)."""
+    from workbench import runtimes
+
+    reachable = {"onnx"} if model_format == "onnx" else {"onnx", "tflite"}
     out = []
-    for name, module in _RUNTIME_MODULES.items():
-        if importlib.util.find_spec(module) is None:
+    for name, rt in runtimes.registered().items():
+        if not reachable & set(rt.formats):
             continue
-        if name == "litert" and model_format == "onnx":  # the TFLite route needs the Keras model
-            continue
-        out.append(name)
+        if all(importlib.util.find_spec(pkg.replace("-", "_"))
+               for pkg in rt.packages):
+            out.append(name)
     return out
 
 
@@ -94,9 +155,7 @@ def default_n_trials(exp: Experiment) -> int:
 
 def distinct(exp: Experiment) -> list[dict[str, Any]]:
     """The distinct configurations of ``exp``'s space (conditional parameters respected)."""
-    from workbench import sweep
-
-    return sweep.grid_points(exp)
+    return grid_points(exp)
 
 
 def resolve(exp: Experiment, facts: dict[str, Any] | None = None) -> Experiment:
@@ -113,7 +172,6 @@ def plan(exp: Experiment) -> str:
     """What ``workbench plan`` prints: the question, the resolved space, the number of distinct
     configurations and the trials a sweep would run."""
     from workbench import decide
-    from workbench.config import Range
 
     given = not exp.auto_space
     n_given = exp.n_trials
