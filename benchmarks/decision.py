@@ -204,6 +204,9 @@ def main() -> None:
     ap.add_argument("--decide", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
+    ap.add_argument("--render", help="re-render decision.md from this decision.json (seconds from --seconds)")
+    ap.add_argument("--seconds", type=float, default=0.0)
+    ap.add_argument("--resume", help="a work directory of an interrupted run: finished parts are kept")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 decisions, 3 seeds, first case only; writes to a temp dir")
     a = ap.parse_args()
@@ -211,23 +214,30 @@ def main() -> None:
         return run_truth(a.truth, Path(a.out))
     if a.decide is not None:
         return run_decision(a.decide, a.seed, Path(a.out))
+    if a.render:
+        res = json.loads(Path(a.render).read_text())
+        return write(res, a.seconds, len(res[0]["picks"]), len(res[0]["eff"]["tpe"]))
     decisions, seeds = (2, 3) if a.quick else (DECISIONS, SEEDS)
     cases = range(1) if a.quick else range(len(CASES))
     t0 = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = a.resume or tmp
+        print(f"work directory: {tmp}", file=sys.stderr)
         for c in cases:
             exp = experiment(*CASES[c])
             print(f"[{time.perf_counter() - t0:5.0f}s] truth {exp.name} ({len(space.grid_points(exp))} configs)",
                   file=sys.stderr)
             tpath = Path(tmp) / f"truth{c}.json"
-            _sub(["--truth", str(c), "--out", str(tpath)])
+            if not tpath.exists():
+                _sub(["--truth", str(c), "--out", str(tpath)])
             truth = truth_best(exp, json.loads(tpath.read_text()))
             picks = []
             for s in range(decisions):
                 print(f"[{time.perf_counter() - t0:5.0f}s] decision {exp.name} seed {s}", file=sys.stderr)
                 dpath = Path(tmp) / f"d{c}-{s}.json"
-                _sub(["--decide", str(c), "--seed", str(s), "--out", str(dpath)])
+                if not dpath.exists():
+                    _sub(["--decide", str(c), "--seed", str(s), "--out", str(dpath)])
                 picks.append(json.loads(dpath.read_text())["trial"])
             eff = {}
             for sampler in ("tpe", "nsga2", "random"):
@@ -286,6 +296,27 @@ def write(results: list[dict], seconds: float, decisions: int, seeds: int, out: 
     fig.tight_layout()
     fig.savefig(out / "decision_search.png", dpi=80)
     lines += ["", "![seeds that found a configuration within 5% of the best vs trials](decision_search.png)", "",
+              "## Verdict", ""]
+    for r in results:
+        hits = sum(p in r["tied"] for p in r["picks"])
+        eff = {k: float(np.median([x if x is not None else r["n"] + 1 for x in v])) / r["n"]
+               for k, v in r["eff"].items()}
+        lines.append(f"- {r['case']}: decision {hits} of {len(r['picks'])} "
+                     f"({'meets' if hits >= 0.9 * len(r['picks']) else 'MISSES'} the 9 of 10 target); "
+                     f"TPE {eff['tpe']:.0%} of the grid ({'meets' if eff['tpe'] <= 0.3 else 'MISSES'} the 30% "
+                     f"target), random {eff['random']:.0%}.")
+    lines += ["", "Reading (2026-11-29 run): the misses are not few-percent calls. In both offline cases the "
+              "truth's best uses 2 threads (about 1.6x the throughput of 1 thread in the truth run), "
+              "while most sweeps, run while five other developers' test suites held the second core, "
+              "measured 1 thread as faster and recommended it: on a shared 2-core machine the answer "
+              "to 'how many threads' depends on the load at the time, and a truth measured under one "
+              "load is not the truth under another. In cnn32 single_stream the picks split between "
+              "onnxruntime int8 static per-tensor and per-channel (12% apart in the truth) and LiteRT. "
+              "Even the truth is noisy: two identical LiteRT artifacts (digits_cnn, trials 10 and 14) "
+              "came out 12% apart over 20 interleaved rounds. What holds: every recommendation is a "
+              "batch-1 (single_stream) Pareto-front configuration, the leaders are always re-measured "
+              "together, and digits_cnn single_stream meets the 9 of 10 target. To re-check on a quiet "
+              "machine: `python benchmarks/decision.py` (about 45 min here under load).", "",
               "With grids this small, TPE and NSGA-II spend their first trials on random start-up "
               "samples, so they cannot beat random sampling by much; the comparison that matters is "
               "on larger spaces (an automatic space has 100+ configurations).", ""]
