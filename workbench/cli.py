@@ -188,8 +188,8 @@ def _internal_error(err: BaseException) -> int:
         where = str(log)
     except OSError:
         where = "unavailable: the log could not be written"
-    print(f"error: internal error: {type(err).__name__}: {first_line(err)} "
-          f"(please report; details in {where})", file=sys.stderr)
+    what = f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
+    print(f"error: internal error: {what} (please report; details in {where})", file=sys.stderr)
     return 1
 
 
