@@ -152,19 +152,18 @@ def export(run_dir: str | Path, trial: str | int | None = None, out: str | Path 
         if trial is None:
             raise ExportError(f"{run_dir}: best.json recommends no trial (pass --trial)")
     out = Path(out) if out else run_dir / "export" / f"trial-{trial}"
-    prepare_out(out)  # before any work: a refused --out costs nothing
+    check_out(out)  # before any work: a refused --out costs nothing
     metrics = _trial_metrics(run_dir, str(trial))
     info = json.loads((run_dir / "run.json").read_text())
     return write_bundle(metrics, out, title=dict(trial=trial, experiment=info["experiment"],
                                                  study=info["study"]))
 
 
-def prepare_out(out: Path) -> None:
-    """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
-    or empty directory is used; a previous bundle loses only the files its marker lists;
-    anything else is refused."""
+def check_out(out: Path) -> list[str]:
+    """The files of the previous bundle in ``out`` (none: missing or empty); refuses anything
+    else (a file, a directory export did not write, a marker it did not write)."""
     if not out.exists():
-        return
+        return []
     if not out.is_dir():
         raise ExportError(f"--out {out}: is a file, not a directory (choose a directory)")
     marker = out / MARKER
@@ -172,7 +171,7 @@ def prepare_out(out: Path) -> None:
         if any(out.iterdir()):
             raise ExportError(f"--out {out}: exists and is not a bundle written by workbench export "
                               f"(no {MARKER}); choose a new or empty directory")
-        return
+        return []
     try:
         files = json.loads(marker.read_text())["files"]
         ok = isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and "\\" not in f
@@ -182,13 +181,21 @@ def prepare_out(out: Path) -> None:
     if not ok:
         raise ExportError(f"--out {out}: {MARKER} is not a marker workbench wrote (unreadable "
                           "file list); remove the directory yourself or choose another")
+    return files
+
+
+def prepare_out(out: Path) -> None:
+    """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
+    or empty directory is used; a previous bundle loses only the files its marker lists;
+    anything else is refused."""
+    files = check_out(out)
     for name in files:
         path = out / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    marker.unlink()
+    (out / MARKER).unlink(missing_ok=True)  # checked above: one export wrote
 
 
 def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | None = None) -> Path:

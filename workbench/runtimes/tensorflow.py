@@ -115,6 +115,7 @@ class TensorflowRuntime(Runtime):
         out_name, = sig.structured_outputs
         fn = tf.function(lambda x: sig(**{{in_name: x}})[out_name],
                          input_signature=(tf.TensorSpec(spec.shape, tf.float32),))
+        fn._keep_alive = loaded  # the signature's variables live as long as the function
     else:
         import keras
 
