@@ -48,7 +48,7 @@ class TrialParams(BaseModel):
         """Check every deployment parameter against its declaration; fill the defaults."""
         if not isinstance(values, Mapping):
             return values
-        from workbench import space
+        from workbench import parameters as space
 
         declared = space.parameters()
         out = dict(values)

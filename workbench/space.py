@@ -1,147 +1,199 @@
-"""The deployment parameters, derived from the plug-ins that read them.
+"""The search space: which parameters a trial gets, the grid, and the automatic space.
 
-Every parameter a trial can take is declared once, by whoever reads it: the core ones
-(``runtime``, ``provider``, ``threads``, ``batch_size``) here; a runtime's own options (e.g.
-onnxruntime's ``graph_optimization``, OpenVINO's ``ov_hint``) by its module in
-``workbench/runtimes/``; a variant transform's (``bits``, ``sparsity``...) by its module in
-``workbench/variants/``. From those declarations follow the allowed values a config is checked
-against (``config``), the defaults and checks of a trial's parameters (``params``) and the
-conditional search space (``sweep``: a parameter that does not apply is not sampled).
+``CONDITIONS`` (derived from the runtime and variant registries, :mod:`workbench.parameters`)
+says when a parameter means something (``int8_mode`` only at 8 bits, OpenVINO options only for
+OpenVINO...): a parameter whose condition is false is neither sampled nor enumerated, so two
+trials never differ only in a value that has no effect.
+
+When an experiment gives no ``search_space``, :func:`auto` builds one from what this model and
+this machine allow: every installed runtime that can run the model's format, bits 32/16/8 (and
+4, plus dynamic int8, only where MatMul weights dominate: ``quantize.INT4_MIN_SHARE``), int8
+static with and without per-channel scales, threads 1..cores, channel pruning 0/0.25/0.5 for a
+Keras model whose data has a training split, and the batch sizes of the scenario
+(single_stream: 1; offline: 1, 8, 32, 128). TensorFlow is left out: it runs only the fp32 Keras
+model, which is already the baseline. ``workbench plan`` prints the resolved space
+(:func:`plan`) without running anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+import importlib.util
+import os
+from typing import Any
 
-# Provider names meaning "this runtime's default CPU path"; every runtime accepts them.
-CPU_ALIASES = ("CPUExecutionProvider", "CPU", "default")
+from workbench.config import Experiment, Range, SearchSpace
+from workbench.params import to_builtin
 
+# When a parameter means something, declared by the plug-in that reads it (workbench.parameters).
+from workbench.parameters import CONDITIONS  # noqa: E402,F401
 
-@dataclass(frozen=True)
-class Parameter:
-    """One trial parameter: type, default, allowed values or bounds, and when it applies.
-
-    ``applies(params)`` gets the parameters chosen so far (a dict; a missing name means "not
-    chosen yet") and says whether this one means anything for them. ``must_apply``: a value
-    other than the default must be honoured by some transform of the trial's variant route, or
-    the trial is pruned with the reason (``bits=8`` on a runtime that runs only the fp32 model).
-    """
-
-    name: str
-    default: Any
-    type: type
-    choices: tuple | None = None
-    ge: float | None = None
-    le: float | None = None
-    applies: Callable[[Mapping[str, Any]], bool] | None = None
-    must_apply: bool = False
-    help: str = ""
-
-    def check(self, value: Any) -> str | None:
-        """Why ``value`` is not allowed (a message without the name), or None."""
-        if self.choices is not None:
-            if value not in self.choices or isinstance(value, bool) != (self.type is bool):
-                return f"unknown value {value!r} (choose from {', '.join(map(str, self.choices))})"
-            return None
-        if self.type is int and (not isinstance(value, int) or isinstance(value, bool)):
-            return f"must be {self._kind()} (got {value!r})"
-        if self.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"must be {self._kind()} (got {value!r})"
-        if (self.ge is not None and value < self.ge) or (self.le is not None and value > self.le):
-            return f"must be {self._kind()} (got {value!r})"
-        return None
-
-    def _kind(self) -> str:
-        if self.type is int:
-            return {0: "a non-negative integer", 1: "a positive integer"}.get(self.ge, "an integer")
-        if self.ge is not None and self.le is not None:
-            return f"a number in {self.ge}..{self.le}"
-        return "a number"
+# n_trials when the experiment gives none: every distinct configuration up to this many.
+MAX_DEFAULT_TRIALS = 40
+OFFLINE_BATCH_SIZES = [1, 8, 32, 128]
+PRUNE_SPARSITIES = [0.0, 0.25, 0.5]
 
 
-def _runtime_has_choice_of_provider(p: Mapping[str, Any]) -> bool:
+def grid_points(exp: Experiment) -> list[dict[str, Any]]:
+    """Every distinct combination of the searched values, conditional parameters respected."""
+    points: list[dict[str, Any]] = [{}]
+    fixed = exp.search_space.fixed()
+    for name, spec in exp.search_space:
+        if not isinstance(spec, (list, Range)):
+            continue
+        values = spec.values() if isinstance(spec, Range) else spec
+        grown = []
+        for point in points:
+            context = {**fixed, **point}
+            if name in CONDITIONS and not CONDITIONS[name](context):
+                grown.append(point)
+            else:
+                grown.extend({**point, name: v} for v in values)
+        points = grown
+    return points
+
+
+def enqueue_next_grid_point(study, exp: Experiment) -> bool:
+    """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
+    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+    for point in grid_points(exp):
+        if point not in seen:
+            study.enqueue_trial(point)
+            return True
+    return False
+
+
+def suggest(trial, exp: Experiment) -> dict[str, Any]:
+    """Trial parameters: searched ones from the sampler, fixed ones as written, all builtins."""
+    params: dict[str, Any] = {}
+    for name, spec in exp.search_space:
+        if name in CONDITIONS and not CONDITIONS[name](params):
+            continue
+        if isinstance(spec, Range):
+            if spec.is_int:
+                params[name] = int(trial.suggest_int(name, int(spec.low), int(spec.high),
+                                                     step=int(spec.step or 1), log=spec.log))
+            else:
+                params[name] = float(trial.suggest_float(name, spec.low, spec.high,
+                                                         step=spec.step, log=spec.log))
+        elif isinstance(spec, list):
+            params[name] = to_builtin(trial.suggest_categorical(name, spec))
+        else:
+            params[name] = spec
+    return params
+
+
+def installed_runtimes(model_format: str) -> list[str]:
+    """Registered runtimes whose packages are installed here and that can run a model of
+    ``model_format`` (keras: exported to ONNX or converted to TFLite; onnx: as it is)."""
     from workbench import runtimes
 
-    rt = runtimes.registered().get(p.get("runtime"))
-    return rt is not None and len(rt.providers) > 1
-
-
-def core() -> list[Parameter]:
-    """The parameters every trial has, whatever its runtime and variant."""
-    from workbench import runtimes
-
-    rts = runtimes.registered()
-    providers = tuple(dict.fromkeys(CPU_ALIASES + tuple(p for rt in rts.values() for p in rt.providers)))
-    return [
-        Parameter("runtime", "onnxruntime", str, choices=tuple(rts), help="the runtime module"),
-        Parameter("provider", "CPUExecutionProvider", str, choices=providers,
-                  applies=_runtime_has_choice_of_provider,
-                  help="an execution provider or device of the runtime"),
-        Parameter("threads", 1, int, ge=1),
-        Parameter("batch_size", 1, int, ge=1),
-    ]
-
-
-def parameters() -> dict[str, Parameter]:
-    """Every parameter, by name: core, then the variant transforms', then the runtimes' options."""
-    from workbench import runtimes, variants
-
-    out = {p.name: p for p in core()}
-    for t in variants.registered():
-        for p in t.parameters:
-            _add(out, p, f"transform {t.name}")
-    for rt in runtimes.registered().values():
-        for p in rt.options:
-            owner = rt.name
-            gate = p.applies
-            p = Parameter(**{**p.__dict__, "applies": (lambda q, o=owner, g=gate: q.get("runtime") == o
-                                                        and (g is None or g(q)))})
-            _add(out, p, f"runtime {rt.name}")
+    reachable = {"onnx"} if model_format == "onnx" else {"onnx", "tflite"}
+    out = []
+    for name, rt in runtimes.registered().items():
+        if not reachable & set(rt.formats):
+            continue
+        if all(importlib.util.find_spec(pkg.replace("-", "_"))
+               for pkg in rt.packages):
+            out.append(name)
     return out
 
 
-def _add(out: dict[str, Parameter], p: Parameter, owner: str) -> None:
-    seen = out.get(p.name)
-    if seen is not None and (seen.default, seen.type, seen.choices) != (p.default, p.type, p.choices):
-        raise ValueError(f"{owner} declares parameter {p.name} differently from an earlier plug-in")
-    if seen is None:
-        out[p.name] = p
+def cores() -> int:
+    """CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def applies(name: str, params: Mapping[str, Any]) -> bool:
-    """Whether parameter ``name`` means anything given the ``params`` chosen so far."""
-    p = parameters().get(name)
-    return p is None or p.applies is None or bool(p.applies(params))
+def _model_facts(exp: Experiment) -> dict[str, Any]:
+    """Format of the model, MatMul weight share of its fp32 ONNX, and whether data can train."""
+    from workbench import data as data_mod
+    from workbench import variants, zoo
+    from workbench.variants import quantize
+
+    data = data_mod.load(exp.resolve(exp.data), exp.task)
+    model = zoo.resolve(exp.resolve(exp.model), data, exp.trust_model_code)
+    facts = {"format": "onnx" if model.format == "onnx" else "keras", "share": 0.0,
+             "trainable": data.x_train is not None}
+    try:
+        import onnx
+
+        facts["share"] = quantize.matmul_weight_share(onnx.load(str(variants._onnx_fp32(model, data).path)))
+    except Exception:  # noqa: BLE001 - without the share, int4 is simply not proposed
+        pass
+    return facts
 
 
-class _Conditions(Mapping):
-    """``{name: condition}`` for the conditional parameters, read from the registries on each
-    access (so a runtime registered later is seen by a module that imported this earlier)."""
+def auto(exp: Experiment, facts: dict[str, Any] | None = None) -> SearchSpace:
+    """The automatic search space of ``exp`` (see the module docstring)."""
+    from workbench import decide
+    from workbench.variants import quantize
 
-    def _current(self) -> dict[str, Callable[[Mapping[str, Any]], bool]]:
-        return {n: p.applies for n, p in parameters().items() if p.applies is not None}
-
-    def __getitem__(self, name: str):
-        return self._current()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._current())
-
-    def __len__(self) -> int:
-        return len(self._current())
-
-
-CONDITIONS: Mapping[str, Callable[[Mapping[str, Any]], bool]] = _Conditions()
-
-
-def check(name: str, value: Any) -> str | None:
-    """Why ``value`` is not allowed for parameter ``name`` (None: allowed; unknown names too)."""
-    p = parameters().get(name)
-    return None if p is None else p.check(value)
+    facts = facts or _model_facts(exp)
+    sc = decide.scenario(exp.scenario)
+    dense = facts["share"] >= quantize.INT4_MIN_SHARE
+    space: dict[str, Any] = {
+        "bits": [32, 16, 8, 4] if dense else [32, 16, 8],
+        "int8_mode": ["static", "dynamic"] if dense else "static",
+        "per_channel": [False, True],
+        "runtime": installed_runtimes(facts["format"]) or "onnxruntime",
+        "threads": list(range(1, cores() + 1)),
+        "batch_size": OFFLINE_BATCH_SIZES if "batch_size" in sc.searched else 1,
+    }
+    if facts["format"] == "keras" and facts["trainable"]:
+        space["sparsity"] = PRUNE_SPARSITIES
+        space["prune_structure"] = "channels"
+    space = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in space.items()}
+    return SearchSpace(**space)
 
 
-def defaults() -> dict[str, Any]:
-    """Every parameter's default."""
-    return {n: p.default for n, p in parameters().items()}
+def default_n_trials(exp: Experiment) -> int:
+    """Every distinct configuration when there are at most :data:`MAX_DEFAULT_TRIALS`, else that many."""
+    return min(len(distinct(exp)), MAX_DEFAULT_TRIALS)
+
+
+def distinct(exp: Experiment) -> list[dict[str, Any]]:
+    """The distinct configurations of ``exp``'s space (conditional parameters respected)."""
+    return grid_points(exp)
+
+
+def resolve(exp: Experiment, facts: dict[str, Any] | None = None) -> Experiment:
+    """``exp`` with its search space (automatic when omitted) and n_trials filled in."""
+    if exp.auto_space:
+        exp = exp.model_copy(update={"search_space": auto(exp, facts)})
+        exp.__pydantic_fields_set__.add("search_space")
+    if exp.n_trials is None:
+        exp = exp.model_copy(update={"n_trials": default_n_trials(exp)})
+    return exp
+
+
+def plan(exp: Experiment) -> str:
+    """What ``workbench plan`` prints: the question, the resolved space, the number of distinct
+    configurations and the trials a sweep would run."""
+    from workbench import decide
+
+    given = not exp.auto_space
+    n_given = exp.n_trials
+    exp = resolve(exp)
+    info = {"scenario": exp.scenario, "latency_percentile": exp.latency_percentile,
+            "latency_budget_ms": exp.latency_budget_ms, "max_accuracy_drop": exp.max_accuracy_drop,
+            "task": exp.task}
+    lines = [f"experiment {exp.name}: {decide.question(info)}",
+             f"objectives: {', '.join(exp.objectives)}",
+             f"search space ({'as given' if given else 'automatic: this model on this machine'}):"]
+    for name, spec in exp.search_space:
+        if isinstance(spec, Range):
+            text = f"{spec.low}..{spec.high}" + (f" step {spec.step}" if spec.step else "")
+        elif isinstance(spec, list):
+            text = "[" + ", ".join(map(str, spec)) + "]"
+        else:
+            continue
+        lines.append(f"  {name}: {text}")
+    fixed = {k: v for k, v in exp.search_space.fixed().items()}
+    lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    n = len(distinct(exp))
+    lines.append(f"distinct configurations: {n}")
+    lines.append(f"trials: {exp.n_trials} ({'as given' if n_given else 'default: all distinct, at most '}"
+                 f"{'' if n_given else MAX_DEFAULT_TRIALS}), sampler {exp.sampler}")
+    return "\n".join(lines)

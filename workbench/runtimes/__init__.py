@@ -24,7 +24,7 @@ import numpy as np
 
 from workbench import plugins
 from workbench.errors import TrialPruned
-from workbench.space import CPU_ALIASES, Parameter
+from workbench.parameters import CPU_ALIASES, Parameter
 
 # The runtime modules shipped with workbench; each registers one Runtime when imported.
 RUNTIME_MODULES = [
@@ -108,8 +108,11 @@ def _version(packages: tuple[str, ...]) -> str:
 
 
 def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+    """``Type: first line`` of an exception, for doctor's "why not" column."""
+    from workbench import errors
+
+    line = errors.first_line(err, 200)
+    return line if line == type(err).__name__ else f"{type(err).__name__}: {line}"
 
 
 _REGISTRY: dict[str, Runtime] = {}

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import TrialPruned
+from workbench.errors import TrialPruned, first_line
 from workbench.runtimes import Runtime, register
-from workbench.space import CPU_ALIASES
+from workbench.parameters import CPU_ALIASES
 
 
 def delegated_ops(interpreter) -> tuple[int, int]:
@@ -47,7 +47,7 @@ class LitertSession:
                                        experimental_op_resolver_type=getattr(OpResolverType,
                                                                              options["op_resolver"]))
         except (ValueError, RuntimeError) as err:
-            raise TrialPruned(f"litert cannot load this artifact: {str(err).strip().splitlines()[0]}") from None
+            raise TrialPruned(f"litert cannot load this artifact: {first_line(err)}") from None
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
         self._batch = None
@@ -68,7 +68,7 @@ class LitertSession:
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise TrialPruned(f"litert cannot run this model at batch size {n}: "
-                              f"{str(err).strip().splitlines()[0]}") from None
+                              f"{first_line(err)}") from None
         self._batch = n
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from workbench.errors import TrialPruned
 from workbench.runtimes import Runtime, first_line, register
-from workbench.space import CPU_ALIASES, Parameter
+from workbench.parameters import CPU_ALIASES, Parameter
 
 DEVICES = ("CPU", "GPU", "NPU")
 

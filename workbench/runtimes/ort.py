@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import TrialPruned
+from workbench.errors import TrialPruned, first_line
 from workbench.runtimes import Runtime, register
-from workbench.space import CPU_ALIASES, Parameter
+from workbench.parameters import CPU_ALIASES, Parameter
 
 GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
                       "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
@@ -74,7 +74,7 @@ class OrtSession:
             self._sess = ort.InferenceSession(str(path), sess_options=make_session_options(options),
                                               providers=[provider])
         except Exception as err:  # e.g. the CUDA provider library present but no driver
-            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            line = first_line(err, 200)
             raise TrialPruned(f"provider {provider} could not create a session ({line})") from None
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.providers = self._sess.get_providers()

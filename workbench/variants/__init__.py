@@ -22,7 +22,7 @@ from typing import Union
 from workbench import plugins
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
-from workbench.space import Parameter
+from workbench.parameters import Parameter
 from workbench.zoo import ModelRef
 
 # The transforms shipped with workbench, in the order build() tries them.
@@ -91,7 +91,8 @@ def registered() -> list[Transform]:
 
 def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_samples: int) -> Artifact:  # noqa: F821
     """The artifact for one trial's parameters (built once, then read from the cache)."""
-    from workbench import runtimes, space
+    from workbench import runtimes
+    from workbench import parameters as space
 
     formats = runtimes.get(params.runtime).formats
     state: State = model

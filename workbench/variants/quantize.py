@@ -19,7 +19,7 @@ import numpy as np
 from workbench import cache
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
-from workbench.space import Parameter
+from workbench.parameters import Parameter
 from workbench.variants import Artifact, Transform, register
 
 INT4_BLOCK_SIZE = 32

@@ -13,7 +13,7 @@ from pathlib import Path
 from workbench import cache
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
-from workbench.space import Parameter
+from workbench.parameters import Parameter
 from workbench.variants import Transform, register
 from workbench.zoo import ModelRef
 
