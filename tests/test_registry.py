@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from workbench import bundle, config, doctor, notebook, plugins, runtimes, space, sweep, trial, variants
+from workbench import bundle, config, doctor, notebook, parameters, plugins, runtimes, sweep, trial, variants
 from workbench.errors import ConfigError
 from workbench.params import TrialParams
 
@@ -39,12 +39,12 @@ def test_registries_hold_the_shipped_plugins():
     assert [t.name for t in variants.registered()] == ["prune", "native", "tflite", "export:onnx",
                                                        "quantize:onnx"]
     # allowed values are declared once, by the plug-in that reads them
-    params = space.parameters()
+    params = parameters.parameters()
     assert params["graph_optimization"].choices == ("all", "extended", "basic", "disabled")
     assert params["runtime"].choices == tuple(runtimes.registered())
-    assert space.applies("ov_hint", {"runtime": "openvino"}) and not space.applies("ov_hint", {"runtime": "litert"})
-    assert space.applies("provider", {"runtime": "openvino"}) and not space.applies("provider", {"runtime": "litert"})
-    assert not space.applies("calibration", {"bits": 8, "int8_mode": "dynamic"})
+    assert parameters.applies("ov_hint", {"runtime": "openvino"}) and not parameters.applies("ov_hint", {"runtime": "litert"})
+    assert parameters.applies("provider", {"runtime": "openvino"}) and not parameters.applies("provider", {"runtime": "litert"})
+    assert not parameters.applies("calibration", {"bits": 8, "int8_mode": "dynamic"})
 
 
 def test_a_new_runtime_is_accepted_by_config_params_and_sweep(numpy_plugin):

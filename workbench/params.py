@@ -19,7 +19,7 @@ class TrialParams(BaseModel):
     The fields below are the same for every trial. The deployment parameters (``runtime``,
     ``provider``, and every parameter a variant transform or a runtime declares, such as
     ``bits`` or ``graph_optimization``) are checked against, and defaulted from, the plug-in
-    registries (``workbench.space``): their allowed values are written down once, by the module
+    registries (``workbench.parameters``): their allowed values are written down once, by the module
     that reads them. Read them as attributes like any field (``params.bits``).
     """
 

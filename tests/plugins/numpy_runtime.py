@@ -8,7 +8,7 @@ import numpy as np
 
 from workbench.errors import TrialPruned
 from workbench.runtimes import Runtime, register
-from workbench.space import Parameter
+from workbench.parameters import Parameter
 
 # Shared by the session and the exported predict.py (which embeds it).
 GRAPH_CODE = '''
