@@ -239,7 +239,8 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     np.save(wrote("sample_input.npy"), timing_batch(data.x_eval, p.batch_size))
     np.save(wrote("check_inputs.npy"), x_check)
     np.save(wrote("check_targets.npy"), y_check)
-    expected = _expected_quality(out, params, artifact, p.task)
+    fmt = metrics.get("artifact_format") or ("savedmodel" if artifact.is_dir() else artifact.suffix.lstrip("."))
+    expected = _expected_quality(out, params, artifact, fmt)
     wrote("check.json").write_text(json.dumps({
         "task": p.task, "batch_size": p.batch_size, "expected": expected,
         "trial_p50_ms": metrics.get("latency_p50_ms"),
@@ -254,13 +255,14 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     return out
 
 
-def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, task: str) -> dict[str, float]:
+def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, fmt: str) -> dict[str, float]:
     """The quality workbench measures on the bundled sample, through its own session of the
     trial's runtime with the trial's options. In a fresh process, as a trial runs: a runtime may
     only take its thread settings before its first use in a process (TensorFlow)."""
     code = ("import json, sys; from workbench import bundle; "
             "print(json.dumps(bundle.measure_quality(*json.loads(sys.argv[1]))))")
-    args = json.dumps([params, str(artifact), str(out / "check_inputs.npy"), str(out / "check_targets.npy")])
+    args = json.dumps([params, str(artifact), fmt, str(out / "check_inputs.npy"),
+                       str(out / "check_targets.npy")])
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
     if res.returncode != 0:
@@ -269,8 +271,10 @@ def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, task: s
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: str) -> dict[str, float]:
-    """Quality of ``artifact`` opened as ``params`` say, on the arrays at ``x_path``/``y_path``."""
+def measure_quality(params: dict[str, Any], artifact: str, fmt: str, x_path: str,
+                    y_path: str) -> dict[str, float]:
+    """Quality of ``artifact`` (format ``fmt``) opened as ``params`` say, on the arrays at
+    ``x_path``/``y_path``."""
     import numpy as np
 
     from workbench import runtimes, variants
@@ -279,9 +283,7 @@ def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: 
     from workbench.trial import evaluate
 
     p = TrialParams.parse(params)
-    path = Path(artifact)
-    fmt = runtimes.get(p.runtime).formats
-    art = variants.Artifact(path, "savedmodel" if path.is_dir() else path.suffix.lstrip(".") or fmt[0], "", ())
+    art = variants.Artifact(Path(artifact), fmt, "", ())
     try:
         session = runtimes.load(p, art)
     except TrialPruned as err:

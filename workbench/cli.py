@@ -111,7 +111,8 @@ def _export(args: argparse.Namespace) -> int:
 
     preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
-    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}")
+    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}"
+          f"\nre-measure it: python {out / 'predict.py'} --check")
     return 0
 
 
