@@ -34,8 +34,10 @@ INT8_MODE = Parameter("int8_mode", "static", str, choices=("static", "dynamic"),
                       applies=lambda p: p.get("bits") == 8)
 CALIBRATION = Parameter("calibration", "minmax", str, choices=("minmax", "entropy", "percentile"),
                         applies=lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static")
+# Per-channel weight scales: a choice of calibrated (static) int8 only, so a dynamic int8 trial
+# never differs from another only by a flag (issue: identical work is measured once).
 PER_CHANNEL = Parameter("per_channel", False, bool, choices=(True, False),
-                        applies=lambda p: p.get("bits") == 8)
+                        applies=lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static")
 
 
 def matmul_weight_share(model) -> float:
