@@ -93,7 +93,9 @@ def _run_dir(tmp_path: Path) -> Path:
     t.set_user_attr("params", m["params"])
     t.set_user_attr("metrics", m)
     study.tell(t, 1.0)
-    (run_dir / "run.json").write_text(json.dumps({"experiment": "e", "study": "s", "storage": url}))
+    (run_dir / "run.json").write_text(json.dumps({"experiment": "e", "study": "s", "storage": url,
+                                                  "objectives": ["latency_p50_ms"],
+                                                  "max_accuracy_drop": 1.0}))
     return run_dir
 
 
