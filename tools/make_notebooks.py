@@ -45,19 +45,12 @@ def trial() -> None:
             "`metrics.json` beside itself."),
         params_cell("\n".join(lines + ['metrics_path = "metrics.json"'])),
         new_code_cell(
-            "from workbench import trial\n\n"
-            "params = dict(\n" + "".join(f"    {k}={k},\n" for k in TrialParams.model_fields) + ")\n"
-            "metrics = trial.run(params)\n"
+            "from workbench import notebook, trial\n"
+            "from workbench.params import TrialParams\n\n"
+            "# The parameters above, by name: every field of TrialParams is a variable of the cell.\n"
+            "metrics = trial.run({name: globals()[name] for name in TrialParams.model_fields})\n"
             "trial.write_metrics(metrics, metrics_path)\n"
-            "print(metrics['label'], '->', metrics['status'], metrics.get('reason', ''))"),
-        new_code_cell(
-            "# Plain text on purpose: importing pandas here would add ~0.5 s to every trial of a sweep.\n"
-            "shown = ['accuracy', 'accuracy_drop', 'latency_p50_ms', 'latency_p90_ms', 'latency_p99_ms',\n"
-            "         'latency_p50_ci_low_ms', 'latency_p50_ci_high_ms', 'latency_cv', 'throughput_sps',\n"
-            "         'size_bytes', 'size_gzip_bytes', 'max_abs_diff', 'top1_agreement', 'load_ms', 'peak_rss_mb']\n"
-            "for key in shown:\n"
-            "    if key in metrics:\n"
-            "        print(f'{key:>24}  {metrics[key]:.6g}')"),
+            "notebook.Summary(metrics)  # the metrics as a table, or why the trial was pruned"),
     ])
 
 
