@@ -61,7 +61,7 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     """
     from workbench.storage import resolve_url
 
-    study_name = study_name or exp.name
+    study_name = exp.name if study_name is None else study_name
     run_dir = run_dir_of(exp, study_name, runs_dir)
     create_run_dir(run_dir, fresh=fresh and not (resolve_url(storage) or exp.storage))
     url = storage_url(exp, run_dir, storage, workers)
