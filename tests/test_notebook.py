@@ -191,3 +191,14 @@ def test_ctrl_c_leaves_no_kernel_behind(tmp_path):
     assert "interrupted" in err
     time.sleep(0.5)
     assert alive(kernels) == set()
+
+
+def test_architecture_names_only_files_that_exist():
+    import re
+
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`((?:workbench|notebooks|tools|tests)/[\w./]*)`", text))
+    assert len(named) > 20
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "workbench").glob("*.py")} - {"workbench/__init__.py"}
+    assert sorted(modules - named) == []  # and every module of the package is in it
