@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from workbench.cache import file_lock
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, first_line
 
 HEARTBEAT_S = 10
 GRACE_S = 40
@@ -110,8 +110,7 @@ def open_storage(url: str):
         except Exception as err:  # noqa: BLE001 - reported as one line below
             last = err
             time.sleep(1.0 + attempt)
-    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
-    raise ConfigError(f"storage {redact(url)}: cannot open ({redact_text(first, url)})") from None
+    raise ConfigError(f"storage {redact(url)}: cannot open ({redact_text(first_line(last), url)})") from None
 
 
 def worker_id() -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 
 from workbench import fingerprint
 from workbench.config import OBJECTIVES, Experiment
-from workbench.errors import ConfigError, WorkbenchError
+from workbench.errors import ConfigError, WorkbenchError, first_line
 from workbench.storage import open_storage, redact, redact_text
 
 DEFAULT_RUNS_DIR = "experiments/runs"
@@ -104,10 +105,16 @@ def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
     except ValueError as err:  # e.g. the stored study has other directions
         raise ConfigError(f"study {study_name!r} in {shown}: {redact_text(err, url)}") from None
     except Exception as err:  # unreachable or malformed storage
-        first = redact_text(str(err).strip().splitlines()[0] if str(err).strip() else "", url)
+        first = redact_text(first_line(err), url)
         raise ConfigError(f"storage {shown}: cannot open ({type(err).__name__}: {first})") from None
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {study_name!r} in {shown} was created with other objectives")
+    if study.metric_names is None:  # the objectives by name, in Optuna's dashboard and tables
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(exp.objectives))
     if study.user_attrs.get("experiment") != exp.name:
         study.set_user_attr("experiment", exp.name)
         study.set_user_attr("objectives", exp.objectives)

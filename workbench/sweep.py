@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from workbench import baselines, notebook
+from workbench import baselines, decide, notebook, preflight, space
 from workbench.config import Experiment
 from workbench.errors import TrialFailed, WorkbenchError
 from workbench.space import CONDITIONS, enqueue_next_grid_point, grid_points, suggest  # noqa: F401
@@ -62,13 +62,18 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     from workbench.storage import resolve_url
 
     study_name = exp.name if study_name is None else study_name
-    run_dir = run_dir_of(exp, study_name, runs_dir)
+    run_dir = run_dir_of(exp, study_name, runs_dir)  # names checked before anything is loaded
+    preflight.check(exp)  # model + data loaded once and checked: nothing is created before this
+    exp = space.resolve(exp)  # the automatic search space and default n_trials, when omitted
     create_run_dir(run_dir, fresh=fresh and not (resolve_url(storage) or exp.storage))
     url = storage_url(exp, run_dir, storage, workers)
     study = open_study(exp, study_name, url)
     write_run_files(exp, study_name, run_dir, url)
     log = _logger(progress)
     target = _target(study, exp, n_trials, add)
+    # trial.run reuses the measurement of an identical artifact with identical run options;
+    # set before any kernel starts, since kernels inherit this environment
+    os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
     with notebook.Kernels(run_dir / "trials") as kernels:
         baselines.run(exp, run_dir, log, kernels)
         if workers > 1:
@@ -78,6 +83,7 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
             work(exp, run_dir, study, url, target, progress=progress, kernels=kernels)
     from workbench import report
 
+    decide.decide(run_dir, log=log)
     report.build(run_dir)
     return run_dir
 
@@ -146,6 +152,7 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
     ``kernels`` keeps the next trial's kernel booting; without it the worker keeps its own.
     """
     if kernels is None:
+        os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
         with notebook.Kernels(run_dir / "trials") as kernels:
             return work(exp, run_dir, study, url, target, progress, kernels)
     import optuna
@@ -191,6 +198,8 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
                 error = err
                 log(f"trial {trial.number} failed: {err.reason} (notebook: {err.notebook})")
         outcome = _tell(study, trial, exp, params, metrics, error)
+        if metrics:
+            decide.record(run_dir, trial.number, metrics)
         counts[outcome] += 1
         consecutive_failures = consecutive_failures + 1 if outcome == "fail" else 0
         bar.n = min(target, _finished(study))
@@ -200,6 +209,7 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
             bar.close()
             from workbench import report
 
+            decide.decide(run_dir, log=log)
             report.build(run_dir)
             raise WorkbenchError(f"sweep stopped: {consecutive_failures} trials failed in a row "
                                  f"(max_consecutive_failures); last: {error.reason} "
