@@ -30,8 +30,8 @@ def save(name: str, cells: list) -> None:
 
 
 def trial() -> None:
-    defaults = TrialParams()
-    lines = [f"{k} = {getattr(defaults, k)!r}" for k in TrialParams.model_fields]
+    # TrialParams' own fields, then every parameter a runtime or variant transform declares
+    lines = [f"{k} = {v!r}" for k, v in TrialParams().model_dump().items()]
     lines[lines.index("min_seconds = 1.0")] = "min_seconds = 0.2  # the quickstart default; sweeps pass the experiment's"
     save("trial.ipynb", [
         new_markdown_cell(
@@ -47,8 +47,10 @@ def trial() -> None:
         new_code_cell(
             "from workbench import notebook, trial\n"
             "from workbench.params import TrialParams\n\n"
-            "# The parameters above, by name: every field of TrialParams is a variable of the cell.\n"
-            "metrics = trial.run({name: globals()[name] for name in TrialParams.model_fields})\n"
+            "# The parameters above, by name: TrialParams' fields and every parameter a runtime or\n"
+            "# variant declares (one of a plug-in not in the cell above keeps its default).\n"
+            "names = TrialParams().model_dump()\n"
+            "metrics = trial.run({name: value for name, value in globals().items() if name in names})\n"
             "trial.write_metrics(metrics, metrics_path)\n"
             "notebook.Summary(metrics)  # the metrics as a table, or why the trial was pruned"),
     ])
