@@ -30,8 +30,8 @@ def save(name: str, cells: list) -> None:
 
 
 def trial() -> None:
-    defaults = TrialParams()
-    lines = [f"{k} = {getattr(defaults, k)!r}" for k in TrialParams.model_fields]
+    # TrialParams' own fields, then every parameter a runtime or variant transform declares
+    lines = [f"{k} = {v!r}" for k, v in TrialParams().model_dump().items()]
     lines[lines.index("min_seconds = 1.0")] = "min_seconds = 0.2  # the quickstart default; sweeps pass the experiment's"
     save("trial.ipynb", [
         new_markdown_cell(
@@ -45,19 +45,14 @@ def trial() -> None:
             "`metrics.json` beside itself."),
         params_cell("\n".join(lines + ['metrics_path = "metrics.json"'])),
         new_code_cell(
-            "from workbench import trial\n\n"
-            "params = dict(\n" + "".join(f"    {k}={k},\n" for k in TrialParams.model_fields) + ")\n"
-            "metrics = trial.run(params)\n"
+            "from workbench import notebook, trial\n"
+            "from workbench.params import TrialParams\n\n"
+            "# The parameters above, by name: TrialParams' fields and every parameter a runtime or\n"
+            "# variant declares (one of a plug-in not in the cell above keeps its default).\n"
+            "names = TrialParams().model_dump()\n"
+            "metrics = trial.run({name: value for name, value in globals().items() if name in names})\n"
             "trial.write_metrics(metrics, metrics_path)\n"
-            "print(metrics['label'], '->', metrics['status'], metrics.get('reason', ''))"),
-        new_code_cell(
-            "# Plain text on purpose: importing pandas here would add ~0.5 s to every trial of a sweep.\n"
-            "shown = ['accuracy', 'accuracy_drop', 'latency_p50_ms', 'latency_p90_ms', 'latency_p99_ms',\n"
-            "         'latency_p50_ci_low_ms', 'latency_p50_ci_high_ms', 'latency_cv', 'throughput_sps',\n"
-            "         'size_bytes', 'size_gzip_bytes', 'max_abs_diff', 'top1_agreement', 'load_ms', 'peak_rss_mb']\n"
-            "for key in shown:\n"
-            "    if key in metrics:\n"
-            "        print(f'{key:>24}  {metrics[key]:.6g}')"),
+            "notebook.Summary(metrics)  # the metrics as a table, or why the trial was pruned"),
     ])
 
 
