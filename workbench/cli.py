@@ -80,8 +80,15 @@ def _report(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from workbench import bundle
 
+    if args.engine not in ("builtin", "kserve"):
+        raise WorkbenchError(f"--engine: builtin or kserve (got {args.engine})")
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
     print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}")
+    if args.engine == "kserve":
+        from workbench.serve.kserve import write_inferenceservice
+
+        print(f"KServe InferenceService: {write_inferenceservice(out, name=f'trial-{out.name}')}")
+    print(f"serve it: workbench serve {out}" + (" --engine kserve" if args.engine == "kserve" else ""))
     return 0
 
 
@@ -193,6 +200,8 @@ def parser() -> argparse.ArgumentParser:
     ep.add_argument("run_dir")
     ep.add_argument("--trial", help="trial number (default: the recommended one in best.json)")
     ep.add_argument("--out", help="bundle directory (default: RUN_DIR/export/trial-N)")
+    ep.add_argument("--engine", default="builtin",
+                    help="kserve: also write inferenceservice.yaml (KServe on Kubernetes)")
     ep.set_defaults(func=_export)
 
     bp = sub.add_parser("bench", help="p50 of the workbench's timing loop vs a bare loop (onnxruntime)")

@@ -1,0 +1,149 @@
+"""Serving under load: QPS at a p99 SLO per engine, what dynamic batching buys, server vs
+in-process latency, and how long one server trial takes.
+
+Writes benchmarks/serving.md (+ serving.json). Run with `.venv/bin/python benchmarks/serving.py`
+(~10 min on 2 cores); `--render` rewrites the page from serving.json without measuring.
+
+* ``max_qps_at_slo`` from :func:`workbench.serve.trial.run_server_trial` (open-loop Poisson
+  load, ramp + bisection, converging windows) on digits_cnn and cnn32 (onnxruntime fp32, one
+  thread), per engine (builtin; kserve when ``.venv-kserve`` exists), at a 10 ms p99 SLO;
+* builtin with dynamic batching (max 8, 2 ms, policy delay; and policy idle) vs
+  ``max_batch_size: 1``, at the same SLO;
+* server p50 at a low rate (20 QPS, policy idle) vs the in-process p50 of the same session;
+* the load generator vs ``mlcommons-loadgen``'s Server scenario: only when ``mlperf_loadgen``
+  imports (it is not a dependency); otherwise the page says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from workbench import fingerprint  # noqa: E402
+
+MODELS = {"digits_cnn": "digits", "cnn32": "digits32"}
+SLO_MS = 10.0
+WINDOWS = dict(min_seconds=0.5, max_seconds=4.0)
+CONFIGS = {
+    "builtin batch<=8 delay 2ms": dict(serving_engine="builtin", max_batch_size=8, max_queue_delay_ms=2.0,
+                                       batch_policy="delay"),
+    "builtin batch<=8 idle": dict(serving_engine="builtin", max_batch_size=8, batch_policy="idle"),
+    "builtin batch 1": dict(serving_engine="builtin", max_batch_size=1, batch_policy="idle"),
+    "kserve (no batching)": dict(serving_engine="kserve", max_batch_size=1),
+}
+
+
+def server_trials() -> list[dict]:
+    from workbench.serve import kserve
+    from workbench.serve.trial import run_server_trial
+
+    rows = []
+    for model, data in MODELS.items():
+        for label, cfg in CONFIGS.items():
+            if cfg["serving_engine"] == "kserve" and not kserve.available():
+                rows.append({"model": model, "config": label, "skipped": kserve.unavailable_reason()})
+                continue
+            params = {"model": model, "data": data, "slo_ms": SLO_MS, **WINDOWS, **cfg}
+            m = run_server_trial(params, out_dir=HERE / "serving-runs" / f"{model}-{label.replace(' ', '_')}",
+                                 log=lambda s: print(f"{model} {label}: {s.strip()}", flush=True))
+            rows.append({"model": model, "config": label, **{k: m.get(k) for k in (
+                "max_qps_at_slo", "latency_p50_ms", "latency_p99_ms", "mean_batch_size", "server_cpu_pct",
+                "peak_rss_mb", "rejected_requests", "accuracy_under_load_matches_offline", "total_seconds")},
+                "load_valid": m.get("load_valid"), "points": len(m.get("points", []))})
+    return rows
+
+
+def low_rate() -> list[dict]:
+    """Server p50 at 20 QPS (policy idle: no batching wait) vs in-process p50, same session."""
+    import numpy as np
+
+    from workbench import load, measure
+    from workbench.params import TrialParams
+    from workbench.serve import ServeOptions, engine, free_port
+    from workbench.serve.model import open_bundle, write_bundle
+    from workbench.trial import artifact_for
+
+    rows = []
+    for model, data in MODELS.items():
+        p = TrialParams.parse({"model": model, "data": data})
+        d, _, art = artifact_for(p)
+        bundle = write_bundle(p, art, HERE / "serving-runs" / f"bundle-{model}", d.input_shape)
+        session = open_bundle(bundle).session()
+        x = np.ascontiguousarray(d.x_eval[:1])
+        times = measure.time_calls(lambda: session.run(x), 50, 500, 2.0, 5.0)
+        session.close()
+        eng = engine("builtin", bundle, ServeOptions(port=free_port(), batch_policy="idle", max_batch_size=8))
+        eng.start()
+        try:
+            eng.wait_ready(120)
+            items = load.payloads(d.x_eval, d.y_eval)
+            load.run(eng.infer_url, rate=20, duration=2, items=items)  # warm-up
+            r = load.run(eng.infer_url, rate=20, duration=15, items=items)
+            rb = load.run(eng.infer_url, rate=20, duration=15, items=load.payloads(d.x_eval, d.y_eval, binary=True))
+        finally:
+            eng.stop()
+        rows.append({"model": model, "in_process_p50_ms": float(np.percentile(times, 50)) / 1e6,
+                     "server_p50_ms": r["p50_ms"], "server_p99_ms": r["p99_ms"], "server_npy_p50_ms": rb["p50_ms"],
+                     "late_fraction": r["late_fraction"], "valid": r["valid"]})
+    return rows
+
+
+def loadgen_comparison() -> dict:
+    try:
+        import mlperf_loadgen  # noqa: F401
+    except ImportError:
+        return {"skipped": "mlcommons-loadgen (mlperf_loadgen) is not installed in this environment"}
+    return {"skipped": "mlperf_loadgen imports, but the HTTP SUT for its Server scenario is not written yet"}
+
+
+def render(res: dict) -> str:
+    fp = res["fingerprint"]
+    out = ["# Serving under load", "",
+           f"Generated by `benchmarks/serving.py` on {res['date']} ({fp['cpu'].get('model', '?')}, {fp['cpu'].get('cores', '?')} cores). "
+           f"Open-loop Poisson load on 127.0.0.1 from the same machine (client and server share the cores). "
+           f"SLO: p99 <= {SLO_MS:g} ms, errors < 0.1%.", "",
+           "## QPS at the SLO per engine and batching", "",
+           "| model | configuration | max QPS at SLO | p50 ms | p99 ms | mean batch | server CPU % | peak RSS MB "
+           "| shed (503) | accuracy = offline | load valid | rates tried | trial s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["trials"]:
+        if "skipped" in r:
+            out.append(f"| {r['model']} | {r['config']} | skipped: {r['skipped']} |" + " |" * 11)
+            continue
+        f = lambda v, d=2: "-" if v is None or v != v else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+        out.append(f"| {r['model']} | {r['config']} | {f(r['max_qps_at_slo'], 0)} | {f(r['latency_p50_ms'])} | "
+                   f"{f(r['latency_p99_ms'])} | {f(r['mean_batch_size'])} | {f(r['server_cpu_pct'], 0)} | "
+                   f"{f(r['peak_rss_mb'], 0)} | {r['rejected_requests']} | {r['accuracy_under_load_matches_offline']} | "
+                   f"{r['load_valid']} | {r['points']} | {f(r['total_seconds'], 0)} |")
+    out += ["", "## Server p50 at a low rate vs in-process", "",
+            "| model | in-process p50 ms | server p50 ms (JSON) | server p50 ms (.npy) | server p99 ms | late sends | valid |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["low_rate"]:
+        out.append(f"| {r['model']} | {r['in_process_p50_ms']:.3f} | {r['server_p50_ms']:.3f} | "
+                   f"{r['server_npy_p50_ms']:.3f} | {r['server_p99_ms']:.3f} | {r['late_fraction']:.1%} | {r['valid']} |")
+    out += ["", "## Our load generator vs mlcommons-loadgen", "", res["loadgen"].get("skipped", json.dumps(res["loadgen"])),
+            ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    if "--render" not in sys.argv:
+        t0 = time.time()
+        res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "fingerprint": fingerprint.collect(),
+               "trials": server_trials(), "low_rate": low_rate(), "loadgen": loadgen_comparison()}
+        res["seconds"] = time.time() - t0
+        (HERE / "serving.json").write_text(json.dumps(res, indent=2, default=str))
+    res = json.loads((HERE / "serving.json").read_text())
+    (HERE / "serving.md").write_text(render(res))
+    print((HERE / "serving.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
