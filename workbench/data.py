@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench import cache
-from workbench.errors import DataError
+from workbench.errors import DataError, first_line
 
 DIGITS_SEED = 0
 DIGITS_EVAL = 360
@@ -137,7 +137,7 @@ def _npz(path: Path, task: str) -> Dataset:
         with np.load(path, allow_pickle=False) as npz:
             z = dict(npz)
     except Exception as err:  # numpy raises several types for a bad archive
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise DataError(f"{path}: not a readable .npz archive ({msg})") from None
     for name in ("x_eval", "y_eval"):
         if name not in z:
