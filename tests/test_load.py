@@ -104,3 +104,13 @@ def test_cli_serve_and_load(bundle, npz, tmp_path):  # noqa: F811
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     bad = subprocess.run([exe, "load", "http://127.0.0.1:9/x/infer", "--rate", "5"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_runs_where_an_event_loop_is_already_running(slow_server):
+    """As in a notebook kernel (papermill runs the server trial there)."""
+    import asyncio
+
+    async def inside():
+        return load.run(slow_server.infer_url, concurrency=2, requests=4)
+
+    assert asyncio.run(inside())["answered"] == 4

@@ -81,13 +81,8 @@ def _measure(eng, items, rate: float, p, window: float, cap: float, monitor, see
     before = eng.metrics()
     cpu0, wall0, own0 = cpu_seconds(eng.proc.pid), time.perf_counter(), time.process_time()
     monitor.load, monitor.offered = rec, rate
-    loop = load_mod._loop()
-    try:
-        loop.run_until_complete(load_mod.open_loop(eng.infer_url, items, rate, cap + window, seed=seed, rec=rec,
-                                                   timeout=max(10.0, 20 * p.slo_ms / 1e3),
-                                                   keep_going=point.keep_going))
-    finally:
-        loop.close()
+    load_mod.run_async(load_mod.open_loop(eng.infer_url, items, rate, cap + window, seed=seed, rec=rec,
+                                          timeout=max(10.0, 20 * p.slo_ms / 1e3), keep_going=point.keep_going))
     elapsed = time.perf_counter() - wall0
     after = eng.metrics()
     since = rec.start + window  # after the warm-up window
@@ -118,14 +113,10 @@ def search(eng, items, p, monitor, log=print) -> tuple[dict[str, Any] | None, li
     """Ramp then bisect; returns the best passing point (or None) and every point measured."""
     window = max(0.25, p.min_seconds)
     cap = max(5 * window, p.max_seconds)
-    loop = load_mod._loop()
-    try:
-        clients = max(4, 2 * p.max_batch_size * p.instances)
-        for n in (2 * clients, 600):  # the first round opens the connections
-            probe = loop.run_until_complete(load_mod.closed_loop(eng.infer_url, items, clients, n, score=False))
-            capacity = len(probe.latency_s) / max(1e-9, time.perf_counter() - probe.start)
-    finally:
-        loop.close()
+    clients = max(4, 2 * p.max_batch_size * p.instances)
+    for n in (2 * clients, 600):  # the first round opens the connections
+        probe = load_mod.run_async(load_mod.closed_loop(eng.infer_url, items, clients, n, score=False))
+        capacity = len(probe.latency_s) / max(1e-9, time.perf_counter() - probe.start)
     points: list[dict[str, Any]] = []
 
     def at(rate: float) -> dict[str, Any]:
