@@ -66,3 +66,11 @@ def test_server_trial_stops_the_server_on_failure(tmp_path):
 
 def _raise(*_):
     raise RuntimeError("the caller failed mid-search")
+
+
+def test_unavailable_engine_prunes_the_trial(tmp_path, monkeypatch):
+    from workbench.serve.trial import run_server_trial
+
+    monkeypatch.setenv("WORKBENCH_KSERVE_PYTHON", str(tmp_path / "no-such-python"))
+    m = run_server_trial({"model": "digits_cnn", "data": "digits", "serving_engine": "kserve"}, out_dir=tmp_path)
+    assert m["status"] == "pruned" and "kserve" in m["reason"] and "no-such-python" in m["reason"]

@@ -171,6 +171,7 @@ def run_server_trial(params, out_dir: str | Path = ".", log=print) -> dict[str, 
     out_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"status": "complete", "label": _label(p), "params": p.model_dump()}
     try:
+        _engine_available(p.serving_engine)
         data, model, artifact = trial_mod.artifact_for(p)
         session = runtimes.load(p, artifact)
     except TrialPruned as err:
@@ -228,6 +229,19 @@ def run_server_trial(params, out_dir: str | Path = ".", log=print) -> dict[str, 
     drop = (quality["mae"] - model.meta["mae"]) if regression else model.accuracy - quality["accuracy"]
     out.update(accuracy_drop=drop, feasible=bool(drop <= p.max_accuracy_drop + 1e-9 and best is not None))
     return out
+
+
+def _engine_available(name: str) -> None:
+    """An engine that cannot run here prunes the trial with the reason (never a silent swap)."""
+    from workbench.serve import ENGINES
+
+    if name not in ENGINES:
+        raise TrialPruned(f"serving engine {name} is not available in this build of workbench")
+    if name == "kserve":
+        from workbench.serve import kserve
+
+        if not kserve.available():
+            raise TrialPruned(f"serving engine kserve: {kserve.unavailable_reason()}")
 
 
 def _label(p) -> str:
