@@ -21,7 +21,6 @@ the offline accuracy (the answers are exact), which is checked and reported. A 1
 
 from __future__ import annotations
 
-import asyncio
 import math
 import tempfile
 import time
