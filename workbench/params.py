@@ -42,6 +42,16 @@ class TrialParams(BaseModel):
     max_accuracy_drop: float = Field(1.0, ge=0)
     seed: int = 0
 
+    # --- scenario "server" (workbench.serve.trial; ignored by the in-process scenarios) ---
+    # the serving engine and its batching, and the latency objective the search holds to.
+    serving_engine: Literal["builtin", "kserve"] = "builtin"
+    max_batch_size: int = Field(8, ge=1)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    batch_policy: Literal["delay", "idle"] = "delay"
+    instances: int = Field(1, ge=1)
+    slo_ms: float = Field(10.0, gt=0)
+    slo_percentile: float = Field(99.0, gt=0, lt=100)
+
     @model_validator(mode="before")
     @classmethod
     def _registered_parameters(cls, values: Any) -> Any:
