@@ -102,6 +102,11 @@ class SearchSpace(BaseModel):
     execution_mode: Param = "sequential"
     ov_hint: Param = "LATENCY"
     ov_streams: Param = 0
+    # --- models (issue 14): distillation (distill_width 1.0 = the teacher, no distillation) ---
+    distill_width: Param = 1.0
+    distill_temperature: Param = 3.0
+    distill_alpha: Param = 0.5
+    distill_epochs: Param = 5
 
     @field_validator("*", mode="after")
     @classmethod
@@ -141,6 +146,16 @@ class SearchSpace(BaseModel):
         for v in _choices(self.sparsity):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.95:
                 raise ValueError(f"sparsity: must be a number in 0.0..0.95 (got {v!r})")
+        # --- models (issue 14): distillation ---
+        for name, ok, what in (("distill_width", lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+                               ("distill_temperature", lambda v: v > 0, "a positive number"),
+                               ("distill_alpha", lambda v: 0.0 <= v <= 1.0, "a number in 0..1")):
+            for v in _choices(getattr(self, name)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                    raise ValueError(f"{name}: must be {what} (got {v!r})")
+        for v in _choices(self.distill_epochs):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"distill_epochs: must be a positive integer (got {v!r})")
         return self
 
     def fixed(self) -> dict[str, Any]:
@@ -187,6 +202,12 @@ class Experiment(BaseModel):
     task: Literal["classification", "regression"] = "classification"
     # let a .keras file with Python code in it (Lambda layers) be loaded (safe_mode=False)
     trust_model_code: bool = False
+    # --- models (issue 14) ---
+    # the scored output of a model with several: its name or index (default the first)
+    output: Union[int, str] = 0
+    # an untrained student .keras file for distillation (default: the teacher scaled by
+    # search_space.distill_width); relative to the experiment file
+    distill_student: str | None = None
 
     @model_validator(mode="after")
     def _task_objectives(self) -> "Experiment":

@@ -48,6 +48,13 @@ class TrialParams(BaseModel):
     max_seconds: float = Field(10.0, gt=0)
     max_accuracy_drop: float = Field(1.0, ge=0)
     seed: int = 0
+    # --- models (issue 14): the scored output of a model with several, and distillation ---
+    output: int | str = 0  # an output name or index
+    distill_width: float = Field(1.0, gt=0.0, le=1.0)  # 1.0: no distillation
+    distill_temperature: float = Field(3.0, gt=0.0)
+    distill_alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the teacher term
+    distill_epochs: int = Field(5, ge=1)
+    distill_student: str | None = None  # an untrained student .keras file (else: scaled teacher)
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> "TrialParams":
@@ -64,6 +71,8 @@ class TrialParams(BaseModel):
         """A short human label, e.g. ``onnxruntime int8-static b1 t1``."""
         bits = {32: "fp32", 16: "fp16", 8: f"int8-{self.int8_mode}", 4: "int4"}[self.bits]
         sp = f" sp{self.sparsity:g}-{self.prune_structure}" if self.sparsity else ""
+        if self.distill_width < 1.0:
+            sp = (" distill-student" if self.distill_student else f" distill{self.distill_width:g}") + sp
         return f"{self.runtime} {bits}{sp} b{self.batch_size} t{self.threads}"
 
 

@@ -40,6 +40,10 @@ CONDITIONS = {
     "execution_mode": lambda p: p.get("runtime") == "onnxruntime",
     "ov_hint": lambda p: p.get("runtime") == "openvino",
     "ov_streams": lambda p: p.get("runtime") == "openvino",
+    # models (issue 14): distillation settings matter only when the trial distils
+    "distill_temperature": lambda p: p.get("distill_width", 1.0) < 1.0,
+    "distill_alpha": lambda p: p.get("distill_width", 1.0) < 1.0,
+    "distill_epochs": lambda p: p.get("distill_width", 1.0) < 1.0,
 }
 
 
@@ -115,6 +119,8 @@ def trial_settings(exp: Experiment) -> dict[str, Any]:
                 calibration_samples=exp.calibration_samples,
                 max_accuracy_drop=exp.max_accuracy_drop, seed=exp.seed,
                 task=exp.task, trust_model_code=exp.trust_model_code,
+                output=exp.output,
+                distill_student=exp.resolve(exp.distill_student) if exp.distill_student else None,
                 **exp.measurement.model_dump())
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from workbench import cache
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
-from workbench.zoo import ModelRef
+from workbench.modeldir import ModelRef
 
 PRUNE_PACKAGES = ("tensorflow", "keras")
 TFLITE_PACKAGES = ("tensorflow", "keras", "ai-edge-litert")
@@ -66,12 +66,13 @@ def pruned(model: ModelRef, data: Dataset, params) -> ModelRef:
         from workbench.variants import prune
 
         original = model.load_keras()
+        loss = prune.LOSSES[data.task]  # regression fine-tunes on MSE
         if params.prune_structure == "channels":
             result = prune.prune_channels(original, data.x_train, data.y_train, params.sparsity,
-                                          params.finetune_epochs, seed=params.seed)
+                                          params.finetune_epochs, seed=params.seed, loss=loss)
         else:
             result = prune.prune_unstructured(original, data.x_train, data.y_train, params.sparsity,
-                                              params.finetune_epochs, seed=params.seed)
+                                              params.finetune_epochs, seed=params.seed, loss=loss)
         zoo.save(result, data, out, source_params=int(original.count_params()),
                  kernel_sparsity=prune.kernel_sparsity(result), pruning=recipe)
 
@@ -95,10 +96,17 @@ def _tflite(source: ModelRef, data: Dataset, params, calibration_samples: int) -
 
 def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_samples: int) -> Artifact:  # noqa: F821
     """The artifact for one trial's parameters (built once, then read from the cache)."""
+    from workbench.variants import distill
+
+    distilling = distill.applies(params)
+    if distilling:  # the student replaces the teacher from here on; its key carries the recipe
+        model = distill.distilled(model, data, params)
     if params.runtime == "tensorflow":
         if params.bits != 32 or params.sparsity > 0:
             raise TrialPruned("runtime tensorflow runs only the unmodified fp32 Keras model "
                               f"(asked bits={params.bits}, sparsity={params.sparsity})")
+        if distilling:
+            return Artifact(model.keras_path, "keras", model.key, (distill.label(params),))
         if model.format == "onnx":
             raise TrialPruned(f"runtime tensorflow needs a Keras or SavedModel model; {model.name} is onnx")
         if model.format == "savedmodel":
@@ -106,10 +114,15 @@ def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_sam
         return Artifact(model.keras_path, "keras", model.key, ())
     source = pruned(model, data, params) if params.sparsity > 0 else model
     if params.runtime == "litert":
-        return _tflite(source, data, params, calibration_samples)
+        art = _tflite(source, data, params, calibration_samples)
+        if distilling:
+            art = Artifact(art.path, art.format, art.key, (distill.label(params),) + art.transforms)
+        return art
     base = _onnx_fp32(source, data)
     if params.sparsity > 0:
         base = Artifact(base.path, base.format, base.key, (_prune_label(params),) + base.transforms)
+    if distilling:
+        base = Artifact(base.path, base.format, base.key, (distill.label(params),) + base.transforms)
     if params.bits == 32:
         return base
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench import inputs
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
 
@@ -99,15 +100,16 @@ def _int4(src: Path, dst: Path, block_size: int) -> None:
 
 
 class _Calibration:
-    """Feeds the calibration split to the calibrator, one sample at a time."""
+    """Feeds the calibration split to the calibrator, one sample at a time, to every input of
+    the model (integer inputs such as token ids as they are: only float tensors are quantized)."""
 
-    def __init__(self, x: np.ndarray, input_name: str):
-        self._it = iter(x[i:i + 1] for i in range(len(x)))
-        self._name = input_name
+    def __init__(self, x: inputs.Inputs, input_names: list[str]):
+        x = inputs.cast_float32(x)
+        self._it = iter(dict(zip(input_names, inputs.by_runtime_names(inputs.take(x, i, i + 1), input_names)))
+                        for i in range(inputs.rows(x)))
 
     def get_next(self):
-        batch = next(self._it, None)
-        return None if batch is None else {self._name: batch.astype(np.float32)}
+        return next(self._it, None)
 
     def rewind(self) -> None:  # pragma: no cover - part of the reader interface
         pass
@@ -121,13 +123,15 @@ def _static(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[r["calibration"]]
-    x = data.x_calib[: r["samples"]]
-    input_name = onnx.load(str(src)).graph.input[0].name
+    x = data.take("calib", 0, r["samples"])
+    graph = onnx.load(str(src)).graph
+    weights = {t.name for t in graph.initializer}  # old exporters list weights as inputs too
+    input_names = [i.name for i in graph.input if i.name not in weights]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared))  # shape inference + fusions, as ORT advises
         # U8 activations with S8 weights: onnxruntime's recommendation for x86 CPUs.
-        quantize_static(str(prepared), str(dst), _Calibration(x, input_name),
+        quantize_static(str(prepared), str(dst), _Calibration(x, input_names),
                         quant_format=QuantFormat.QDQ, per_channel=r["per_channel"],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method)
