@@ -273,7 +273,7 @@ def _npz(path: Path, task: str) -> Dataset:
         for (name, shape, dtype), (_, eshape, edtype) in zip(found, expected):
             label = f"x_{split}" + (f".{name}" if name else "")
             if shape != eshape or dtype != edtype:
-                raise DataError(f"{path}: {label} has samples of shape {shape} {dtype} but x_eval "
+                raise DataError(f"{path}: {label} has sample shape {shape} {dtype} but x_eval "
                                 f"has {eshape} {edtype}")
     k = cache.key("npz", 3, file_hash(path), task)
     return Dataset(path.stem, k, x_eval, y_eval, x_calib, x_train, y_train, task)

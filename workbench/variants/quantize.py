@@ -38,7 +38,7 @@ def matmul_weight_share(model) -> float:
 def recipe(params, calibration_samples: int) -> dict[str, Any]:
     """The parameters that determine the quantized artifact (and nothing else)."""
     if params.bits == 16:
-        return {"bits": 16}
+        return {"bits": 16, "integer_inputs_kept": 1}  # recipe v2: index casts stay fp32
     if params.bits == 4:
         return {"bits": 4, "block_size": INT4_BLOCK_SIZE}
     if params.int8_mode == "dynamic":
@@ -73,9 +73,17 @@ def _fp16(src: Path, dst: Path) -> None:
     import onnx
     from onnxconverter_common import float16
 
+    model = onnx.load(str(src))
+    # Integer inputs (token ids) cast to float for index comparisons (an Embedding's bounds
+    # check) must stay float32: the converter would otherwise leave their constants mismatched.
+    to_float = [n.name for n in model.graph.node if n.op_type == "Cast" and
+                any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)]
+    compare = list(float16.DEFAULT_OP_BLOCK_LIST) + ["Less", "Greater", "LessOrEqual",
+                                                     "GreaterOrEqual", "Equal"]
     with warnings.catch_warnings():  # one warning per weight clipped to the fp16 range
         warnings.simplefilter("ignore", UserWarning)
-        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=compare,
+                                                 node_block_list=to_float)
     onnx.save(model, str(dst))
 
 
@@ -129,7 +137,10 @@ def _static(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
     input_names = [i.name for i in graph.input if i.name not in weights]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared))  # shape inference + fusions, as ORT advises
+        try:  # shape inference + fusions, as ORT advises
+            quant_pre_process(str(src), str(prepared))
+        except Exception:  # symbolic shape inference gives up on some graphs (attention masks)
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         # U8 activations with S8 weights: onnxruntime's recommendation for x86 CPUs.
         quantize_static(str(prepared), str(dst), _Calibration(x, input_names),
                         quant_format=QuantFormat.QDQ, per_channel=r["per_channel"],
