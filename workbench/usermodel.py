@@ -113,6 +113,12 @@ def _batches(fn, x) -> np.ndarray:
                            for i in range(0, n, EVAL_BATCH)])
 
 
+def _output_names(model) -> list[str]:
+    """A Keras model's output names (Sequential models have no ``output_names``)."""
+    return list(getattr(model, "output_names", None) or
+                [t._keras_history[0].name for t in model.outputs])
+
+
 def _keras(path: Path, data: Dataset, out: Path, trust: bool, output: str | int) -> dict[str, Any]:
     import keras
 
@@ -136,13 +142,13 @@ def _keras(path: Path, data: Dataset, out: Path, trust: bool, output: str | int)
     if len(model.outputs) > 1:  # keep the scored output's subgraph: what is deployed and measured
         import keras
 
-        names = list(model.output_names)
+        names = _output_names(model)
         index = select_output(path, output, names)
         extra.update(output=names[index], outputs=names)
         model = keras.Model(model.inputs, model.outputs[index], name=model.name)
         model.save(out / "model.keras")
     else:
-        select_output(path, output, list(model.output_names))
+        select_output(path, output, _output_names(model))
         shutil.copyfile(path, out / "model.keras")
     reference = model.predict(data.x_eval, batch_size=EVAL_BATCH, verbose=0)
     return {"reference": reference, "params": int(model.count_params()), "name": model.name,
