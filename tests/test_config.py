@@ -25,7 +25,70 @@ BAD = {
     "not_yaml.yaml": ("name: [x\n", "not valid YAML"),
     "missing_name.yaml": ("n_trials: 3\n", "name: Field required"),
     "bad_objective.yaml": ("name: x\nobjectives: [speed]\n", "objectives: unknown objective 'speed'"),
+    # a range is checked over every value it can produce, not its ends only
+    "bits_range.yaml": ("name: x\nsearch_space:\n  bits: {low: 4, high: 32}\n",
+                        "search_space.bits: the range 4..32 includes 5, which is not allowed"),
+    "bits_float_range.yaml": ("name: x\nsearch_space:\n  bits: {low: 4.0, high: 32.0}\n",
+                              "search_space.bits: a range is not allowed here"),
+    "bits_float.yaml": ("name: x\nsearch_space:\n  bits: 8.0\n", "search_space.bits: unknown value 8.0"),
+    "runtime_range.yaml": ("name: x\nsearch_space:\n  runtime: {low: 1, high: 2}\n",
+                           "search_space.runtime: a range is not allowed here"),
+    "step_and_log.yaml": ("name: x\nsearch_space:\n  threads: {low: 1, high: 4, step: 1, log: true}\n",
+                          "search_space.threads: step and log: true cannot be used together"),
+    "log_from_zero.yaml": ("name: x\nsearch_space:\n  sparsity: {low: 0.0, high: 0.5, log: true}\n",
+                           "search_space.sparsity: a log range needs low > 0"),
+    "fractional_threads.yaml": ("name: x\nsearch_space:\n  threads: {low: 1, high: 4, step: 0.5}\n",
+                                "search_space.threads: a range of integers is needed"),
+    "nan_range.yaml": ("name: x\nsearch_space:\n  sparsity: {low: 0.0, high: .nan}\n",
+                       "search_space.sparsity.high: must be a finite number"),
+    "string_range.yaml": ("name: x\nsearch_space:\n  sparsity: {low: '0', high: 0.5}\n",
+                          "search_space.sparsity.low: must be a number (got '0')"),
+    "huge_range.yaml": ("name: x\nsearch_space:\n  batch_size: {low: 1, high: 1000000000}\n",
+                        "search_space.batch_size: the range holds 1,000,000,000 values"),
+    "huge_grid.yaml": ("name: x\nsampler: grid\nsearch_space:\n  batch_size: {low: 1, high: 1000}\n"
+                       "  threads: {low: 1, high: 1000}\n", "sampler: the grid has up to 1,000,000 points"),
+    "negative_seed.yaml": ("name: x\nseed: -1\n", "seed: Input should be greater than or equal to 0"),
+    "infinite_time.yaml": ("name: x\nmeasurement: {min_seconds: .inf, max_seconds: .inf}\n",
+                           "measurement.min_seconds: Input should be a finite number"),
+    "twice.yaml": ("name: x\nobjectives: [accuracy, accuracy]\n", "objectives: each objective may be given once"),
+    "nul.yaml": ("name: x\x00\n", "not valid YAML (unacceptable character #x0000"),
 }
+
+
+@pytest.mark.parametrize("spec,values", [
+    ({"bits": {"low": 8, "high": 16, "step": 8}}, {"bits": [8, 16]}),
+    ({"threads": {"low": 1, "high": 4, "log": True}}, {"threads": [1, 2, 3, 4]}),
+])
+def test_ranges_whose_every_value_is_allowed_are_accepted(spec, values):
+    exp = config.parse({"name": "x", "search_space": spec})
+    for name, expected in values.items():
+        assert getattr(exp.search_space, name).values() == expected
+
+
+def test_binary_experiment_file_is_one_line(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_bytes(b"name: x\n\xff\xfe\x00\x81binary")
+    with pytest.raises(ConfigError, match=r"not a UTF-8 text file \(byte 8\)"):
+        config.load(path)
+    result = run_cli("sweep", str(path), "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {path}: not a UTF-8 text file (byte 8); "
+                                                  "an experiment is a YAML file"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--n-trials", "0"], "--n-trials: must be at least 1 (got 0)"),
+    (["--n-trials", "-3"], "--n-trials: must be at least 1 (got -3)"),
+    (["--add", "-1"], "--add: must be at least 0 (got -1)"),
+    (["--workers", "0"], "--workers: must be at least 1 (got 0)"),
+])
+def test_sweep_counts_are_checked_before_anything(tmp_path, args, message, capsys):
+    from workbench import cli
+
+    runs = tmp_path / "runs"
+    assert cli.main(["sweep", str(ROOT / "experiments" / "digits.yaml"), "--runs-dir", str(runs), *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert not runs.exists()
 
 
 @pytest.mark.parametrize("filename", sorted(BAD))
@@ -61,7 +124,10 @@ def test_missing_file_is_named():
 def test_default_experiment_is_valid():
     exp = config.load(ROOT / "experiments" / "digits.yaml")
     assert exp.name == "digits" and exp.model == "digits_cnn" and exp.data == "digits"
-    assert exp.n_trials >= 3
+    from workbench import space
+
+    assert exp.scenario == "single_stream" and exp.n_trials is None  # default: every distinct one
+    assert space.resolve(exp).n_trials == len(space.distinct(exp)) >= 3
 
 
 def test_relative_paths_resolve_from_the_experiment_file(tmp_path):

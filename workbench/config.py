@@ -13,23 +13,13 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, first_line
 
-RUNTIMES = ("onnxruntime", "openvino", "litert", "tensorflow")
-# Every execution provider name onnxruntime knows. Unknown names are config errors; known ones
-# that the installed build lacks are pruned trials with their reason.
-ORT_PROVIDERS = (
-    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
-    "OpenVINOExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider",
-    "ROCMExecutionProvider", "MIGraphXExecutionProvider", "QNNExecutionProvider",
-    "XnnpackExecutionProvider", "NnapiExecutionProvider", "AzureExecutionProvider",
-    "WebGpuExecutionProvider",
-)
-PROVIDERS = ORT_PROVIDERS + ("CPU", "GPU", "NPU", "xnnpack", "default")
 OBJECTIVES = {
     "accuracy": "maximize",
     "latency_p50_ms": "minimize",
     "latency_p90_ms": "minimize",
+    "latency_p95_ms": "minimize",
     "latency_p99_ms": "minimize",
     "throughput_sps": "maximize",
     "size_bytes": "minimize",
@@ -40,16 +30,31 @@ OBJECTIVES = {
 REGRESSION_ONLY = ("mae", "rmse")
 
 Scalar = Union[bool, int, float, str]
+# An integer range may hold at most this many values (a wider one needs a step); a grid sweep at
+# most MAX_GRID points (counted before conditional parameters are dropped).
+MAX_RANGE_VALUES = 100_000
+MAX_GRID = 100_000
 
 
 class Range(BaseModel):
     """A numeric search range; ints when low, high and step are ints."""
 
-    model_config = ConfigDict(extra="forbid")
-    low: float | int
-    high: float | int
-    step: float | int | None = None
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    low: int | float
+    high: int | float
+    step: int | float | None = None
     log: bool = False
+
+    @field_validator("low", "high", "step", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number (got {value!r})")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"must be a finite number (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> "Range":
@@ -57,7 +62,17 @@ class Range(BaseModel):
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
         if self.step is not None and self.step <= 0:
             raise ValueError(f"step must be > 0 (got {self.step})")
+        if self.log and self.step is not None:  # Optuna refuses the two together
+            raise ValueError("step and log: true cannot be used together")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        if self.is_int and len(self._int_range()) > MAX_RANGE_VALUES:
+            raise ValueError(f"the range holds {len(self._int_range()):,} values (at most "
+                             f"{MAX_RANGE_VALUES:,}; give a larger step)")
         return self
+
+    def _int_range(self) -> range:
+        return range(int(self.low), int(self.high) + 1, int(self.step or 1))
 
     @property
     def is_int(self) -> bool:
@@ -67,7 +82,7 @@ class Range(BaseModel):
     def values(self) -> list:
         """The grid values of this range (used for checks and baselines)."""
         if self.is_int:
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+            return list(self._int_range())
         return [self.low, self.high]
 
 
@@ -75,6 +90,7 @@ Param = Union[Range, list[Scalar], Scalar]
 
 
 def _choices(value: Param) -> list:
+    """The values to check: a range's ends (the checks below are bounds, and a range is convex)."""
     if isinstance(value, Range):
         return [value.low, value.high]
     if isinstance(value, list):
@@ -82,10 +98,37 @@ def _choices(value: Param) -> list:
     return [value]
 
 
+def _every_value(name: str, value: Param, allowed: tuple) -> list:
+    """Every value ``value`` can produce, for a parameter with a fixed set of ``allowed`` values:
+    a range must be of integers, and all of them must be allowed ({low: 4, high: 32} gives 5)."""
+    if not isinstance(value, Range):
+        return _choices(value)
+    if not value.is_int or not isinstance(allowed[0], int) or isinstance(allowed[0], bool):
+        raise ValueError(f"{name}: a range is not allowed here (choose from "
+                         f"{', '.join(map(str, allowed))}, or a list of them)")
+    values = value._int_range()
+    if len(values) > len(allowed):  # more values than allowed ones: some are not allowed
+        bad = next(v for v in values if v not in allowed)
+        raise ValueError(f"{name}: the range {value.low}..{value.high} includes {bad}, which is not "
+                         f"allowed (choose from {', '.join(map(str, allowed))})")
+    return list(values)
+
+
+def _extra_param(name: str, value: Any) -> Param:
+    if isinstance(value, dict):
+        try:
+            return Range.model_validate(value)
+        except ValidationError as err:
+            raise ValueError(f"{name}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    if isinstance(value, list) and not value:
+        raise ValueError(f"{name}: must not be an empty list")
+    return value
+
+
 class SearchSpace(BaseModel):
     """The deployment parameters a sweep varies; a scalar fixes a parameter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     bits: Param = 32
     int8_mode: Param = "static"
     calibration: Param = "minmax"
@@ -102,11 +145,6 @@ class SearchSpace(BaseModel):
     execution_mode: Param = "sequential"
     ov_hint: Param = "LATENCY"
     ov_streams: Param = 0
-    # --- models (issue 14): distillation (distill_width 1.0 = the teacher, no distillation) ---
-    distill_width: Param = 1.0
-    distill_temperature: Param = 3.0
-    distill_alpha: Param = 0.5
-    distill_epochs: Param = 5
 
     @field_validator("*", mode="after")
     @classmethod
@@ -117,46 +155,40 @@ class SearchSpace(BaseModel):
 
     @model_validator(mode="after")
     def _check_values(self) -> "SearchSpace":
-        allowed = {
-            "bits": (32, 16, 8, 4),
-            "int8_mode": ("static", "dynamic"),
-            "calibration": ("minmax", "entropy", "percentile"),
-            "per_channel": (True, False),
-            "prune_structure": ("unstructured", "channels"),
-            "runtime": RUNTIMES,
-            "graph_optimization": ("all", "extended", "basic", "disabled"),
-            "execution_mode": ("sequential", "parallel"),
-            "ov_hint": ("LATENCY", "THROUGHPUT"),
-            "provider": PROVIDERS,
-        }
-        for name, ok in allowed.items():
-            for v in _choices(getattr(self, name)):
-                if v not in ok or isinstance(v, bool) != isinstance(ok[0], bool):
-                    raise ValueError(f"{name}: unknown value {v!r} (choose from {', '.join(map(str, ok))})")
-        for v in _choices(self.finetune_epochs):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"finetune_epochs: must be a non-negative integer (got {v!r})")
-        for v in _choices(self.ov_streams):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"ov_streams: must be a non-negative integer (got {v!r})")
-        for name in ("batch_size", "threads", "inter_op_threads"):
-            for v in _choices(getattr(self, name)):
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                    raise ValueError(f"{name}: must be a positive integer (got {v!r})")
-        for v in _choices(self.sparsity):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.95:
-                raise ValueError(f"sparsity: must be a number in 0.0..0.95 (got {v!r})")
-        # --- models (issue 14): distillation ---
-        for name, ok, what in (("distill_width", lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
-                               ("distill_temperature", lambda v: v > 0, "a positive number"),
-                               ("distill_alpha", lambda v: 0.0 <= v <= 1.0, "a number in 0..1")):
-            for v in _choices(getattr(self, name)):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-                    raise ValueError(f"{name}: must be {what} (got {v!r})")
-        for v in _choices(self.distill_epochs):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"distill_epochs: must be a positive integer (got {v!r})")
+        # Allowed values and bounds come from the plug-ins that read each parameter
+        # (workbench.parameters); a runtime's or transform's own parameter may be given as an
+        # extra key. A range is checked over every value it can produce.
+        from workbench import parameters
+
+        declared = parameters.parameters()
+        for name, value in list(self):
+            if name not in declared:
+                raise ValueError(f"{name}: unknown key")
+            if name in (self.model_extra or {}):
+                value = self.model_extra[name] = _extra_param(name, value)
+            p = declared[name]
+            if p.choices:
+                values = _every_value(name, value, p.choices)
+            elif isinstance(value, Range) and p.type is int and not value.is_int:
+                raise ValueError(f"{name}: a range of integers is needed (low, high and step "
+                                 f"integers; got {value.low}..{value.high} step {value.step})")
+            else:
+                values = _choices(value)
+            for v in values:
+                why = p.check(v)
+                if why:
+                    raise ValueError(f"{name}: {why}")
         return self
+
+    def grid_size(self) -> int:
+        """Points of the full grid, before conditional parameters are dropped (an upper bound)."""
+        size = 1
+        for _, spec in self:
+            if isinstance(spec, Range):
+                size *= len(spec._int_range()) if spec.is_int else 2
+            elif isinstance(spec, list):
+                size *= len(spec)
+        return size
 
     def fixed(self) -> dict[str, Any]:
         """Parameters that are not searched, with their values."""
@@ -166,7 +198,7 @@ class SearchSpace(BaseModel):
 class Measurement(BaseModel):
     """The timing protocol (see DESIGN.md, "Measurement protocol")."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     warmup: int = Field(10, ge=0)
     min_runs: int = Field(50, ge=1)
     min_seconds: float = Field(1.0, ge=0)
@@ -182,16 +214,16 @@ class Measurement(BaseModel):
 class Experiment(BaseModel):
     """One experiment file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: str = "digits_cnn"
     data: str = "digits"
     search_space: SearchSpace = SearchSpace()
     objectives: list[str] = ["accuracy", "latency_p90_ms", "size_bytes"]
     max_accuracy_drop: float = Field(1.0, ge=0)
-    n_trials: int = Field(10, ge=1)
+    n_trials: int | None = Field(None, ge=1)  # None: see workbench.space.default_n_trials
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1)  # numpy's seeds are unsigned 32-bit (+ worker index)
     calibration_samples: int = Field(200, ge=1)
     measurement: Measurement = Measurement()
     storage: str | None = None
@@ -208,6 +240,56 @@ class Experiment(BaseModel):
     # an untrained student .keras file for distillation (default: the teacher scaled by
     # search_space.distill_width); relative to the experiment file
     distill_student: str | None = None
+
+    # --- scenario: which deployment question the sweep answers (issue 12; workbench.decide) ---
+    # single_stream: lowest latency_percentile at batch 1 (optional latency_budget_ms);
+    # offline: highest throughput, batch size searched. Default objectives follow the scenario;
+    # an omitted search_space is derived from the model and machine (workbench.space.auto).
+    scenario: str = "single_stream"
+    latency_percentile: Literal[50, 90, 95, 99] = 90
+    latency_budget_ms: float | None = Field(None, gt=0)
+
+    @field_validator("scenario")
+    @classmethod
+    def _scenario(cls, value: str) -> str:
+        from workbench import decide
+
+        try:
+            decide.scenario(value)
+        except Exception as err:  # WorkbenchError: "scenario: ..." -> the field's message
+            raise ValueError(str(err).removeprefix("scenario: ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _scenario_defaults(self) -> "Experiment":
+        from workbench import decide
+
+        sc = decide.scenario(self.scenario)
+        if "objectives" not in self.model_fields_set:
+            # not via setattr: that would mark objectives as given by the user
+            self.__dict__["objectives"] = sc.objectives(self.latency_percentile)
+        if sc.batch_one and "search_space" in self.model_fields_set:
+            spec = self.search_space.batch_size
+            if 1 not in (spec.values() if isinstance(spec, Range) else _choices(spec)):
+                raise ValueError("search_space.batch_size: scenario single_stream answers at batch 1; "
+                                 "include 1 (other sizes are measured, not recommended) or use scenario: offline")
+        if self.latency_budget_ms is not None and sc.name != "single_stream":
+            raise ValueError("latency_budget_ms: only for scenario single_stream")
+        return self
+
+    @property
+    def auto_space(self) -> bool:
+        """True when the file gives no search_space (``workbench.space.resolve`` derives one)."""
+        return "search_space" not in self.model_fields_set
+
+    # --- end of the scenario block ---
+
+    @model_validator(mode="after")
+    def _grid(self) -> "Experiment":
+        if self.sampler == "grid" and self.search_space.grid_size() > MAX_GRID:
+            raise ValueError(f"sampler: the grid has up to {self.search_space.grid_size():,} points "
+                             f"(at most {MAX_GRID:,}); narrow the search space or use tpe/random")
+        return self
 
     @model_validator(mode="after")
     def _task_objectives(self) -> "Experiment":
@@ -231,6 +313,8 @@ class Experiment(BaseModel):
         for v in value:
             if v not in OBJECTIVES:
                 raise ValueError(f"unknown objective {v!r} (choose from {', '.join(OBJECTIVES)})")
+        if len(set(value)) != len(value):
+            raise ValueError("each objective may be given once")
         return value
 
     # Where relative model/data paths are resolved from: the experiment file's folder.
@@ -283,9 +367,19 @@ def load(path: str | Path) -> Experiment:
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); an experiment is a "
+                          "YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the experiment file ({first_line(err)})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+        problem = getattr(err, "problem", None) or first_line(err)
+        raise ConfigError(f"{path}:{where} not valid YAML ({first_line(problem)})") from None
+    except RecursionError:  # deeply nested flow collections
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     return parse(data, str(path), path.resolve().parent)

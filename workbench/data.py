@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench import cache
+from workbench.errors import DataError, first_line
 from workbench import inputs as inputs_mod
 from workbench.errors import DataError
 from workbench.inputs import Inputs
@@ -240,7 +241,7 @@ def _npz(path: Path, task: str) -> Dataset:
         with np.load(path, allow_pickle=False) as npz:
             z = dict(npz)
     except Exception as err:  # numpy raises several types for a bad archive
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise DataError(f"{path}: not a readable .npz archive ({msg})") from None
     x_eval = _split_inputs(path, z, "eval")
     for name, present in (("x_eval", x_eval is not None), ("y_eval", "y_eval" in z)):

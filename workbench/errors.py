@@ -38,3 +38,12 @@ class TrialFailed(WorkbenchError):
         super().__init__(reason)
         self.reason = reason
         self.notebook = notebook
+
+
+def first_line(err: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of ``err``'s message (at most ``limit`` characters), or its type
+    name when the message is empty: ``str(err).splitlines()[0]`` raises IndexError on ``""``."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(err).__name__

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from workbench import data as data_mod
-from workbench import fingerprint, inputs, measure, runtimes, variants, zoo
+from workbench import decide, fingerprint, inputs, measure, runtimes, variants, zoo
 from workbench.errors import TrialPruned
 from workbench.params import TrialParams
 
@@ -78,6 +78,10 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
         t0 = time.perf_counter()
         artifact = variants.build(model, data, p, p.calibration_samples)
         out["build_seconds"] = time.perf_counter() - t0
+        key = decide.measurement_key(p.model_dump(), artifact.path)
+        reused = decide.reuse_metrics(key, out["params"], out["label"])
+        if reused is not None:  # same artifact bytes, same run options: measured once
+            return reused
         session = runtimes.load(p, artifact)
     except TrialPruned as err:
         out.update(status="pruned", reason=str(err), total_seconds=time.perf_counter() - t_start)
@@ -120,6 +124,7 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     if not regression:  # argmax agreement means nothing for a real-valued output
         out["top1_agreement"] = float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0)
     out["eval_samples"] = int(len(data.y_eval))
+    out["measurement_key"] = key
     return out
 
 

@@ -31,6 +31,8 @@ from workbench import cache
 from workbench.data import Dataset, file_hash
 from workbench.errors import TrialPruned
 from workbench.modeldir import ModelRef, save
+from workbench.parameters import Parameter
+from workbench.variants import Transform, register
 
 PACKAGES = ("tensorflow", "keras")
 BATCH_SIZE = 32
@@ -222,4 +224,32 @@ def distilled(model: ModelRef, data: Dataset, params) -> ModelRef:
         save(student, data, out, teacher_params=int(teacher.count_params()), distillation=r)
 
     d = cache.entry("models", k, build)
-    return ModelRef(f"{model.name}+{label(params)}", k, d, json.loads((d / "meta.json").read_text()))
+    meta = json.loads((d / "meta.json").read_text())
+    meta["transforms"] = [*model.meta.get("transforms", []), label(params)]  # in memory only
+    return ModelRef(f"{model.name}+{label(params)}", k, d, meta)
+
+
+def _on(p) -> bool:
+    return float(p.get("distill_width", 1.0)) < 1.0
+
+
+class Distill(Transform):
+    """Teacher -> trained student (a Keras model), before pruning, export and quantization."""
+
+    name = "distill"
+    parameters = (
+        Parameter("distill_width", 1.0, float, ge=0.01, le=1.0, must_apply=True,
+                  help="student width relative to the teacher (1.0: no distillation)"),
+        Parameter("distill_temperature", 3.0, float, ge=0.01, applies=_on),
+        Parameter("distill_alpha", 0.5, float, ge=0.0, le=1.0, applies=_on),
+        Parameter("distill_epochs", 5, int, ge=1, applies=_on),
+    )
+
+    def applies(self, state, params, formats) -> bool:
+        return applies(params) and isinstance(state, ModelRef)
+
+    def apply(self, state, data, params, calibration_samples) -> ModelRef:
+        return distilled(state, data, params)
+
+
+TRANSFORM = register(Distill())

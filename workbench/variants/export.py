@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from workbench.data import Dataset
-from workbench.errors import ModelError
+from workbench.errors import ModelError, first_line
 from workbench.inputs import by_runtime_names
-from workbench.modeldir import ModelRef
+from workbench.zoo import ModelRef
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -72,7 +72,7 @@ def to_onnx(model: ModelRef, data: Dataset, out: Path) -> None:
     try:
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
     except Exception as err:  # an op tf2onnx cannot convert, for example
-        line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        line = first_line(err, 200)
         raise ModelError(f"ONNX export of {model.name!r} failed ({line})") from None
     out.write_bytes(proto.SerializeToString())
     try:

@@ -16,14 +16,29 @@ from typing import Any
 
 import numpy as np
 
+from workbench import cache
 from workbench import inputs
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
+from workbench.parameters import Parameter
+from workbench.variants import Artifact, Transform, register
 
 INT4_BLOCK_SIZE = 32
 # Below this share of weights in MatMul/Gather, an "int4" artifact would be a mislabelled fp32
 # one (e.g. a CNN whose only MatMul is its classifier head).
 INT4_MIN_SHARE = 0.5
+
+# The quantization parameters (read by this transform and by the TFLite route).
+BITS = Parameter("bits", 32, int, choices=(32, 16, 8, 4), must_apply=True,
+                 help="weight (and activation) precision")
+INT8_MODE = Parameter("int8_mode", "static", str, choices=("static", "dynamic"),
+                      applies=lambda p: p.get("bits") == 8)
+CALIBRATION = Parameter("calibration", "minmax", str, choices=("minmax", "entropy", "percentile"),
+                        applies=lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static")
+# Per-channel weight scales: a choice of calibrated (static) int8 only, so a dynamic int8 trial
+# never differs from another only by a flag (issue: identical work is measured once).
+PER_CHANNEL = Parameter("per_channel", False, bool, choices=(True, False),
+                        applies=lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static")
 
 
 def matmul_weight_share(model) -> float:
@@ -146,3 +161,24 @@ def _static(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
                         quant_format=QuantFormat.QDQ, per_channel=r["per_channel"],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method)
+
+
+class Quantize(Transform):
+    """fp32 ONNX -> fp16 / int8 (static QDQ or dynamic) / int4 ONNX."""
+
+    name = "quantize:onnx"
+    parameters = (BITS, INT8_MODE, CALIBRATION, PER_CHANNEL)
+
+    def applies(self, state, params, formats) -> bool:
+        return isinstance(state, Artifact) and state.format == "onnx" and params.bits != 32
+
+    def apply(self, state, data, params, calibration_samples) -> Artifact:
+        from workbench.variants.onnx_export import ONNX_PACKAGES
+
+        r = recipe(params, calibration_samples)
+        k = cache.key("quantize", state.key, r, cache.versions(*ONNX_PACKAGES))
+        d = cache.entry("artifacts", k, lambda out: apply(state.path, out / "model.onnx", r, data))
+        return Artifact(d / "model.onnx", "onnx", k, state.transforms + (describe(r),))
+
+
+TRANSFORM = register(Quantize())

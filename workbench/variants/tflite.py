@@ -17,10 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workbench import inputs
+from workbench import cache, inputs
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
-from workbench.modeldir import ModelRef
+from workbench.variants import Artifact, Transform, register
+from workbench.variants.quantize import BITS, INT8_MODE
+from workbench.zoo import ModelRef
+
+TFLITE_PACKAGES = ("tensorflow", "keras", "ai-edge-litert")
 
 
 def recipe(params, calibration_samples: int) -> dict[str, Any]:
@@ -78,3 +82,25 @@ def _representative(data: Dataset, samples: int):
             yield one if isinstance(one, dict) else [one]
 
     return gen
+
+
+class TFLite(Transform):
+    """Keras -> SavedModel -> ``.tflite``, quantized by the converter, for runtimes reading TFLite."""
+
+    name = "tflite"
+    parameters = (BITS, INT8_MODE)
+
+    def applies(self, state, params, formats) -> bool:
+        return isinstance(state, ModelRef) and "tflite" in formats
+
+    def apply(self, state, data, params, calibration_samples) -> Artifact:
+        if state.format != "keras":
+            raise TrialPruned(f"the TFLite route needs a Keras model; {state.name} is {state.format}")
+        r = recipe(params, calibration_samples)
+        k = cache.key("tflite", state.key, r, cache.versions(*TFLITE_PACKAGES))
+        d = cache.entry("artifacts", k, lambda out: convert(state, data, out / "model.tflite", r))
+        prefix = tuple(state.meta.get("transforms", ()))
+        return Artifact(d / "model.tflite", "tflite", k, prefix + ("export:savedmodel", describe(r)))
+
+
+TRANSFORM = register(TFLite())
