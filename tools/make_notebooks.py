@@ -30,8 +30,13 @@ def save(name: str, cells: list) -> None:
 
 
 def trial() -> None:
+    from workbench import parameters
+
     defaults = TrialParams()
-    lines = [f"{k} = {getattr(defaults, k)!r}" for k in TrialParams.model_fields]
+    # the fixed fields, then every parameter a runtime or variant transform declares
+    names = list(TrialParams.model_fields)
+    names[2:2] = [n for n in parameters.parameters() if n not in TrialParams.model_fields]
+    lines = [f"{k} = {getattr(defaults, k)!r}" for k in names]
     lines[lines.index("min_seconds = 1.0")] = "min_seconds = 0.2  # the quickstart default; sweeps pass the experiment's"
     save("trial.ipynb", [
         new_markdown_cell(
@@ -46,7 +51,7 @@ def trial() -> None:
         params_cell("\n".join(lines + ['metrics_path = "metrics.json"'])),
         new_code_cell(
             "from workbench import trial\n\n"
-            "params = dict(\n" + "".join(f"    {k}={k},\n" for k in TrialParams.model_fields) + ")\n"
+            "params = dict(\n" + "".join(f"    {k}={k},\n" for k in names) + ")\n"
             "metrics = trial.run(params)\n"
             "trial.write_metrics(metrics, metrics_path)\n"
             "print(metrics['label'], '->', metrics['status'], metrics.get('reason', ''))"),
