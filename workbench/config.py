@@ -234,6 +234,12 @@ class Experiment(BaseModel):
     task: Literal["classification", "regression"] = "classification"
     # let a .keras file with Python code in it (Lambda layers) be loaded (safe_mode=False)
     trust_model_code: bool = False
+    # --- models (issue 14) ---
+    # the scored output of a model with several: its name or index (default the first)
+    output: Union[int, str] = 0
+    # an untrained student .keras file for distillation (default: the teacher scaled by
+    # search_space.distill_width); relative to the experiment file
+    distill_student: str | None = None
 
     # --- scenario: which deployment question the sweep answers (issue 12; workbench.decide) ---
     # single_stream: lowest latency_percentile at batch 1 (optional latency_budget_ms);
