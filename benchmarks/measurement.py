@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tqdm import tqdm  # noqa: E402
 
-from workbench import config, data, fingerprint, measure, remeasure, report, runtimes, sweep, trial, variants, zoo  # noqa: E402
+from workbench import config, data, decide, fingerprint, measure, remeasure, report, runtimes, sweep, trial, variants, zoo  # noqa: E402
 from workbench.params import TrialParams  # noqa: E402
 
 REPEATS = 10
@@ -80,7 +80,8 @@ def stability(tmp: Path) -> dict:
         "search_space:", "  bits: [32, 8]", "  batch_size: [1, 32]", "  threads: 1"]) + "\n")
     run_dir = sweep.run(config.load(exp_path), runs_dir=tmp / "runs", progress=False)
     base = report.load_table(run_dir, extras=True)
-    first = report.recommend(base)
+    info = report.run_info(run_dir)
+    first = decide.choose(base, info)
     done = base[(base.kind == "trial") & (base.state == "COMPLETE")]
     plain, inter = [], []
     for i in tqdm(range(REPEATS), desc="re-measure", file=sys.stderr):
@@ -92,12 +93,11 @@ def stability(tmp: Path) -> dict:
                 s = measure.summarize(measure.time_calls(lambda: session.run(batch), p.warmup, p.min_runs,
                                                          p.min_seconds, p.max_seconds), p.batch_size, seed=i)
             session.close()
-            for k in ("latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms"):
+            for k in ("latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_p90_ms"):
                 df.loc[idx, k] = s[k]
-        plain.append(report.recommend(df)["trial"])
-        d = tmp / f"rep{i}"
-        d.mkdir()
-        inter.append(report.recommend(df, d, remeasure=True)["trial"])
+        plain.append(decide.choose(df, info)["trial"])
+        (run_dir / decide.REMEASURE_FILE).unlink(missing_ok=True)  # measure the leaders afresh
+        inter.append(decide.decide(run_dir, df=df)["trial"])
     return {"sweep_winner": first["trial"], "sweep_reason": first["reason"],
             "labels": dict(zip(done.trial, done.label)), "plain": plain, "interleaved": inter}
 
@@ -144,8 +144,9 @@ def main() -> None:
     lines += ["", f"## 3. Stability of the recommendation over {REPEATS} re-measurements (target 9 of 10)", "",
               "A real 4-trial grid sweep (fp32/int8-static x batch 1/32, one thread, the protocol above); "
               "then every completed trial re-measured in a fresh session, one after the other as a "
-              "sweep does, and `report.recommend` applied to the new numbers: without re-measurement "
-              "of overlapping candidates, and with it (interleaved, in a fresh process).", "",
+              "sweep does, and `decide.choose` applied to the new numbers: on those numbers alone, and "
+              "with the leading candidates re-measured together (`decide.decide`: interleaved rounds "
+              "in a fresh process, paired ratios). See benchmarks/decision.md for the full study.", "",
               f"Sweep's recommendation: trial {st['sweep_winner']} ({st['labels'].get(st['sweep_winner'])}): "
               f"{st['sweep_reason']}.", "",
               "| decision | winners over the 10 re-measurements | most frequent |", "| --- | --- | --- |",

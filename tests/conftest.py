@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if "WORKBENCH_CACHE_DIR" not in os.environ:
     os.environ["WORKBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="workbench-test-cache-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow takes its thread pools once per process: tests that run trials in-process (one
+# thread, the default) after TensorFlow was first used here need those pools to be one thread
+# (a trial whose threads cannot be applied is pruned, see workbench/runtimes/tensorflow.py).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

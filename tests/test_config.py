@@ -124,7 +124,10 @@ def test_missing_file_is_named():
 def test_default_experiment_is_valid():
     exp = config.load(ROOT / "experiments" / "digits.yaml")
     assert exp.name == "digits" and exp.model == "digits_cnn" and exp.data == "digits"
-    assert exp.n_trials >= 3
+    from workbench import space
+
+    assert exp.scenario == "single_stream" and exp.n_trials is None  # default: every distinct one
+    assert space.resolve(exp).n_trials == len(space.distinct(exp)) >= 3
 
 
 def test_relative_paths_resolve_from_the_experiment_file(tmp_path):

@@ -1,6 +1,6 @@
-"""Latency statistics on known inputs, and the protocol's stopping rules."""
+"""Latency statistics on known inputs, and the protocol's stopping rules on a simulated clock
+(no test here depends on how fast the machine is)."""
 
-import time
 
 import numpy as np
 import pytest
@@ -41,31 +41,50 @@ def test_bootstrap_ci_covers_true_median_most_of_the_time():
     assert hits >= 85  # nominal 95%
 
 
+class FakeClock:
+    """A simulated ``perf_counter_ns``: time moves only when a timed call says it took time."""
+
+    def __init__(self):
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+    def call(self, ms: float):
+        return lambda: self.advance(ms)
+
+    def advance(self, ms: float) -> None:
+        self.now += int(ms * 1e6)
+
+
 def test_runs_until_min_runs_and_min_seconds():
+    clock = FakeClock()
     calls = []
-    times = measure.time_calls(lambda: calls.append(1), warmup=5, min_runs=30, min_seconds=0.05,
-                               max_seconds=5)
-    assert len(times) >= 30 and len(calls) == len(times) + 5
-    assert times.sum() <= (0.05 + 1) * 1e9
+    times = measure.time_calls(lambda: (calls.append(1), clock.advance(1)), warmup=5, min_runs=30,
+                               min_seconds=0.05, max_seconds=5, clock=clock)
+    assert len(times) == 50 and len(calls) == 55  # 50 calls of 1 ms reach min_seconds
+    assert (times == 1_000_000).all()
+
+
+def test_min_runs_keeps_going_past_min_seconds():
+    clock = FakeClock()
+    times = measure.time_calls(clock.call(1), warmup=0, min_runs=80, min_seconds=0.05, max_seconds=5,
+                               clock=clock)
+    assert len(times) == 80
 
 
 def test_min_seconds_keeps_going_past_min_runs():
-    times = measure.time_calls(lambda: time.sleep(0.002), warmup=0, min_runs=1, min_seconds=0.05,
-                               max_seconds=5)
-    assert len(times) > 5  # ~25 calls of 2 ms
+    clock = FakeClock()
+    times = measure.time_calls(clock.call(2), warmup=0, min_runs=1, min_seconds=0.05, max_seconds=5,
+                               clock=clock)
+    assert len(times) == 25
 
 
 def test_max_seconds_caps_slow_calls():
-    t0 = time.perf_counter()
-    times = measure.time_calls(lambda: time.sleep(0.02), warmup=0, min_runs=10_000, min_seconds=0,
-                               max_seconds=0.1)
-    assert len(times) < 20 and time.perf_counter() - t0 < 1.0
-
-
-def _busy(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+    clock = FakeClock()
+    times = measure.time_calls(clock.call(20), warmup=0, min_runs=10_000, min_seconds=0, max_seconds=0.1,
+                               clock=clock)
+    assert len(times) == 5
 
 
 def test_rank_ci_and_instability_on_known_samples():
@@ -78,35 +97,36 @@ def test_rank_ci_and_instability_on_known_samples():
 
 
 def test_keeps_measuring_while_unstable_then_stops():
-    start = time.perf_counter()
-    state = {"i": 0}
+    def noisy_then_steady(clock):  # 1 ms / 2 ms alternating for 150 ms, then a steady 1 ms
+        state = {"i": 0}
 
-    def noisy_then_steady():  # 1 ms / 2 ms alternating for 0.15 s, then a steady 1 ms
-        state["i"] += 1
-        slow = time.perf_counter() - start < 0.15 and state["i"] % 2 == 0
-        _busy(0.002 if slow else 0.001)
+        def fn():
+            state["i"] += 1
+            clock.advance(2 if clock.now < 150e6 and state["i"] % 2 == 0 else 1)
+        return fn
 
-    settled = measure.time_calls(noisy_then_steady, warmup=0, min_runs=10, min_seconds=0.05,
-                                 max_seconds=3)
+    clock = FakeClock()
+    settled = measure.time_calls(noisy_then_steady(clock), warmup=0, min_runs=10, min_seconds=0.05,
+                                 max_seconds=3, clock=clock)
     assert settled.sum() / 1e9 > 0.15  # went on past min_seconds until the median settled
-    start = time.perf_counter()
-    state["i"] = 0
-    plain = measure.time_calls(noisy_then_steady, warmup=0, min_runs=10, min_seconds=0.05,
-                               max_seconds=3, settle=False)
-    assert plain.sum() / 1e9 < 0.13 and len(plain) < len(settled)
+    assert not measure.summarize(settled, 1)["unstable"]
+    clock = FakeClock()
+    plain = measure.time_calls(noisy_then_steady(clock), warmup=0, min_runs=10, min_seconds=0.05,
+                               max_seconds=3, settle=False, clock=clock)
+    assert plain.sum() / 1e9 == pytest.approx(0.05, abs=0.002) and len(plain) < len(settled)
 
 
 def test_unstable_until_max_seconds_is_flagged():
+    clock = FakeClock()
     state = {"i": 0}
 
     def always_bimodal():
         state["i"] += 1
-        _busy(0.001 if state["i"] % 2 else 0.003)
+        clock.advance(1 if state["i"] % 2 else 3)
 
-    t0 = time.perf_counter()
-    times = measure.time_calls(always_bimodal, warmup=0, min_runs=10, min_seconds=0.02,
-                               max_seconds=0.3)
-    assert 0.25 < time.perf_counter() - t0 < 1.0
+    times = measure.time_calls(always_bimodal, warmup=0, min_runs=10, min_seconds=0.02, max_seconds=0.3,
+                               clock=clock)
+    assert times.sum() / 1e9 == pytest.approx(0.3, abs=0.004)  # stopped by the cap, not earlier
     assert measure.summarize(times, 1)["unstable"]
 
 
@@ -136,11 +156,12 @@ def test_lock_serializes_two_processes(tmp_path):
 
 
 def test_interleaved_times_alternate_and_separate_different_costs():
+    clock = FakeClock()
     order = []
-    fast = lambda: (order.append("a"), _busy(0.0002))  # noqa: E731
-    slow = lambda: (order.append("b"), _busy(0.0006))  # noqa: E731
-    a, b = measure.interleaved_times([fast, slow], warmup=2, seconds=0.1, min_rounds=20)
-    assert len(a) == len(b) >= 20
+    fast = lambda: (order.append("a"), clock.advance(0.2))  # noqa: E731
+    slow = lambda: (order.append("b"), clock.advance(0.6))  # noqa: E731
+    a, b = measure.interleaved_times([fast, slow], warmup=2, seconds=0.1, min_rounds=20, clock=clock)
+    assert len(a) == len(b) == 125  # 0.8 ms per round until 0.1 s
     assert order[4:10] == ["a", "b"] * 3
     assert np.median(a) < np.median(b) and measure.distinguishable(a / 1e6, b / 1e6)
 
@@ -161,9 +182,11 @@ def test_bench_reports_both_p50s_and_a_ratio_near_one(tmp_path):
     from workbench import remeasure
 
     r = remeasure.bench_onnx(_tiny_onnx(tmp_path / "tiny.onnx"), batch_size=8, seconds=0.2, repeats=3)
-    assert r["workbench_p50_ms"] > 0 and r["bare_loop_p50_ms"] > 0
-    # The target is 1.00-1.05 (benchmarks/measurement.md); a shared test machine gets slack.
-    assert 0.8 < r["ratio"] < 1.3, r
+    assert r["workbench_p50_ms"] > 0 and r["bare_loop_p50_ms"] > 0 and r["calls_each"] >= 100
+    assert r["ratio"] == pytest.approx(r["workbench_p50_ms"] / r["bare_loop_p50_ms"])
+    lo, hi = r["workbench_p50_ci_ms"]
+    assert lo <= r["workbench_p50_ms"] <= hi
+    # How close the ratio is to 1 is a speed claim: benchmarks/measurement.md, not a test.
 
 
 def test_bench_cli_missing_model_is_one_line_error(tmp_path):

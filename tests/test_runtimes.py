@@ -11,6 +11,8 @@ import pytest
 
 from workbench import cache, runtimes, trial
 from workbench.params import TrialParams
+from workbench.runtimes import litert as litert_rt
+from workbench.runtimes import openvino as openvino_rt
 from workbench.runtimes import ort as ort_rt
 from workbench.variants import Artifact
 
@@ -89,11 +91,42 @@ def test_cuda_is_pruned_with_reason_in_onnxruntime():
     assert "CPUExecutionProvider" in m["reason"]  # says what is available
 
 
-@pytest.mark.parametrize("provider", ["GPU", "CUDAExecutionProvider", "NPU"])
+@pytest.mark.parametrize("provider", ["GPU", "NPU"])
 def test_gpu_device_is_pruned_with_reason_in_openvino(provider):
     m = trial.run(dict(runtime="openvino", provider=provider, **FAST))
     assert m["status"] == "pruned"
     assert "is not available" in m["reason"] and "CPU" in m["reason"]
+
+
+@pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "OpenVINOExecutionProvider"])
+def test_onnxruntime_provider_names_are_not_openvino_devices(provider):
+    # CUDA is an NVIDIA GPU, not OpenVINO's Intel GPU: never translated, pruned with the reason
+    m = trial.run(dict(runtime="openvino", provider=provider, **FAST))
+    assert m["status"] == "pruned"
+    assert f"{provider} is not an OpenVINO device" in m["reason"] and "CPU, GPU, NPU" in m["reason"]
+    assert openvino_rt.device_for("CPUExecutionProvider") == "CPU"
+
+
+def test_litert_checks_that_xnnpack_is_applied(tflite_fp32):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    session = runtimes.load(TrialParams(runtime="litert", provider="xnnpack"), tflite_fp32)
+    assert session.options["delegate_nodes"] >= 1 and session.options["num_threads"] == 1
+    session.close()
+    # the same model without the default delegates has no DELEGATE node: what the check sees
+    plain = Interpreter(model_path=str(tflite_fp32.path),
+                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    plain.allocate_tensors()
+    assert litert_rt.delegated_ops(plain)[0] == 0
+
+
+def test_tensorflow_threads_that_cannot_be_applied_prune_the_trial():
+    # this process's TensorFlow pools are fixed once it ran (1 thread here, see conftest):
+    # a second thread count cannot be applied and must not be measured as if it were
+    first = trial.run(dict(runtime="tensorflow", threads=1, **FAST))
+    assert first["status"] == "complete", first.get("reason")
+    m = trial.run(dict(runtime="tensorflow", threads=2, **FAST))
+    assert m["status"] == "pruned" and "cannot set 2 intra-op" in m["reason"]
 
 
 def test_tensorflow_refuses_a_gpu_provider():

@@ -1,70 +1,58 @@
 """``workbench export``: the chosen trial as a directory someone can deploy from.
 
 A bundle holds the artifact, the trial's parameters (``config.json``), its metrics
-(``metrics.json``), a sample input (``sample_input.npy``) and a ``predict.py`` that needs only
-the runtime's own package: it opens the artifact with exactly the runtime options the trial was
-measured with (provider, threads, graph optimization), so what ships is what was measured.
+(``metrics.json``), a sample input (``sample_input.npy``), a small labelled eval sample
+(``check_inputs.npy``, ``check_targets.npy``, ``check.json``) and a ``predict.py`` that needs
+only the runtime's own package and numpy. ``predict.py`` opens the artifact with exactly the
+session options the trial was measured with: the dict its runtime plug-in's
+``session_options`` returned for the trial (written into ``predict.py`` and ``bundle.json``), so
+what ships is what was measured. ``python predict.py --check`` re-measures the quality on the
+bundled sample (the quality workbench measured on the same rows, with the same artifact and
+options, is in ``check.json``) and the p50 latency, as a ratio to the trial's p50.
+
+Export never deletes what it did not write: ``.workbench-bundle.json`` lists the files of a
+bundle; an existing ``--out`` without it (and not empty) is refused, and re-exporting over a
+bundle removes only the files its marker lists.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
 
+MARKER = ".workbench-bundle.json"
+CHECK_ROWS = 200  # rows of the eval split bundled for --check
+
 
 class ExportError(WorkbenchError):
-    """The trial to export does not exist, did not complete, or its artifact is gone."""
+    """The trial to export does not exist, did not complete, its artifact is gone, or --out is
+    not a place export may write to."""
 
 
-_LOAD = {
-    "onnxruntime": '''import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = {threads}
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(HERE / "{artifact}"), sess_options=opts, providers=["{provider}"])
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {{name: x}})[0]''',
-    "openvino": '''import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(str(HERE / "{artifact}"), "{device}",
-                                  {{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": {threads},
-                                   "INFERENCE_PRECISION_HINT": "f32"}})
-    req = compiled.create_infer_request()
-
-    def run(x):
-        req.infer({{0: x}})
-        return req.get_output_tensor(0).data.copy()
-    return run''',
-    "tensorflow": '''import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads({threads})
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
-
-    model = keras.saving.load_model(HERE / "{artifact}", safe_mode=True)
-    return lambda x: model(x, training=False).numpy()''',
-}
-
-PREDICT = '''"""Run the exported model on a .npy input: python predict.py INPUT.npy [--out OUTPUT.npy]
+PREDICT = '''"""Run the exported model: python predict.py INPUT.npy [--out OUTPUT.npy]
+or re-measure it on the bundled sample: python predict.py --check [--json]
 
 Trial {trial} of {experiment}/{study}: {label}.
-Runtime options are the ones the trial was measured with (see config.json, metrics.json).
+Runtime {runtime}, opened with the session options the trial was measured with (OPTIONS below,
+also in bundle.json).
 """
 
 import argparse
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+OPTIONS = {options}
 
 
 def load():
@@ -72,11 +60,55 @@ def load():
     {load}
 
 
+def check(run, as_json=False):
+    """Quality on the bundled sample, and p50 latency at the trial's batch size."""
+    info = json.loads((HERE / "check.json").read_text())
+    x = np.load(HERE / "check_inputs.npy").astype(np.float32)
+    y = np.load(HERE / "check_targets.npy")
+    b = info["batch_size"]
+    out = np.concatenate([np.asarray(run(np.ascontiguousarray(x[i:i + b]))) for i in range(0, len(x), b)])
+    if info["task"] == "regression":
+        err = out.astype(np.float64).reshape(len(y), -1) - y.astype(np.float64).reshape(len(y), -1)
+        quality = {{"mae": float(np.mean(np.abs(err)))}}
+    else:
+        quality = {{"accuracy": float(np.mean(np.argmax(out, axis=-1) == y) * 100.0)}}
+    batch = np.ascontiguousarray(np.concatenate([x] * -(-b // len(x)))[:b])
+    m = info["measurement"]
+    for _ in range(m["warmup"]):
+        run(batch)
+    times, start = [], time.perf_counter()
+    while (len(times) < m["min_runs"] or time.perf_counter() - start < m["min_seconds"]) \\
+            and time.perf_counter() - start < m["max_seconds"]:
+        t0 = time.perf_counter_ns()
+        run(batch)
+        times.append(time.perf_counter_ns() - t0)
+    p50 = float(np.percentile(times, 50)) / 1e6
+    result = {{**quality, "expected": info["expected"], "samples": int(len(x)), "runs": len(times),
+              "p50_ms": p50, "trial_p50_ms": info["trial_p50_ms"],
+              "p50_ratio": p50 / info["trial_p50_ms"] if info["trial_p50_ms"] else None}}
+    if as_json:
+        print(json.dumps(result))
+        return result
+    name = next(iter(quality))
+    print(f"{{name}} {{quality[name]:.4f}} on {{len(x)}} bundled samples "
+          f"(workbench measured {{info['expected'][name]:.4f}} on the same samples)")
+    print(f"p50 {{p50:.4f}} ms at batch {{b}} over {{len(times)}} calls; trial p50 "
+          f"{{info['trial_p50_ms']:.4f}} ms; ratio {{result['p50_ratio']:.2f}}")
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("input", help=".npy array: a batch (or a single sample) of model inputs")
+    ap.add_argument("input", nargs="?", help=".npy array: a batch (or a single sample) of model inputs")
     ap.add_argument("--out", help="write the outputs here (.npy)")
+    ap.add_argument("--check", action="store_true", help="re-measure quality and p50 on the bundled sample")
+    ap.add_argument("--json", action="store_true", help="with --check: print one JSON line")
     args = ap.parse_args()
+    if args.check:
+        check(load(), args.json)
+        return
+    if not args.input:
+        ap.error("give an INPUT.npy, or --check")
     x = np.load(args.input).astype(np.float32)
     if x.ndim == {sample_ndim}:
         x = x[None]  # a single sample
@@ -119,36 +151,152 @@ def export(run_dir: str | Path, trial: str | int | None = None, out: str | Path 
         trial = json.loads(best_path.read_text()).get("trial")
         if trial is None:
             raise ExportError(f"{run_dir}: best.json recommends no trial (pass --trial)")
+    out = Path(out) if out else run_dir / "export" / f"trial-{trial}"
+    check_out(out)  # before any work: a refused --out costs nothing
     metrics = _trial_metrics(run_dir, str(trial))
+    info = json.loads((run_dir / "run.json").read_text())
+    return write_bundle(metrics, out, title=dict(trial=trial, experiment=info["experiment"],
+                                                 study=info["study"]))
+
+
+def check_out(out: Path) -> list[str]:
+    """The files of the previous bundle in ``out`` (none: missing or empty); refuses anything
+    else (a file, a directory export did not write, a marker it did not write)."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise ExportError(f"--out {out}: is a file, not a directory (choose a directory)")
+    marker = out / MARKER
+    if not marker.is_file():
+        if any(out.iterdir()):
+            raise ExportError(f"--out {out}: exists and is not a bundle written by workbench export "
+                              f"(no {MARKER}); choose a new or empty directory")
+        return []
+    try:
+        files = json.loads(marker.read_text())["files"]
+        ok = isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and "\\" not in f
+                                             and f not in (".", "..") for f in files)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ExportError(f"--out {out}: {MARKER} is not a marker workbench wrote (unreadable "
+                          "file list); remove the directory yourself or choose another")
+    return files
+
+
+def prepare_out(out: Path) -> None:
+    """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
+    or empty directory is used; a previous bundle loses only the files its marker lists;
+    anything else is refused."""
+    files = check_out(out)
+    for name in files:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    (out / MARKER).unlink(missing_ok=True)  # checked above: one export wrote
+
+
+def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | None = None) -> Path:
+    """Write the bundle of a completed trial's ``metrics`` (as ``trial.run`` returns them) to
+    ``out`` (checked with :func:`prepare_out` first)."""
+    import numpy as np
+
+    from workbench import data as data_mod
+    from workbench import runtimes
+    from workbench.params import TrialParams
+    from workbench.trial import timing_batch
+
+    prepare_out(out)
     params = metrics["params"]
+    p = TrialParams.parse(params)
+    runtime = runtimes.get(p.runtime)
     artifact = Path(metrics.get("artifact") or "")
     if not metrics.get("artifact") or not artifact.exists():
         artifact = _rebuild(params)
-    out = Path(out) if out else run_dir / "export" / f"trial-{trial}"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    name = "model.keras" if metrics.get("artifact_format") == "keras" else "model.onnx"
+    name = artifact.name if artifact.is_dir() else f"model{artifact.suffix}"
+    options = runtime.session_options(p)
+    data = data_mod.load(p.data, p.task)
+    n = min(CHECK_ROWS, len(data.x_eval))
+    x_check, y_check = data.x_eval[:n].astype(np.float32), np.asarray(data.y_eval[:n])
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+
+    def wrote(fname: str) -> Path:
+        written.append(fname)
+        (out / MARKER).write_text(json.dumps({"workbench_bundle": 1, "files": written}, indent=2))
+        return out / fname
+
+    (out / MARKER).write_text(json.dumps({"workbench_bundle": 1, "files": written}, indent=2))
     if artifact.is_dir():
-        shutil.copytree(artifact, out / artifact.name)
-        name = artifact.name
+        shutil.copytree(artifact, wrote(name))
     else:
-        shutil.copy2(artifact, out / name)
-    (out / "config.json").write_text(json.dumps(params, indent=2, sort_keys=True))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    sample_ndim = _write_sample(params, out / "sample_input.npy")
-    runtime = params.get("runtime", "onnxruntime")
-    if runtime not in _LOAD:
-        raise ExportError(f"trial {trial}: no predict.py template for runtime {runtime}")
-    provider = params.get("provider", "CPUExecutionProvider")
-    device = "CPU" if provider in ("CPUExecutionProvider", "CPU", "default") else provider
-    load = _LOAD[runtime].format(artifact=name, threads=int(params.get("threads", 1)),
-                                 provider=provider, device=device)
-    info = json.loads((run_dir / "run.json").read_text())
-    (out / "predict.py").write_text(PREDICT.format(
-        trial=trial, experiment=info["experiment"], study=info["study"], label=metrics.get("label", ""),
-        load=load, sample_ndim=sample_ndim if sample_ndim is not None else -1))
+        shutil.copy2(artifact, wrote(name))
+    wrote("config.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+    wrote("metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    np.save(wrote("sample_input.npy"), timing_batch(data.x_eval, p.batch_size))
+    np.save(wrote("check_inputs.npy"), x_check)
+    np.save(wrote("check_targets.npy"), y_check)
+    fmt = metrics.get("artifact_format") or ("savedmodel" if artifact.is_dir() else artifact.suffix.lstrip("."))
+    expected = _expected_quality(out, params, artifact, fmt)
+    wrote("check.json").write_text(json.dumps({
+        "task": p.task, "batch_size": p.batch_size, "expected": expected,
+        "trial_p50_ms": metrics.get("latency_p50_ms"),
+        "measurement": {k: getattr(p, k) for k in ("warmup", "min_runs", "min_seconds", "max_seconds")},
+    }, indent=2))
+    wrote("bundle.json").write_text(json.dumps({"runtime": p.runtime, "artifact": name,
+                                                "session_options": options}, indent=2, sort_keys=True))
+    title = title or {"trial": "-", "experiment": "-", "study": "-"}
+    wrote("predict.py").write_text(PREDICT.format(
+        **title, label=metrics.get("label", ""), runtime=p.runtime, options=repr(options),
+        load=runtime.bundle_loader(name), sample_ndim=data.x_eval.ndim - 1))
     return out
+
+
+def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, fmt: str) -> dict[str, float]:
+    """The quality workbench measures on the bundled sample, through its own session of the
+    trial's runtime with the trial's options. In a fresh process, as a trial runs: a runtime may
+    only take its thread settings before its first use in a process (TensorFlow)."""
+    code = ("import json, sys; from workbench import bundle; "
+            "print(json.dumps(bundle.measure_quality(*json.loads(sys.argv[1]))))")
+    args = json.dumps([params, str(artifact), fmt, str(out / "check_inputs.npy"),
+                       str(out / "check_targets.npy")])
+    res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
+    if res.returncode != 0:
+        tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ExportError(f"cannot open the trial's artifact {artifact} to check the bundle: {tail}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def measure_quality(params: dict[str, Any], artifact: str, fmt: str, x_path: str,
+                    y_path: str) -> dict[str, float]:
+    """Quality of ``artifact`` (format ``fmt``) opened as ``params`` say, on the arrays at
+    ``x_path``/``y_path``."""
+    import numpy as np
+
+    from workbench import runtimes, variants
+    from workbench.errors import TrialPruned
+    from workbench.params import TrialParams
+    from workbench.trial import evaluate
+
+    p = TrialParams.parse(params)
+    art = variants.Artifact(Path(artifact), fmt, "", ())
+    try:
+        session = runtimes.load(p, art)
+    except TrialPruned as err:
+        raise ExportError(f"the runtime refuses the trial's own options: {err}") from None
+    try:
+        x, y = np.load(x_path).astype(np.float32), np.load(y_path)
+        outputs = evaluate(session, x, p.batch_size)
+    finally:
+        session.close()
+    if p.task == "regression":
+        err = outputs.astype(np.float64).reshape(len(y), -1) - y.astype(np.float64).reshape(len(y), -1)
+        return {"mae": float(np.mean(np.abs(err)))}
+    return {"accuracy": float(np.mean(np.argmax(outputs, axis=-1) == y) * 100.0)}
 
 
 def _rebuild(params: dict[str, Any]) -> Path:
@@ -157,18 +305,3 @@ def _rebuild(params: dict[str, Any]) -> Path:
     from workbench.params import TrialParams
 
     return trial.artifact_for(TrialParams.parse(params))[2].path
-
-
-def _write_sample(params: dict[str, Any], path: Path) -> int | None:
-    """A few real eval samples as a ready input; returns the number of dims of one sample."""
-    try:
-        from workbench import data as data_mod
-        from workbench.trial import timing_batch
-
-        data = data_mod.load(params["data"])
-    except Exception:  # noqa: BLE001 - the bundle is still usable with the user's own input
-        return None
-    import numpy as np
-
-    np.save(path, timing_batch(data.x_eval, int(params.get("batch_size", 1))))
-    return data.x_eval.ndim - 1

@@ -1,4 +1,4 @@
-"""The ``workbench`` command: ``sweep``, ``trial``, ``report``, ``export``, ``bench``, ``doctor``.
+"""The ``workbench`` command: ``sweep``, ``plan``, ``trial``, ``report``, ``export``, ``serve``, ``load``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
 else is a bug: one line naming a log file that holds the traceback, exit code 1.
@@ -36,9 +36,17 @@ def _work(args: argparse.Namespace) -> int:
     """One worker process of ``sweep --workers N`` (started by the sweep, not by users)."""
     from workbench import config, sweep
 
+    import signal
+
+    from workbench.storage import ENV, resolve_url
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the kernels are shut down
+    url = resolve_url(args.storage)  # the sweep passes it in the environment, not in argv
+    if not url:
+        raise WorkbenchError(f"work: no storage (--storage or {ENV})")
     exp = config.load(args.config)
-    study = sweep.open_study(exp, args.study, args.storage, worker=args.worker)
-    sweep.work(exp, Path(args.run_dir), study, args.storage, args.n_trials, progress=False)
+    study = sweep.open_study(exp, args.study, url, worker=args.worker)
+    sweep.work(exp, Path(args.run_dir), study, url, args.n_trials, progress=False)
     return 0
 
 
@@ -51,10 +59,12 @@ def _print_table(report, run_dir: Path) -> None:
                            "display.max_colwidth", 60, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
     best = json.loads((run_dir / "best.json").read_text())
+    if best.get("question"):
+        print(f"\nquestion: {best['question']}")
     if best.get("trial") is None:
-        print(f"\nrecommended: none ({best.get('reason', 'no completed feasible trial')})")
+        print(f"recommended: none ({best.get('reason', 'no completed feasible trial')})")
     else:
-        print(f"\nrecommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
+        print(f"recommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
     print(f"run directory: {run_dir}")
 
 
@@ -77,22 +87,39 @@ def _trial(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from workbench import preflight, report
+    from workbench import decide, preflight, report
 
     preflight.check_run_dir(args.run_dir)
-    paths = report.build(Path(args.run_dir), remeasure=not args.no_remeasure, progress=True)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    decide.decide(Path(args.run_dir), remeasure=not args.no_remeasure, log=log)
+    paths = report.build(Path(args.run_dir))
     _print_table(report, Path(args.run_dir))
     for p in paths.values():
         print(p)
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from workbench import config, space
+
+    print(space.plan(config.load(args.config)))
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from workbench import bundle, preflight
 
+    if args.engine not in ("builtin", "kserve"):
+        raise WorkbenchError(f"--engine: builtin or kserve (got {args.engine})")
     preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
-    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}")
+    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}"
+          f"\nre-measure it: python {out / 'predict.py'} --check")
+    if args.engine == "kserve":
+        from workbench.serve.kserve import write_inferenceservice
+
+        print(f"KServe InferenceService: {write_inferenceservice(out, name=f'trial-{out.name}')}")
+    print(f"serve it: workbench serve {out}" + (" --engine kserve" if args.engine == "kserve" else ""))
     return 0
 
 
@@ -105,6 +132,55 @@ def _bench(args: argparse.Namespace) -> int:
           f"ratio {r['ratio']:.4f} (batch {r['batch_size']}, threads {r['threads']}, "
           f"{r['calls_each']} calls each in alternating blocks)")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from workbench import serve
+    from workbench.serve.batcher import POLICIES
+    from workbench.serve.model import open_bundle
+
+    for flag, value, low in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
+                             ("--instances", args.instances, 1), ("--threads", args.threads or 1, 1),
+                             ("--max-queue-delay-ms", args.max_queue_delay_ms, 0)):
+        if value < low:
+            raise WorkbenchError(f"{flag}: must be at least {low} (got {value})")
+    if args.batch_policy not in POLICIES:
+        raise WorkbenchError(f"--batch-policy: one of {', '.join(POLICIES)} (got {args.batch_policy})")
+    open_bundle(args.bundle)  # a bad bundle is a one-line error here, not in the server's log
+    opts = serve.ServeOptions(name=args.name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                              max_queue_delay_ms=args.max_queue_delay_ms, batch_policy=args.batch_policy,
+                              max_queue=args.max_queue, instances=args.instances, threads=args.threads)
+    eng = serve.engine(args.engine, args.bundle, opts)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        eng.start(log=args.log, watch_parent=True)
+        eng.wait_ready(args.ready_timeout)
+        print(f"serving {args.bundle} as {opts.name!r} ({args.engine}) at {eng.url}\n"
+              f"infer: POST {eng.infer_url}\nmetrics: {eng.url}/metrics", flush=True)
+        while eng.proc.poll() is None:
+            time.sleep(0.5)
+        return 0 if eng.proc.returncode in (0, -signal.SIGTERM) else 1
+    except KeyboardInterrupt:
+        print("stopping: draining in-flight requests", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        eng.stop()
+
+
+def _load(args: argparse.Namespace) -> int:
+    from workbench import load
+
+    result = load.run(args.url, rate=args.rate, duration=args.duration, concurrency=args.concurrency,
+                      requests=args.requests, data=args.data, seed=args.seed, binary=args.binary)
+    print(json.dumps(result, indent=2) if args.json else load.render(result))
+    return 0 if result["valid"] else 1
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -126,7 +202,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1,
                     help="worker processes on this machine sharing the study (journal storage)")
     sp.add_argument("--study", help="study name (default: the experiment name)")
-    sp.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
+    sp.add_argument("--storage", help="Optuna storage URL (default: $WORKBENCH_STORAGE, else sqlite in "
+                                      "the run directory); prefer WORKBENCH_STORAGE for a password")
     sp.add_argument("--runs-dir", default="experiments/runs", help="where run directories go")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sweep)
@@ -134,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     wp = sub.add_parser("work", help=argparse.SUPPRESS)
     wp.add_argument("config")
     wp.add_argument("--study", required=True)
-    wp.add_argument("--storage", required=True)
+    wp.add_argument("--storage", help="default: $WORKBENCH_STORAGE")
     wp.add_argument("--run-dir", required=True)
     wp.add_argument("--n-trials", type=int, required=True)
     wp.add_argument("--worker", type=int, default=0)
@@ -145,16 +222,23 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--out", help="execute notebooks/trial.ipynb into this directory")
     tp.set_defaults(func=_trial)
 
+    pl = sub.add_parser("plan", help="print the resolved search space and its number of distinct "
+                                     "configurations (runs nothing)")
+    pl.add_argument("config", help="experiment YAML file")
+    pl.set_defaults(func=_plan)
+
     rp = sub.add_parser("report", help="write results.csv, report.md, report.html, plots, best.json")
     rp.add_argument("run_dir")
     rp.add_argument("--no-remeasure", action="store_true",
-                    help="decide overlapping candidates without an interleaved re-measurement")
+                    help="decide on the sweep's numbers, without the interleaved re-measurement")
     rp.set_defaults(func=_report)
 
     ep = sub.add_parser("export", help="bundle a trial's artifact, config, metrics and predict.py")
     ep.add_argument("run_dir")
     ep.add_argument("--trial", help="trial number (default: the recommended one in best.json)")
     ep.add_argument("--out", help="bundle directory (default: RUN_DIR/export/trial-N)")
+    ep.add_argument("--engine", default="builtin",
+                    help="kserve: also write inferenceservice.yaml (KServe on Kubernetes)")
     ep.set_defaults(func=_export)
 
     bp = sub.add_parser("bench", help="p50 of the workbench's timing loop vs a bare loop (onnxruntime)")
@@ -164,6 +248,35 @@ def parser() -> argparse.ArgumentParser:
     bp.add_argument("--seconds", type=float, default=1.0, help="seconds per repeat")
     bp.add_argument("--repeats", type=int, default=5, help="total time is seconds x repeats")
     bp.set_defaults(func=_bench)
+
+    sv = sub.add_parser("serve", help="serve an exported bundle over the Open Inference Protocol (v2 REST)")
+    sv.add_argument("bundle", help="a directory written by `workbench export`")
+    sv.add_argument("--engine", default="builtin", help="serving engine: builtin (default) or kserve")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--name", default="model", help="model name in the /v2/models/{name} routes")
+    sv.add_argument("--max-batch-size", type=int, default=8, help="rows per batch (1: no batching)")
+    sv.add_argument("--max-queue-delay-ms", type=float, default=2.0,
+                    help="longest wait of a batch's first request for company (policy delay)")
+    sv.add_argument("--batch-policy", default="delay", help="delay (wait up to the delay) or idle (never wait)")
+    sv.add_argument("--max-queue", type=int, default=256, help="queued requests beyond this get 503")
+    sv.add_argument("--instances", type=int, default=1, help="model instances (sessions) serving batches")
+    sv.add_argument("--threads", type=int, help="intra-op threads per instance (default: the bundle's)")
+    sv.add_argument("--log", help="append the server's output to this file")
+    sv.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the model")
+    sv.set_defaults(func=_serve)
+
+    lp = sub.add_parser("load", help="open-loop Poisson (or closed-loop) load on a v2 infer URL")
+    lp.add_argument("url", help="e.g. http://127.0.0.1:8000/v2/models/model/infer")
+    lp.add_argument("--rate", type=float, help="offered QPS (open loop, Poisson arrivals)")
+    lp.add_argument("--duration", type=float, help="seconds of open-loop load")
+    lp.add_argument("--concurrency", type=int, help="clients of a closed loop")
+    lp.add_argument("--requests", type=int, help="requests of a closed loop")
+    lp.add_argument("--data", help=".npz with x_eval (and y_eval: answers are scored)")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--binary", action="store_true", help="send .npy bodies instead of JSON tensors")
+    lp.add_argument("--json", action="store_true", help="machine-readable output")
+    lp.set_defaults(func=_load)
 
     dp = sub.add_parser("doctor", help="runtimes, providers, CPU features and GPUs of this machine")
     dp.add_argument("--json", action="store_true", help="machine-readable output")

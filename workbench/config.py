@@ -15,21 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench.errors import ConfigError, first_line
 
-RUNTIMES = ("onnxruntime", "openvino", "litert", "tensorflow")
-# Every execution provider name onnxruntime knows. Unknown names are config errors; known ones
-# that the installed build lacks are pruned trials with their reason.
-ORT_PROVIDERS = (
-    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
-    "OpenVINOExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider",
-    "ROCMExecutionProvider", "MIGraphXExecutionProvider", "QNNExecutionProvider",
-    "XnnpackExecutionProvider", "NnapiExecutionProvider", "AzureExecutionProvider",
-    "WebGpuExecutionProvider",
-)
-PROVIDERS = ORT_PROVIDERS + ("CPU", "GPU", "NPU", "xnnpack", "default")
 OBJECTIVES = {
     "accuracy": "maximize",
     "latency_p50_ms": "minimize",
     "latency_p90_ms": "minimize",
+    "latency_p95_ms": "minimize",
     "latency_p99_ms": "minimize",
     "throughput_sps": "maximize",
     "size_bytes": "minimize",
@@ -124,10 +114,21 @@ def _every_value(name: str, value: Param, allowed: tuple) -> list:
     return list(values)
 
 
+def _extra_param(name: str, value: Any) -> Param:
+    if isinstance(value, dict):
+        try:
+            return Range.model_validate(value)
+        except ValidationError as err:
+            raise ValueError(f"{name}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    if isinstance(value, list) and not value:
+        raise ValueError(f"{name}: must not be an empty list")
+    return value
+
+
 class SearchSpace(BaseModel):
     """The deployment parameters a sweep varies; a scalar fixes a parameter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     bits: Param = 32
     int8_mode: Param = "static"
     calibration: Param = "minmax"
@@ -154,40 +155,29 @@ class SearchSpace(BaseModel):
 
     @model_validator(mode="after")
     def _check_values(self) -> "SearchSpace":
-        allowed = {
-            "bits": (32, 16, 8, 4),
-            "int8_mode": ("static", "dynamic"),
-            "calibration": ("minmax", "entropy", "percentile"),
-            "per_channel": (True, False),
-            "prune_structure": ("unstructured", "channels"),
-            "runtime": RUNTIMES,
-            "graph_optimization": ("all", "extended", "basic", "disabled"),
-            "execution_mode": ("sequential", "parallel"),
-            "ov_hint": ("LATENCY", "THROUGHPUT"),
-            "provider": PROVIDERS,
-        }
-        for name, ok in allowed.items():
-            for v in _every_value(name, getattr(self, name), ok):
-                if type(v) is not type(ok[0]) or v not in ok:  # 8.0 is not a bit width
-                    raise ValueError(f"{name}: unknown value {v!r} (choose from {', '.join(map(str, ok))})")
-        for name in ("finetune_epochs", "ov_streams", "batch_size", "threads", "inter_op_threads"):
-            spec = getattr(self, name)
-            if isinstance(spec, Range) and not spec.is_int:
+        # Allowed values and bounds come from the plug-ins that read each parameter
+        # (workbench.parameters); a runtime's or transform's own parameter may be given as an
+        # extra key. A range is checked over every value it can produce.
+        from workbench import parameters
+
+        declared = parameters.parameters()
+        for name, value in list(self):
+            if name not in declared:
+                raise ValueError(f"{name}: unknown key")
+            if name in (self.model_extra or {}):
+                value = self.model_extra[name] = _extra_param(name, value)
+            p = declared[name]
+            if p.choices:
+                values = _every_value(name, value, p.choices)
+            elif isinstance(value, Range) and p.type is int and not value.is_int:
                 raise ValueError(f"{name}: a range of integers is needed (low, high and step "
-                                 f"integers; got {spec.low}..{spec.high} step {spec.step})")
-        for v in _choices(self.finetune_epochs):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"finetune_epochs: must be a non-negative integer (got {v!r})")
-        for v in _choices(self.ov_streams):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"ov_streams: must be a non-negative integer (got {v!r})")
-        for name in ("batch_size", "threads", "inter_op_threads"):
-            for v in _choices(getattr(self, name)):
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                    raise ValueError(f"{name}: must be a positive integer (got {v!r})")
-        for v in _choices(self.sparsity):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.95:
-                raise ValueError(f"sparsity: must be a number in 0.0..0.95 (got {v!r})")
+                                 f"integers; got {value.low}..{value.high} step {value.step})")
+            else:
+                values = _choices(value)
+            for v in values:
+                why = p.check(v)
+                if why:
+                    raise ValueError(f"{name}: {why}")
         return self
 
     def grid_size(self) -> int:
@@ -231,7 +221,7 @@ class Experiment(BaseModel):
     search_space: SearchSpace = SearchSpace()
     objectives: list[str] = ["accuracy", "latency_p90_ms", "size_bytes"]
     max_accuracy_drop: float = Field(1.0, ge=0)
-    n_trials: int = Field(10, ge=1)
+    n_trials: int | None = Field(None, ge=1)  # None: see workbench.space.default_n_trials
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     seed: int = Field(0, ge=0, le=2**31 - 1)  # numpy's seeds are unsigned 32-bit (+ worker index)
     calibration_samples: int = Field(200, ge=1)
@@ -244,6 +234,52 @@ class Experiment(BaseModel):
     task: Literal["classification", "regression"] = "classification"
     # let a .keras file with Python code in it (Lambda layers) be loaded (safe_mode=False)
     trust_model_code: bool = False
+    # --- models (issue 14) ---
+    # the scored output of a model with several: its name or index (default the first)
+    output: Union[int, str] = 0
+    # an untrained student .keras file for distillation (default: the teacher scaled by
+    # search_space.distill_width); relative to the experiment file
+    distill_student: str | None = None
+
+    # --- scenario: which deployment question the sweep answers (issue 12; workbench.decide) ---
+    # single_stream: lowest latency_percentile at batch 1 (optional latency_budget_ms);
+    # offline: highest throughput, batch size searched. Default objectives follow the scenario;
+    # an omitted search_space is derived from the model and machine (workbench.space.auto).
+    scenario: str = "single_stream"
+    latency_percentile: Literal[50, 90, 95, 99] = 90
+    latency_budget_ms: float | None = Field(None, gt=0)
+
+    @field_validator("scenario")
+    @classmethod
+    def _scenario(cls, value: str) -> str:
+        from workbench import decide
+
+        try:
+            decide.scenario(value)
+        except Exception as err:  # WorkbenchError: "scenario: ..." -> the field's message
+            raise ValueError(str(err).removeprefix("scenario: ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _scenario_defaults(self) -> "Experiment":
+        from workbench import decide
+
+        sc = decide.scenario(self.scenario)
+        if "objectives" not in self.model_fields_set:
+            # not via setattr: that would mark objectives as given by the user
+            self.__dict__["objectives"] = sc.objectives(self.latency_percentile)
+        # single_stream with batch sizes listed: all are measured, only the smallest (1 unless
+        # the experiment leaves it out) is a candidate (workbench.decide.candidates)
+        if self.latency_budget_ms is not None and sc.name != "single_stream":
+            raise ValueError("latency_budget_ms: only for scenario single_stream")
+        return self
+
+    @property
+    def auto_space(self) -> bool:
+        """True when the file gives no search_space (``workbench.space.resolve`` derives one)."""
+        return "search_space" not in self.model_fields_set
+
+    # --- end of the scenario block ---
 
     @model_validator(mode="after")
     def _grid(self) -> "Experiment":

@@ -18,25 +18,6 @@ from typing import Any
 from workbench import fingerprint
 from workbench.cache import versions
 
-# Why an onnxruntime provider is missing from this build, when it is.
-_ORT_WHY = {
-    "CUDAExecutionProvider": "needs the onnxruntime-gpu package, an NVIDIA GPU and its driver",
-    "TensorrtExecutionProvider": "needs the onnxruntime-gpu package with TensorRT and an NVIDIA GPU",
-    "OpenVINOExecutionProvider": "needs the onnxruntime-openvino package (the native openvino "
-                                 "runtime below works without it)",
-    "DmlExecutionProvider": "DirectML: Windows only (onnxruntime-directml)",
-    "CoreMLExecutionProvider": "CoreML: macOS/iOS only",
-    "ROCMExecutionProvider": "needs an AMD GPU build of onnxruntime (ROCm)",
-    "MIGraphXExecutionProvider": "needs an AMD GPU build of onnxruntime (MIGraphX)",
-    "QNNExecutionProvider": "needs onnxruntime-qnn and a Qualcomm NPU",
-    "XnnpackExecutionProvider": "only in mobile/custom onnxruntime builds",
-    "NnapiExecutionProvider": "Android only",
-    "WebGpuExecutionProvider": "needs a WebGPU build of onnxruntime",
-    "AzureExecutionProvider": "needs a build with the Azure provider",
-}
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
@@ -64,76 +45,18 @@ def gpu() -> dict[str, Any]:
     return out
 
 
-def _onnxruntime(has_gpu: bool) -> dict[str, Any]:
-    from workbench.config import ORT_PROVIDERS
+def runtime_reports(context: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every registered runtime's own report (``Runtime.doctor``); a probe that raises is
+    reported as not usable, with its error as the reason."""
+    from workbench import runtimes
 
-    info: dict[str, Any] = {"name": "onnxruntime", "version": versions("onnxruntime")["onnxruntime"]}
-    try:
-        import onnxruntime as ort
-    except Exception as err:
-        return {**info, "usable": False, "why": _first_line(err), "providers": []}
-    available = ort.get_available_providers()
-    providers = []
-    for name in list(dict.fromkeys(available + list(ORT_PROVIDERS))):
-        if name not in available:
-            providers.append({"name": name, "usable": False,
-                              "why": f"not in this onnxruntime build; {_ORT_WHY.get(name, 'another build has it')}"})
-        elif name in _GPU_PROVIDERS and not has_gpu:
-            providers.append({"name": name, "usable": False,
-                              "why": "in this build, but no NVIDIA GPU was found (nvidia-smi, /dev/nvidia*)"})
-        else:
-            providers.append({"name": name, "usable": True, "why": None})
-    return {**info, "usable": True, "why": None, "providers": providers,
-            "device": ort.get_device()}
-
-
-def _openvino() -> dict[str, Any]:
-    info: dict[str, Any] = {"name": "openvino", "version": versions("openvino")["openvino"]}
-    try:
-        import openvino as ov
-
-        core = ov.Core()
-        devices = []
-        for d in core.available_devices:
-            try:
-                full = core.get_property(d, "FULL_DEVICE_NAME")
-            except Exception:
-                full = ""
-            devices.append({"name": d, "full_name": str(full), "usable": True, "why": None})
-        for d in ("GPU", "NPU"):
-            if d not in core.available_devices:
-                devices.append({"name": d, "usable": False,
-                                "why": f"OpenVINO lists no {d} device (no driver or no hardware)"})
-    except Exception as err:
-        return {**info, "usable": False, "why": _first_line(err), "devices": []}
-    return {**info, "usable": True, "why": None, "devices": devices}
-
-
-def _litert() -> dict[str, Any]:
-    info: dict[str, Any] = {"name": "litert", "version": versions("ai-edge-litert")["ai-edge-litert"]}
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
-    except Exception as err:
-        return {**info, "usable": False, "why": _first_line(err), "delegates": []}
-    return {**info, "usable": True, "why": None,
-            "delegates": [{"name": "xnnpack", "usable": True, "why": None}]}
-
-
-def _tensorflow(probe: bool) -> dict[str, Any]:
-    info: dict[str, Any] = {"name": "tensorflow", "version": versions("tensorflow")["tensorflow"],
-                            "keras": versions("keras")["keras"]}
-    if info["version"] == "absent":
-        return {**info, "usable": False, "why": "tensorflow is not installed"}
-    if not probe:
-        return {**info, "usable": True, "why": None, "gpus": None}
-    try:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
-        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    except Exception as err:
-        return {**info, "usable": False, "why": _first_line(err)}
-    return {**info, "usable": True, "why": None, "gpus": gpus}
+    out = []
+    for rt in runtimes.registered().values():
+        try:
+            out.append(rt.doctor(context))
+        except Exception as err:  # noqa: BLE001 - the doctor never fails
+            out.append({"name": rt.name, "version": "", "usable": False, "why": _first_line(err)})
+    return out
 
 
 def collect(probe_tensorflow: bool = True) -> dict[str, Any]:
@@ -141,8 +64,9 @@ def collect(probe_tensorflow: bool = True) -> dict[str, Any]:
     c = fingerprint.cpu()
     flags = set(c["flags"])
     g = gpu()
-    runtimes = [_onnxruntime(g["present"]), _openvino(), _litert(), _tensorflow(probe_tensorflow)]
-    ov_gpu = any(d["name"] == "GPU" and d["usable"] for d in runtimes[1].get("devices", []))
+    runtimes = runtime_reports({"gpu_present": g["present"], "probe_tensorflow": probe_tensorflow})
+    ov_gpu = any(r["name"] == "openvino" and d["name"] == "GPU" and d["usable"]
+                 for r in runtimes for d in r.get("devices", []))
     g["openvino_gpu"] = ov_gpu
     g["present"] = g["present"] or ov_gpu
     try:
@@ -170,6 +94,9 @@ def _mark(ok: bool) -> str:
 
 def render(report: dict[str, Any]) -> str:
     """The human-readable report."""
+    from workbench import runtimes
+
+    registered = runtimes.registered()
     c, g = report["cpu"], report["gpu"]
     yes = lambda b: "yes" if b else "no"  # noqa: E731
     lines = [
@@ -190,7 +117,6 @@ def render(report: dict[str, Any]) -> str:
             extra = f" ({item['full_name']})" if item.get("full_name") else ""
             lines.append(f"      {_mark(item['usable'])}{item['name']}{extra}"
                          + (f": {item['why']}" if item.get("why") else ""))
-        if rt["name"] == "tensorflow" and rt.get("usable"):
-            lines.append(f"      keras {rt.get('keras')}; GPUs seen by TensorFlow: "
-                         f"{', '.join(rt['gpus']) if rt.get('gpus') else 'none'}")
+        plugin = registered.get(rt["name"])
+        lines.extend(f"      {line}" for line in (plugin.doctor_lines(rt) if plugin else []))
     return "\n".join(lines)

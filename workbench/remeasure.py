@@ -1,5 +1,5 @@
-"""Measurements outside a sweep: interleaved re-measurement of close candidates, and the
-overhead check of the workbench's timing loop against a bare ``for`` loop.
+"""Measurements outside a sweep: the interleaved re-measurement of the leading candidates
+(``workbench.decide`` runs it and decides; this module only times), and the overhead check of the workbench's timing loop against a bare ``for`` loop.
 
 Re-measurement runs in a fresh process (``python -m workbench.remeasure``, JSON on stdin and
 stdout) so the candidates share one clean process, one set of imports and one stretch of time,
@@ -19,10 +19,6 @@ import numpy as np
 
 from workbench import measure
 from workbench.errors import WorkbenchError, first_line
-
-# Time budget of one interleaved re-measurement (seconds of timed calls, all candidates).
-INTERLEAVE_SECONDS = 2.0
-
 
 class RemeasureError(WorkbenchError):
     """Candidates could not be re-opened or re-measured (the recommendation then stands as is)."""
@@ -48,33 +44,48 @@ def open_candidate(params: dict[str, Any], artifact: str | None, artifact_format
     return session, trial.timing_batch(data.x_eval, p.batch_size), p
 
 
-def interleave(candidates: list[dict[str, Any]], seconds: float = INTERLEAVE_SECONDS,
-               warmup: int = 10) -> list[dict[str, Any]]:
-    """Open every candidate here, time them call by call in turn, and summarise each.
+def interleave_rounds(candidates: list[dict[str, Any]], rounds: int = 7, slot_seconds: float = 0.15,
+                      warmup: int = 10, min_calls: int = 20) -> dict[str, Any]:
+    """Open every candidate here and time them in ``rounds`` rounds, in rotating order.
 
-    ``candidates``: dicts with ``trial``, ``params``, ``artifact``, ``artifact_format``.
+    In round ``r`` the candidates are timed one after the other starting with candidate
+    ``r mod k``, each for ``slot_seconds`` (and at least ``min_calls`` calls), so every
+    candidate is exposed to the same stretches of a drifting machine and pairs round by round
+    with every other. ``candidates``: dicts with ``trial``, ``params``, ``artifact``,
+    ``artifact_format``. Returns per-call times (ms) per round, the orders and batch sizes.
     """
+    if rounds < 2:
+        raise RemeasureError("an interleaved re-measurement needs at least two rounds")
     opened = [open_candidate(c["params"], c.get("artifact"), c.get("artifact_format"))
               for c in candidates]
-    fns = [(lambda s=s, b=b: s.run(b)) for s, b, _ in opened]
+    names = [str(c["trial"]) for c in candidates]
+    fns = {n: (lambda s=s, b=b: s.run(b)) for n, (s, b, _) in zip(names, opened)}
+    times: dict[str, list[list[float]]] = {n: [] for n in names}
+    orders = []
     try:
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
         with measure.exclusive():
-            times = measure.interleaved_times(fns, warmup=warmup, seconds=seconds)
+            for r in range(rounds):
+                k = r % len(names)
+                order = names[k:] + names[:k]
+                orders.append(order)
+                for n in order:
+                    t = measure.time_calls(fns[n], warmup=1, min_runs=min_calls, min_seconds=slot_seconds,
+                                           max_seconds=max(slot_seconds * 10, 1.0), settle=False)
+                    times[n].append((t / 1e6).tolist())
     finally:
         for s, _, _ in opened:
             s.close()
-    out = []
-    for c, (_, _, p), t in zip(candidates, opened, times):
-        stats = measure.summarize(t, p.batch_size)
-        stats.pop("latency_quantiles_ms")
-        out.append({"trial": c["trial"], "batch_size": p.batch_size, **stats})
-    return out
+    return {"times_ms": times, "orders": orders,
+            "batch_size": {n: p.batch_size for n, (_, _, p) in zip(names, opened)}}
 
 
-def interleave_in_subprocess(candidates: list[dict[str, Any]], seconds: float = INTERLEAVE_SECONDS,
-                             timeout_s: float = 120.0) -> list[dict[str, Any]]:
-    """:func:`interleave` in a fresh Python process; raises :class:`RemeasureError` on failure."""
-    req = json.dumps({"candidates": candidates, "seconds": seconds})
+def rounds_in_subprocess(candidates: list[dict[str, Any]], rounds: int = 7, slot_seconds: float = 0.15,
+                         timeout_s: float = 300.0) -> dict[str, Any]:
+    """:func:`interleave_rounds` in a fresh Python process; :class:`RemeasureError` on failure."""
+    req = json.dumps({"candidates": candidates, "rounds": rounds, "slot_seconds": slot_seconds})
     try:
         proc = subprocess.run([sys.executable, "-m", "workbench.remeasure"], input=req,
                               capture_output=True, text=True, timeout=timeout_s)
@@ -97,14 +108,15 @@ def bench_onnx(model: str | Path, batch_size: int = 1, threads: int = 1, seconds
     bare side calls the raw onnxruntime session with a prebuilt feed dict, timed per call with
     ``perf_counter_ns`` too (a p50 needs per-call times).
     """
+    from workbench import runtimes
     from workbench.params import TrialParams
-    from workbench.runtimes import ort as ort_rt
 
     path = Path(model)
     if not path.is_file():
         raise WorkbenchError(f"{model}: no such ONNX file")
     try:
-        session = ort_rt.open_session(path, TrialParams(batch_size=batch_size, threads=threads))
+        session = runtimes.get("onnxruntime").open_session(path, TrialParams(batch_size=batch_size,
+                                                                             threads=threads))
     except Exception as err:  # noqa: BLE001 - a broken file is a user error here
         raise WorkbenchError(f"{model}: onnxruntime cannot load it: {first_line(err)}") from None
     raw = session._sess
@@ -146,7 +158,8 @@ def bench_onnx(model: str | Path, batch_size: int = 1, threads: int = 1, seconds
 
 def _main() -> int:
     req = json.loads(sys.stdin.read())
-    result = interleave(req["candidates"], seconds=float(req.get("seconds", INTERLEAVE_SECONDS)))
+    result = interleave_rounds(req["candidates"], rounds=int(req.get("rounds", 7)),
+                               slot_seconds=float(req.get("slot_seconds", 0.15)))
     print(json.dumps(result))
     return 0
 

@@ -1,6 +1,9 @@
-"""Tables, plots and the recommendation of a run directory.
+"""Tables, plots and the rendering of a run directory's recommendation.
 
-Trials are read from the Optuna storage named in ``run.json`` (so a report built on any machine
+This module reads results and renders them; it never times anything and never builds or opens
+an artifact. The recommendation itself is taken by ``workbench.decide`` (which writes
+``best.json``); a report of a run nobody decided yet shows ``decide.choose`` on the sweep's own
+numbers, and says so. Trials are read from the Optuna storage named in ``run.json`` (so a report built on any machine
 of a PostgreSQL sweep sees every trial), baselines from ``baselines/*/metrics.json``. Latency is
 only compared between rows measured on the same hardware (fingerprint ``hardware_id``).
 """
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +21,41 @@ from workbench.errors import WorkbenchError, first_line
 
 PARAM_COLUMNS = ["bits", "int8_mode", "sparsity", "prune_structure", "batch_size", "runtime",
                  "provider", "threads"]
-METRIC_COLUMNS = ["accuracy", "accuracy_drop", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+METRIC_COLUMNS = ["accuracy", "accuracy_drop", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms",
+                  "latency_p99_ms",
                   "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_cv", "unstable",
                   "throughput_sps", "size_bytes", "size_gzip_bytes", "max_abs_diff",
                   "top1_agreement", "peak_rss_mb", "load_ms", "mae", "rmse"]  # mae/rmse: regression
 COLUMNS = (["trial", "kind", "state", "label"] + PARAM_COLUMNS + METRIC_COLUMNS +
            ["speedup_vs_baseline", "speedup_vs_onnx_fp32", "feasible", "pareto", "reason",
-            "notebook", "hardware_id"])
+            "reused_from", "notebook", "hardware_id"])
 # Not in results.csv: what plots, re-measurement and export need from each row.
-EXTRA_COLUMNS = ["latency_quantiles_ms", "artifact", "artifact_format", "params_full"]
+EXTRA_COLUMNS = ["latency_quantiles_ms", "artifact", "artifact_format", "params_full", "eval_samples"]
 SUMMARY_COLUMNS = ["trial", "state", "label", "accuracy", "accuracy_drop", "latency_p50_ms",
                    "latency_p90_ms", "throughput_sps", "size_bytes", "speedup_vs_baseline",
                    "feasible", "pareto", "reason"]
 
 
-def _run_info(run_dir: Path) -> dict[str, Any]:
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """``run.json``, completed with the scenario settings of the run's ``experiment.yaml``."""
     path = Path(run_dir) / "run.json"
     if not path.exists():
         raise WorkbenchError(f"{run_dir}: not a run directory (no run.json)")
-    return json.loads(path.read_text())
+    info = json.loads(path.read_text())
+    snap = Path(run_dir) / "experiment.yaml"
+    if snap.exists():
+        import yaml
+
+        exp = yaml.safe_load(snap.read_text()) or {}
+        for k in ("scenario", "latency_percentile", "latency_budget_ms", "task"):
+            if k in exp:
+                info.setdefault(k, exp[k])
+    info.setdefault("scenario", "single_stream")
+    info.setdefault("latency_percentile", 90)
+    return info
+
+
+_run_info = run_info  # bundle.py's name for it
 
 
 # What a measured row needs to be compared and recommended; a row lacking one is shown, with
@@ -86,6 +104,7 @@ def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None,
     if m.get("feasible") is not None and row["feasible"] is None:
         problems.append(f"feasible is {m.get('feasible')!r:.40}")
     row["reason"] = _text(m.get("reason"))
+    row["reused_from"] = m.get("reused_from") if isinstance(m.get("reused_from"), (int, str)) else None
     row["notebook"] = _text(m.get("notebook"))
     fp = m.get("fingerprint")
     row["hardware_id"] = _text(fp.get("hardware_id")) if isinstance(fp, dict) else None
@@ -95,6 +114,7 @@ def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None,
     row["artifact"] = _text(m.get("artifact"))
     row["artifact_format"] = _text(m.get("artifact_format"))
     row["params_full"] = p or None
+    row["eval_samples"] = _number(m.get("eval_samples"), "eval_samples", problems)
     if state in ("COMPLETE", "BASELINE"):
         missing = [k for k in (needed or NEEDED) if row.get(k) is None
                    and not any(pr.startswith(f"{k} is ") for pr in problems)]
@@ -168,15 +188,17 @@ def load_table(run_dir: str | Path, extras: bool = False):
     """
     import pandas as pd
 
+    from workbench import decide
+
     run_dir = Path(run_dir)
-    info = _run_info(run_dir)
-    df = pd.DataFrame(_baseline_rows(run_dir) + _trial_rows(info), columns=COLUMNS[:-5] +
-                      ["feasible", "reason", "notebook", "hardware_id"] + EXTRA_COLUMNS)
+    info = run_info(run_dir)
+    df = pd.DataFrame(_baseline_rows(run_dir) + _trial_rows(info), columns=COLUMNS[:-6] +
+                      ["feasible", "reason", "reused_from", "notebook", "hardware_id"] + EXTRA_COLUMNS)
     for col in ("accuracy", "mae", "rmse"):  # a regression run has no accuracy (None -> NaN)
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["speedup_vs_baseline"] = _speedup(df, "tensorflow")
     df["speedup_vs_onnx_fp32"] = _speedup(df, "onnxruntime")
-    df["pareto"] = _pareto(df, info["objectives"])
+    df["pareto"] = decide.pareto_flags(df, info["objectives"], decide.feasible(df, info))
     return df[COLUMNS + EXTRA_COLUMNS] if extras else df[COLUMNS]
 
 
@@ -191,150 +213,9 @@ def _speedup(df, runtime: str):
     return out
 
 
-def _pareto(df, objectives: list[str]) -> list[bool]:
-    """Non-dominated among completed feasible trials (objectives turned into minimisation)."""
-    from workbench.config import OBJECTIVES
-
-    cand = (df.kind == "trial") & (df.state == "COMPLETE") & (df.feasible == True)  # noqa: E712
-    sign = np.array([-1.0 if OBJECTIVES[o] == "maximize" else 1.0 for o in objectives])
-    pts = df.loc[cand, objectives].to_numpy(dtype=float) * sign
-    flags = [False] * len(df)
-    for i, idx in enumerate(df.index[cand]):
-        dominated = np.any(np.all(pts <= pts[i], axis=1) & np.any(pts < pts[i], axis=1))
-        flags[df.index.get_loc(idx)] = not dominated
-    return flags
-
-
-def _simplicity(row) -> int:
-    """Fewer transforms is simpler: fp32 < fp16 < int8 < int4, pruning adds one."""
-    return {32: 0, 16: 1, 8: 2, 4: 3}.get(int(row.bits or 32), 3) + (1 if row.sparsity else 0)
-
-
-# At most this many tied candidates are re-measured (interleaved), to bound the time it takes.
-MAX_REMEASURE = 3
-# p50s closer than this fraction are a tie even when their CIs are tight (tens of thousands of
-# interleaved calls make CIs narrower than what a deployment would ever notice).
-TIE_MARGIN = 0.02
-REMEASURE_FILE = "remeasure.json"
-
-
-def _feasible_same_hw(df):
-    ok = df[(df.kind == "trial") & (df.state == "COMPLETE") & (df.feasible == True)].copy()  # noqa: E712
-    if ok.empty:
-        return ok, None
-    hw = ok.hardware_id.mode().iloc[0]
-    return ok[ok.hardware_id == hw], hw
-
-
-def _tied_with_fastest(ok):
-    """Rows (sorted fastest first) whose p50 CI reaches the fastest's, or within TIE_MARGIN."""
-    fastest = ok.iloc[0]
-    reach = max(fastest.per_sample_hi, fastest.per_sample_ms * (1 + TIE_MARGIN))
-    return ok[ok.per_sample_lo <= reach]
-
-
-def _per_sample(ok, p50, lo, hi):
-    return ok.assign(per_sample_ms=p50 / ok.batch_size, per_sample_lo=lo / ok.batch_size,
-                     per_sample_hi=hi / ok.batch_size).sort_values("per_sample_ms")
-
-
-def recommend(df, run_dir: str | Path | None = None, remeasure: bool = False,
-              log=None) -> dict[str, Any] | None:
-    """The fastest feasible trial (lowest p50 per sample) whose p50 CI overlaps no other's.
-
-    When CIs overlap and ``remeasure`` (and ``run_dir``) is given, the overlapping candidates
-    (up to :data:`MAX_REMEASURE`, fastest first) are timed again interleaved in one fresh
-    process (``workbench.remeasure``), and the decision is taken on those numbers. Whatever
-    still overlaps is a tie: the smallest, simplest artifact among them wins.
-    """
-    ok, hw = _feasible_same_hw(df)
-    if ok.empty:
-        return None
-    ok = _per_sample(ok, ok.latency_p50_ms, ok.latency_p50_ci_low_ms, ok.latency_p50_ci_high_ms)
-    fastest = ok.iloc[0]
-    tied = _tied_with_fastest(ok)
-    interleaved, decided_by = None, "sweep measurements"
-    if len(tied) > 1 and remeasure and run_dir is not None:
-        cands = tied.head(MAX_REMEASURE)
-        try:
-            interleaved = _interleaved(Path(run_dir), cands, log)
-        except WorkbenchError as err:
-            interleaved = {"error": str(err)}
-        if "results" in interleaved:
-            res = {str(r["trial"]): r for r in interleaved["results"]}
-            col = lambda k: np.array([res[t][k] for t in cands.trial], dtype=float)  # noqa: E731
-            again = _per_sample(cands, col("latency_p50_ms"), col("latency_p50_ci_low_ms"),
-                                col("latency_p50_ci_high_ms"))
-            fastest = again.iloc[0]
-            tied = _tied_with_fastest(again)
-            decided_by = "interleaved re-measurement"
-    tied = tied.assign(simplicity=[_simplicity(r) for _, r in tied.iterrows()])
-    winner = tied.sort_values(["size_bytes", "simplicity", "per_sample_ms"]).iloc[0]
-    again_txt = " after interleaved re-measurement in one fresh process" if decided_by != "sweep measurements" else ""
-    if len(tied) == 1:
-        why = (f"fastest feasible trial{again_txt}: {winner.per_sample_ms:.4f} ms per sample (p50), "
-               f"its 95% CI does not overlap any other feasible trial's and the next is more than "
-               f"{TIE_MARGIN:.0%} slower")
-        if again_txt:
-            why += " (the sweep's own CIs overlapped)"
-    else:
-        why = (f"tie: the p50 CIs of trials {', '.join(tied.trial)} overlap the fastest "
-               f"({fastest.trial}) or lie within {TIE_MARGIN:.0%} of it{again_txt}; the smallest, "
-               f"simplest artifact among them wins")
-    if interleaved and "error" in interleaved:
-        why += f" (interleaved re-measurement not used: {interleaved['error']})"
-    out = {"trial": winner.trial, "label": winner.label, "reason": why, "tie": len(tied) > 1,
-           "decided_by": decided_by, "tied_with": [t for t in tied.trial if t != winner.trial],
-           "hardware_id": hw, "per_sample_p50_ms": float(winner.per_sample_ms),
-           "row": _clean(winner.drop(labels=[c for c in EXTRA_COLUMNS if c in winner.index]).to_dict())}
-    if interleaved is not None:
-        out["interleaved"] = interleaved
-    return out
-
-
-def _interleaved(run_dir: Path, cands, log=None) -> dict[str, Any]:
-    """Interleaved numbers for ``cands``: from ``remeasure.json`` when it holds exactly these
-    candidates as measured now (a rebuilt report does not re-measure), else measured afresh."""
-    from workbench import fingerprint, remeasure
-
-    here = fingerprint.collect()["hardware_id"]
-    if here != cands.hardware_id.iloc[0]:
-        raise remeasure.RemeasureError(f"this machine ({here}) is not the hardware the candidates "
-                                       f"were measured on ({cands.hardware_id.iloc[0]})")
-    key = [[str(r.trial), float(r.latency_p50_ms)] for _, r in cands.iterrows()]
-    path = run_dir / REMEASURE_FILE
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached["interleaved"]
-    if cands.params_full.isna().any():  # a missing artifact is rebuilt from the parameters
-        raise remeasure.RemeasureError(f"trials {', '.join(cands.trial)} have no recorded parameters")
-    if log:
-        log(f"re-measuring trials {', '.join(cands.trial)} interleaved "
-            f"(~{remeasure.INTERLEAVE_SECONDS:g} s): their p50 CIs overlap")
-    candidates = [{"trial": str(r.trial), "params": r.params_full, "artifact": r.artifact,
-                   "artifact_format": r.artifact_format} for _, r in cands.iterrows()]
-    results = remeasure.interleave_in_subprocess(candidates)
-    interleaved = {"seconds": remeasure.INTERLEAVE_SECONDS, "order": [c["trial"] for c in candidates],
-                   "results": results}
-    path.write_text(json.dumps({"key": key, "interleaved": interleaved}, indent=2))
-    return interleaved
-
-
 def _nan(v) -> float:
     """None (a cleaned NaN, e.g. the accuracy of a regression run) as NaN, for formatting."""
     return math.nan if v is None else v
-
-
-def _clean(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float) and math.isnan(v):
-            v = None
-        elif hasattr(v, "item"):
-            v = v.item()
-        out[k] = v
-    return out
 
 
 def _markdown_table(df) -> str:
@@ -347,61 +228,6 @@ def _markdown_table(df) -> str:
     head = "| " + " | ".join(df.columns) + " |\n| " + " | ".join("---" for _ in df.columns) + " |\n"
     return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n"
                           for row in df.itertuples(index=False))
-
-
-def _ratio_ci(num, den) -> tuple[float, float, float]:
-    """num.p50 / den.p50 with a conservative interval from both p50 CIs."""
-    est = num.latency_p50_ms / den.latency_p50_ms
-    lo = num.latency_p50_ci_low_ms / den.latency_p50_ci_high_ms
-    hi = num.latency_p50_ci_high_ms / den.latency_p50_ci_low_ms
-    return float(est), float(lo), float(hi)
-
-
-def _eval_size(params: dict | None) -> int | None:
-    try:
-        from workbench import data as data_mod
-
-        return int(len(data_mod.load(params["data"]).y_eval))
-    except Exception:  # noqa: BLE001 - the CI is then omitted, the report still builds
-        return None
-
-
-def headline(df, best: dict | None) -> dict[str, Any]:
-    """The recommended trial against the baselines at its batch size, with intervals.
-
-    Speed-up intervals combine both p50 CIs (low/high over high/low). The accuracy-drop CI is
-    the paired one (same eval samples): drop +- 1.96 * sqrt((d - drop^2) / n), d the fraction of
-    samples whose top-1 differs from the fp32 Keras model's.
-    """
-    if not best:
-        return {}
-    row = df[(df.kind == "trial") & (df.trial == best["trial"])].iloc[0]
-    out: dict[str, Any] = {"trial": best["trial"], "label": row.label, "batch_size": int(row.batch_size),
-                           "latency_p50_ms": [float(row.latency_p50_ms), float(row.latency_p50_ci_low_ms),
-                                              float(row.latency_p50_ci_high_ms)],
-                           "size_bytes": int(row.size_bytes), "accuracy": _nan(row.accuracy),
-                           "mae": _nan(row.get("mae"))}
-    for runtime, name in (("tensorflow", "keras_fp32"), ("onnxruntime", "onnx_fp32")):
-        base = df[(df.kind == "baseline") & (df.runtime == runtime) & (df.batch_size == row.batch_size)
-                  & (df.hardware_id == row.hardware_id)]
-        if base.empty:
-            continue
-        b = base.iloc[0]
-        out[f"speedup_vs_{name}"] = list(_ratio_ci(b, row))
-        out[f"size_reduction_vs_{name}"] = float(b.size_bytes / row.size_bytes)
-        out[f"baseline_{name}"] = {"trial": b.trial, "latency_p50_ms": float(b.latency_p50_ms),
-                                   "size_bytes": int(b.size_bytes), "accuracy": _nan(b.accuracy),
-                                   "mae": _nan(b.get("mae"))}
-    drop = float(row.accuracy_drop)
-    out["accuracy_drop"] = [drop, math.nan, math.nan]
-    n = _eval_size(row.params_full if isinstance(row.params_full, dict) else None)
-    agreement = _nan(row.top1_agreement)
-    if n and agreement == agreement:
-        d, delta = 1.0 - float(agreement) / 100.0, drop / 100.0
-        half = 196.0 * math.sqrt(max(d - delta * delta, 0.0) / n)
-        out["accuracy_drop"] = [drop, drop - half, drop + half]
-        out["eval_samples"] = n
-    return _clean(out)
 
 
 def _interval(v: list | None, unit: str = "", digits: int = 4) -> str:
@@ -456,17 +282,20 @@ def summary_columns(df) -> list[str]:
 
 
 def _summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
-    if not best:
+    if not best or best.get("trial") is None:
         return [("recommendation", "no completed feasible trial yet")]
     items = [("recommended", f"trial {best['trial']}: {best['label']}"),
-             ("p50 per batch", f"{_interval(head.get('latency_p50_ms'), ' ms')} at batch {head.get('batch_size')}")]
+             ("question", best.get("question", "?")),
+             ("p50 per batch", f"{_interval(head.get('latency_p50_ms'), ' ms')} at batch {head.get('batch_size')} "
+                               "(CI within one measurement)")]
     for name, title in (("keras_fp32", "Keras fp32 (TensorFlow)"), ("onnx_fp32", "ONNX fp32 (onnxruntime)")):
         if f"speedup_vs_{name}" in head:
             b = head[f"baseline_{name}"]
             items.append((f"vs {title}", f"speed-up {_interval(head[f'speedup_vs_{name}'], 'x', 3)}, "
                                          f"size {head[f'size_reduction_vs_{name}']:.2f}x smaller "
                                          f"({b['size_bytes']:,} -> {head['size_bytes']:,} bytes); baseline p50 "
-                                         f"{b['latency_p50_ms']:.4g} ms, {quality_text(b)}"))
+                                         f"{b['latency_p50_ms']:.4g} ms, {quality_text(b)} "
+                                         "(CIs within one measurement each, runs minutes apart)"))
     n = head.get("eval_samples")
     if _is_regression_value(head):
         items.append(("quality", f"{quality_text(head)}, MAE increase {_nan(head['accuracy_drop'][0]):.4g} "
@@ -475,38 +304,51 @@ def _summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
         items.append(("accuracy", f"{_nan(head['accuracy']):.2f}%, drop {_interval(head.get('accuracy_drop'), ' pt', 3)}"
                                   + (f" (paired, {n} eval samples)" if n else "")))
     items.append(("why", best["reason"]))
-    inter = best.get("interleaved") or {}
-    for r in inter.get("results", []):
-        items.append((f"interleaved: trial {r['trial']}",
-                      f"p50 {r['latency_p50_ms']:.4g} ms [95% CI {r['latency_p50_ci_low_ms']:.4g}-"
-                      f"{r['latency_p50_ci_high_ms']:.4g}] over {r['n_runs']} runs, batch {r['batch_size']}"))
+    items += _interleaved_items(best)
     return items
 
 
-def build(run_dir: str | Path, remeasure: bool = True, progress: bool = False) -> dict[str, Path]:
-    """Write results.csv, report.md, report.html, the plots and best.json into ``run_dir``.
+def _interleaved_items(best: dict) -> list[tuple[str, str]]:
+    """The re-measurement behind the decision: per-candidate values and paired ratios, with
+    CIs across rounds."""
+    inter = best.get("interleaved") or {}
+    if "rounds" not in inter:
+        return []
+    stat = inter.get("statistic", best.get("primary_metric", "?"))
+    items = [("re-measurement", f"{inter['n_rounds']} interleaved rounds in one fresh process, rotating "
+                                f"order, {inter.get('slot_seconds', '?')} s per candidate per round; "
+                                f"statistic {stat}; hardware {inter.get('hardware_id', '?')}")]
+    gm = inter.get("geomean", {})
+    for t, vals in inter["rounds"].items():
+        r = inter.get("ratios", {}).get(t)
+        ratio = (f"; ratio to trial {r['vs']} {r['ratio']:.3f} [95% CI {r['ci'][0]:.3f}-{r['ci'][1]:.3f}, "
+                 "across rounds]" if r else " (leader)" if t == inter.get("leader") else "")
+        items.append((f"trial {t}", f"{stat} geometric mean {gm.get(t, float('nan')):.4g} over rounds "
+                                    f"({', '.join(f'{v:.4g}' for v in vals)}){ratio}"))
+    return items
 
-    ``remeasure``: settle overlapping p50 CIs of the fastest candidates by an interleaved
-    re-measurement (a few seconds, once per set of candidates; see :func:`recommend`).
+
+def build(run_dir: str | Path, progress: bool = False) -> dict[str, Path]:
+    """Write results.csv, report.md, report.html and the plots into ``run_dir``.
+
+    Renders the decision in ``best.json`` (``workbench.decide.decide`` writes it). When there is
+    none for the current table yet, ``decide.choose`` runs on the sweep's own numbers (no
+    re-measurement: the report never times) and ``best.json`` is written with that.
     """
-    from workbench import plots
+    from workbench import decide, plots
 
     run_dir = Path(run_dir)
-    info = _run_info(run_dir)
+    info = run_info(run_dir)
     full = load_table(run_dir, extras=True)
     df = full[COLUMNS]
     paths = {name: run_dir / name for name in ("results.csv", "report.md", "report.html", "best.json")}
     df.to_csv(paths["results.csv"], index=False)
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None
-    best = recommend(full, run_dir, remeasure=remeasure, log=log)
-    best_doc = ({"experiment": info["experiment"], "study": info["study"], **best} if best else
-                {"experiment": info["experiment"], "study": info["study"], "trial": None,
-                 "reason": "no completed feasible trial"})
-    head = headline(full, best)
-    if best:
-        best_doc["params"] = {k: best["row"].get(k) for k in PARAM_COLUMNS}
-        best_doc["summary"] = head
-    paths["best.json"].write_text(json.dumps(best_doc, indent=2))
+    best = decide.load_or_choose(run_dir, full, info)
+    if not paths["best.json"].exists() or best.get("table") is None:
+        best["table"] = decide.table_key(full)
+        paths["best.json"].write_text(json.dumps(best, indent=2))
+    head = best.get("summary") or {}
+    best = best if best.get("trial") is not None else None
     images = plots.draw_all(full, run_dir, info["objectives"], info["max_accuracy_drop"])
     paths.update({name.removesuffix(".png"): p for name, p in images.items()})
     paths["report.md"].write_text(_markdown(info, df, best, head))
@@ -514,14 +356,24 @@ def build(run_dir: str | Path, remeasure: bool = True, progress: bool = False) -
     return paths
 
 
+def _intro(info: dict, df) -> str:
+    from workbench import decide
+
+    counts = df[df.kind == "trial"].state.value_counts().to_dict()
+    reused = int(df.reused_from.notna().sum()) if "reused_from" in df else 0
+    return (f"Question: {decide.question(info)}. "
+            "Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "none") +
+            (f" ({reused} reused an identical measurement)" if reused else "") +
+            f". Objectives: {', '.join(info['objectives'])}; {feasibility_text(info, df)}. "
+            "Latency is per batch; p50 CIs in the tables are bootstrap 95% CIs within one "
+            "measurement (one process, one stretch of time); the decision rests on ratios "
+            "across interleaved rounds.")
+
+
 def _html(info: dict, run_dir: Path, df, best: dict | None, head: dict, images: dict[str, Path]) -> str:
     from workbench import html, plots
 
-    counts = df[df.kind == "trial"].state.value_counts().to_dict()
-    intro = (f"<p>Trials: {html.esc(', '.join(f'{v} {k.lower()}' for k, v in counts.items()) or 'none')}. "
-             f"Objectives: {html.esc(', '.join(info['objectives']))}; {html.esc(feasibility_text(info, df))}. "
-             "Latency is per batch "
-             f"(p50 with a bootstrap 95% CI) unless it says per sample.</p>")
+    intro = f"<p>{html.esc(_intro(info, df))}</p>"
     cls = "rec tie" if best and best.get("tie") else "rec"
     base = df[df.kind == "baseline"][["trial", summary_columns(df)[3], "latency_p50_ms", "latency_p50_ci_low_ms",
                                       "latency_p50_ci_high_ms", "latency_p90_ms", "size_bytes"]]
@@ -538,27 +390,24 @@ def _html(info: dict, run_dir: Path, df, best: dict | None, head: dict, images: 
 
 
 def _markdown(info: dict, df, best: dict | None, head: dict | None = None) -> str:
-    lines = [f"# {info['experiment']} / {info['study']}", ""]
-    counts = df[df.kind == "trial"].state.value_counts().to_dict()
-    lines.append("Trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) +
-                 f". Objectives: {', '.join(info['objectives'])}; {feasibility_text(info, df)}.")
-    lines.append("")
+    lines = [f"# {info['experiment']} / {info['study']}", "", _intro(info, df), ""]
     if best:
         r = best["row"]
         lines += ["## Recommendation", "",
-                  f"**Trial {best['trial']}: {best['label']}**: {quality_text(r)} "
-                  f"(drop {r['accuracy_drop']:.3g}), p50 {r['latency_p50_ms']:.4f} ms "
-                  f"[95% CI {r['latency_p50_ci_low_ms']:.4f}-{r['latency_p50_ci_high_ms']:.4f}], "
+                  f"**{best.get('question', '')}: trial {best['trial']}: {best['label']}**: {quality_text(r)} "
+                  f"(drop {_nan(r['accuracy_drop']):.3g}), p50 {r['latency_p50_ms']:.4f} ms "
+                  f"[95% CI within one measurement {r['latency_p50_ci_low_ms']:.4f}-{r['latency_p50_ci_high_ms']:.4f}], "
                   f"p90 {r['latency_p90_ms']:.4f} ms per batch of {r['batch_size']}, "
-                  f"{r['size_bytes']:,} bytes, speed-up vs Keras {r['speedup_vs_baseline'] or float('nan'):.2f}x.",
+                  f"{r['throughput_sps']:.4g} samples/s, {r['size_bytes']:,} bytes, "
+                  f"speed-up vs Keras {r['speedup_vs_baseline'] or float('nan'):.2f}x.",
                   ""]
-        lines += [f"- {k}: {v}" for k, v in _summary_items(head or {}, best)[2:]] + [""]
+        lines += [f"- {k}: {v}" for k, v in _summary_items(head or {}, best)[3:]] + [""]
     else:
         lines += ["## Recommendation", "", "No completed feasible trial yet.", ""]
     lines += ["## Trials", "", _markdown_table(df[summary_columns(df)]), "",
               "## All columns", "",
-              "The same table as `results.csv` (CIs, CV, `unstable`, agreement, memory, load time, "
-              "notebooks). Plots and a sortable version: `report.html`.", "",
+              "The same table as `results.csv` (CIs within one measurement, CV, `unstable`, agreement, "
+              "memory, load time, notebooks, `reused_from`). Plots and a sortable version: `report.html`.", "",
               _markdown_table(df[COLUMNS]), ""]
     return "\n".join(lines)
 

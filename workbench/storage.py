@@ -9,12 +9,19 @@
 
 Interrupted trials are FAIL without an ``error`` attribute and do not count towards
 ``n_trials``; their parameters are enqueued again.
+
+Secrets: a URL's password never reaches a file, a log line, an error message or a command line.
+What is written down is :func:`redact`-ed (``postgresql://user:***@host/db``); the full URL
+comes from ``--storage`` or the ``WORKBENCH_STORAGE`` environment variable, which is also how
+worker processes receive it. :func:`open_storage` given a redacted URL (from ``run.json``)
+takes the full one from ``WORKBENCH_STORAGE``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -29,6 +36,53 @@ from workbench.errors import ConfigError, first_line
 HEARTBEAT_S = 10
 GRACE_S = 40
 MAX_RETRY = 2
+ENV = "WORKBENCH_STORAGE"
+HIDDEN = "***"
+
+
+def _password(url: str) -> str | None:
+    """The password in ``url`` (``scheme://user:PASSWORD@host`` or ``?password=``), if any."""
+    m = re.match(r"^[A-Za-z0-9+.-]+://([^/?#]*)@", url)
+    if m and ":" in m.group(1):
+        return m.group(1).split(":", 1)[1] or None
+    m = re.search(r"[?&]password=([^&#]*)", url)
+    return m.group(1) or None if m else None
+
+
+def redact(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``***``: what may be written down or shown."""
+    if not url:
+        return url
+    secret = _password(url)
+    if not secret or secret == HIDDEN:
+        return url
+    url = re.sub(r"^([A-Za-z0-9+.-]+://[^/?#:@]*:)[^/?#]*@", lambda m: m.group(1) + HIDDEN + "@", url)
+    return re.sub(r"([?&]password=)[^&#]*", lambda m: m.group(1) + HIDDEN, url)
+
+
+def redact_text(text: str, url: str | None) -> str:
+    """``text`` (an error message) with the password of ``url`` hidden wherever it appears."""
+    secret = _password(url or "")
+    text = str(text)
+    if secret and secret != HIDDEN:
+        text = text.replace(secret, HIDDEN)
+    return text.replace(url, redact(url)) if url else text
+
+
+def resolve_url(url: str | None) -> str | None:
+    """The full storage URL: ``url`` (``--storage``) or ``WORKBENCH_STORAGE``; a redacted URL
+    (as recorded in ``run.json``) is replaced by ``WORKBENCH_STORAGE``, which must name the
+    same storage."""
+    env = os.environ.get(ENV) or None
+    if not url:
+        return env
+    if _password(url) != HIDDEN:
+        return url
+    if env is None:
+        raise ConfigError(f"storage {url}: its password is not recorded; set {ENV} to the full URL")
+    if redact(env) != url:
+        raise ConfigError(f"storage {url}: {ENV} names another storage ({redact(env)})")
+    return env
 
 
 def open_storage(url: str):
@@ -36,12 +90,13 @@ def open_storage(url: str):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    url = resolve_url(url)
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise ConfigError(f"storage {url!r}: expected sqlite:///PATH, postgresql://USER@HOST/DB "
+        raise ConfigError(f"storage {redact(url)!r}: expected sqlite:///PATH, postgresql://USER@HOST/DB "
                           "or journal:PATH")
     # Workers starting together on a fresh database race to create Optuna's tables; the loser
     # sees an integrity error, and the tables exist when it tries again.
@@ -55,8 +110,7 @@ def open_storage(url: str):
         except Exception as err:  # noqa: BLE001 - reported as one line below
             last = err
             time.sleep(1.0 + attempt)
-    first = first_line(last)
-    raise ConfigError(f"storage {url}: cannot open ({first})") from None
+    raise ConfigError(f"storage {redact(url)}: cannot open ({redact_text(first_line(last), url)})") from None
 
 
 def worker_id() -> dict:
@@ -115,6 +169,7 @@ def ask_lock(url: str, run_dir: Path, study_name: str) -> Iterator[None]:
     if url.startswith("postgresql"):
         import sqlalchemy
 
+        url = resolve_url(url)
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as conn:

@@ -1,204 +1,31 @@
-"""Optuna study over deployment configurations, one papermill notebook per trial.
+"""The sweep: run (or continue) an experiment's study, trial after trial, and build its report.
 
 The study lives in an Optuna storage (SQLite in the run directory by default, or any URL such
 as ``postgresql://``), so running the same command again continues it up to ``n_trials`` in
-total. Trials use the ask-and-tell interface: the sampler proposes parameters, the notebook
-measures them, the metrics are told back with the accuracy-drop constraint
-(``trial.set_constraint``). A trial whose notebook fails is recorded as FAIL with its notebook
-and error; the sweep goes on.
+total. Trials use the ask-and-tell interface: the sampler proposes parameters
+(:mod:`workbench.space`), the trial notebook measures them (:mod:`workbench.notebook`, each in
+a fresh kernel started while the previous trial ran), the metrics are told back with the
+accuracy-drop constraint (``trial.set_constraint``). A trial whose notebook fails is recorded
+as FAIL with its notebook and error; the sweep goes on. ``workers`` > 1 runs that many worker
+processes on the same study; they receive the storage URL through the environment
+(``WORKBENCH_STORAGE``), never on their command line.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from workbench import fingerprint, notebook, preflight
-from workbench.config import OBJECTIVES, Experiment, Range
-from workbench.errors import ConfigError, TrialFailed, WorkbenchError, first_line
-from workbench.params import to_builtin
-from workbench.storage import (ask_lock, counts_towards_budget, heartbeat, open_storage,
-                               recover_interrupted, worker_id)
-
-DEFAULT_RUNS_DIR = "experiments/runs"
-BASELINE_RUNTIMES = ("tensorflow", "onnxruntime")
-# Parameters that only mean something when another one has a given value.
-CONDITIONS = {
-    "int8_mode": lambda p: p.get("bits") == 8,
-    "calibration": lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static",
-    "per_channel": lambda p: p.get("bits") == 8,
-    "prune_structure": lambda p: float(p.get("sparsity", 0)) > 0,
-    "finetune_epochs": lambda p: float(p.get("sparsity", 0)) > 0,
-    "provider": lambda p: p.get("runtime") in ("onnxruntime", "openvino"),
-    "inter_op_threads": lambda p: p.get("runtime") == "onnxruntime",
-    "graph_optimization": lambda p: p.get("runtime") == "onnxruntime",
-    "execution_mode": lambda p: p.get("runtime") == "onnxruntime",
-    "ov_hint": lambda p: p.get("runtime") == "openvino",
-    "ov_streams": lambda p: p.get("runtime") == "openvino",
-}
-
-
-def make_sampler(exp: Experiment, worker: int = 0):
-    """The sampler of ``exp``; worker ``i`` of a parallel sweep gets seed ``seed + i`` so that
-    workers do not propose the same sequence."""
-    import optuna
-
-    exp = exp.model_copy(update={"seed": exp.seed + worker})
-
-    if exp.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=exp.seed)
-    if exp.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=exp.seed)
-    # "grid" enqueues every point of the grid (see grid_points) and samples nothing itself.
-    # Optuna's GridSampler is not used: it ignores conditional parameters (so it would measure
-    # the same configuration several times) and stops the study from inside tell().
-    return optuna.samplers.RandomSampler(seed=exp.seed)
-
-
-def grid_points(exp: Experiment) -> list[dict[str, Any]]:
-    """Every distinct combination of the searched values, conditional parameters respected."""
-    points: list[dict[str, Any]] = [{}]
-    fixed = exp.search_space.fixed()
-    for name, spec in exp.search_space:
-        if not isinstance(spec, (list, Range)):
-            continue
-        values = spec.values() if isinstance(spec, Range) else spec
-        grown = []
-        for point in points:
-            context = {**fixed, **point}
-            if name in CONDITIONS and not CONDITIONS[name](context):
-                grown.append(point)
-            else:
-                grown.extend({**point, name: v} for v in values)
-        points = grown
-    return points
-
-
-def enqueue_next_grid_point(study, exp: Experiment) -> bool:
-    """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
-    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
-    for point in grid_points(exp):
-        if point not in seen:
-            study.enqueue_trial(point)
-            return True
-    return False
-
-
-def suggest(trial, exp: Experiment) -> dict[str, Any]:
-    """Trial parameters: searched ones from the sampler, fixed ones as written, all builtins."""
-    params: dict[str, Any] = {}
-    for name, spec in exp.search_space:
-        if name in CONDITIONS and not CONDITIONS[name](params):
-            continue
-        if isinstance(spec, Range):
-            if spec.is_int:
-                params[name] = int(trial.suggest_int(name, int(spec.low), int(spec.high),
-                                                     step=int(spec.step or 1), log=spec.log))
-            else:
-                params[name] = float(trial.suggest_float(name, spec.low, spec.high,
-                                                         step=spec.step, log=spec.log))
-        elif isinstance(spec, list):
-            params[name] = to_builtin(trial.suggest_categorical(name, spec))
-        else:
-            params[name] = spec
-    return params
-
-
-def trial_settings(exp: Experiment) -> dict[str, Any]:
-    """What every trial of the experiment shares: model, data, measurement protocol."""
-    return dict(model=exp.resolve(exp.model), data=exp.resolve(exp.data),
-                calibration_samples=exp.calibration_samples,
-                max_accuracy_drop=exp.max_accuracy_drop, seed=exp.seed,
-                task=exp.task, trust_model_code=exp.trust_model_code,
-                **exp.measurement.model_dump())
-
-
-def baseline_points(exp: Experiment) -> list[dict[str, Any]]:
-    """Baselines: the Keras model in TensorFlow and its fp32 ONNX export in onnxruntime, at
-    every batch size the sweep can pick (ranges: both ends), with the fewest threads."""
-    batches = exp.search_space.batch_size
-    batches = batches.values() if isinstance(batches, Range) else batches
-    batches = sorted(set(batches if isinstance(batches, list) else [batches]))
-    threads = exp.search_space.threads
-    threads = min(threads.values() if isinstance(threads, Range) else
-                  threads if isinstance(threads, list) else [threads])
-    return [dict(runtime=rt, bits=32, sparsity=0.0, provider="CPUExecutionProvider",
-                 batch_size=int(b), threads=int(threads))
-            for rt in BASELINE_RUNTIMES for b in batches]
-
-
-def run_baselines(exp: Experiment, run_dir: Path, log=print) -> list[dict[str, Any]]:
-    """Measure the baselines once per run directory (kept on resume)."""
-    results = []
-    for point in baseline_points(exp):
-        out = run_dir / "baselines" / f"{point['runtime']}-b{point['batch_size']}-t{point['threads']}"
-        metrics_file = out / notebook.METRICS_FILE
-        if metrics_file.exists():
-            results.append(json.loads(metrics_file.read_text()))
-            continue
-        log(f"baseline {point['runtime']} fp32 batch {point['batch_size']} ...")
-        try:
-            results.append(notebook.execute({**trial_settings(exp), **point}, out,
-                                            timeout_s=exp.trial_timeout_s))
-        except TrialFailed as err:
-            log(f"baseline {out.name} failed: {err.reason} (see {err.notebook})")
-    return results
-
-
-def storage_url(exp: Experiment, run_dir: Path, storage: str | None, workers: int = 1) -> str:
-    """The study's storage: explicit, from the experiment, or a file in the run directory
-    (SQLite for one process; a journal file for several workers, or when one exists)."""
-    if storage or exp.storage:
-        return storage or exp.storage
-    journal, sqlite = run_dir / "study.journal", run_dir / "study.db"
-    if workers > 1 and sqlite.exists():
-        raise ConfigError(f"{run_dir}: this study is in SQLite (one process); for --workers give a "
-                          "new --study, or --storage journal:PATH / postgresql://...")
-    if journal.exists() or workers > 1:
-        return f"journal:{journal}"
-    return f"sqlite:///{sqlite}"
-
-
-def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = [OBJECTIVES[o] for o in exp.objectives]
-    try:
-        study = optuna.create_study(study_name=study_name, storage=open_storage(url),
-                                    sampler=make_sampler(exp, worker), directions=directions,
-                                    load_if_exists=True)
-    except WorkbenchError:
-        raise
-    except ValueError as err:  # e.g. the stored study has other directions
-        raise ConfigError(f"study {study_name!r} in {url}: {err}") from None
-    except Exception as err:  # unreachable or malformed storage
-        raise ConfigError(f"storage {url}: cannot open ({type(err).__name__}: "
-                          f"{first_line(err)})") from None
-    if [d.name.lower() for d in study.directions] != directions:
-        raise ConfigError(f"study {study_name!r} in {url} was created with other objectives")
-    if study.user_attrs.get("experiment") != exp.name:
-        study.set_user_attr("experiment", exp.name)
-        study.set_user_attr("objectives", exp.objectives)
-    return study
-
-
-def prepare_run_dir(exp: Experiment, study_name: str, runs_dir: str | Path, url: str) -> Path:
-    run_dir = Path(runs_dir).resolve() / exp.name / study_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    snapshot = exp.model_dump(mode="json")
-    snapshot["model"], snapshot["data"] = exp.resolve(exp.model), exp.resolve(exp.data)
-    (run_dir / "experiment.yaml").write_text(yaml.safe_dump(snapshot, sort_keys=False))
-    (run_dir / "run.json").write_text(json.dumps(
-        {"experiment": exp.name, "study": study_name, "storage": url,
-         "objectives": exp.objectives, "max_accuracy_drop": exp.max_accuracy_drop}, indent=2))
-    (run_dir / "environment.json").write_text(json.dumps(fingerprint.collect(), indent=2))
-    return run_dir
+from workbench import baselines, decide, notebook, preflight, space
+from workbench.config import Experiment
+from workbench.errors import TrialFailed, WorkbenchError
+from workbench.space import CONDITIONS, enqueue_next_grid_point, grid_points, suggest  # noqa: F401
+from workbench.storage import (ENV, ask_lock, counts_towards_budget, heartbeat, recover_interrupted,
+                               worker_id)
+from workbench.study import (DEFAULT_RUNS_DIR, create_run_dir, open_study, run_dir_of,  # noqa: F401
+                             storage_url, trial_settings, write_run_files)
 
 
 def _tell(study, trial, exp: Experiment, params: dict, metrics: dict | None, error: TrialFailed | None):
@@ -228,29 +55,35 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
 
     ``n_trials`` is the total the study should reach, counting trials finished by earlier
     invocations (and other workers); ``add`` asks for that many more than it has now.
-    ``workers`` > 1 starts that many worker processes sharing the study. ``fresh`` deletes the
-    run directory's own study first (the quickstart notebook uses it to be re-runnable).
+    ``workers`` > 1 starts that many worker processes sharing the study. ``storage`` (or
+    ``WORKBENCH_STORAGE``) names the study's storage. ``fresh`` deletes the run directory first
+    if the workbench created it (the quickstart notebook uses it to be re-runnable).
     """
-    preflight.check(exp)  # model + data loaded once and checked: nothing is created before this
-    study_name = study_name or exp.name
-    run_dir = Path(runs_dir).resolve() / exp.name / study_name
-    if fresh and not (storage or exp.storage):
-        import shutil
+    from workbench.storage import resolve_url
 
-        shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    study_name = exp.name if study_name is None else study_name
+    run_dir = run_dir_of(exp, study_name, runs_dir)  # names checked before anything is loaded
+    preflight.check(exp)  # model + data loaded once and checked: nothing is created before this
+    exp = space.resolve(exp)  # the automatic search space and default n_trials, when omitted
+    create_run_dir(run_dir, fresh=fresh and not (resolve_url(storage) or exp.storage))
     url = storage_url(exp, run_dir, storage, workers)
     study = open_study(exp, study_name, url)
-    prepare_run_dir(exp, study_name, runs_dir, url)
+    write_run_files(exp, study_name, run_dir, url)
     log = _logger(progress)
-    run_baselines(exp, run_dir, log)
     target = _target(study, exp, n_trials, add)
-    if workers > 1:
-        _run_workers(exp, run_dir, study, study_name, url, target, workers, progress)
-    else:
-        work(exp, run_dir, study, url, target, progress=progress)
+    # trial.run reuses the measurement of an identical artifact with identical run options;
+    # set before any kernel starts, since kernels inherit this environment
+    os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
+    with notebook.Kernels(run_dir / "trials") as kernels:
+        baselines.run(exp, run_dir, log, kernels)
+        if workers > 1:
+            kernels.close()  # each worker process keeps its own kernel ahead
+            _run_workers(exp, run_dir, study, study_name, url, target, workers, progress)
+        else:
+            work(exp, run_dir, study, url, target, progress=progress, kernels=kernels)
     from workbench import report
 
+    decide.decide(run_dir, log=log)
     report.build(run_dir)
     return run_dir
 
@@ -278,10 +111,12 @@ def _run_workers(exp, run_dir: Path, study, study_name: str, url: str, target: i
 
     from tqdm.auto import tqdm
 
+    # The URL (it may hold a password) goes through the environment: a command line is
+    # readable by every user of the machine (/proc/<pid>/cmdline, ps).
     cmd = [sys.executable, "-m", "workbench.cli", "work", str(run_dir / "experiment.yaml"),
-           "--study", study_name, "--storage", url, "--run-dir", str(run_dir),
-           "--n-trials", str(target)]
-    procs = [subprocess.Popen(cmd + ["--worker", str(i)]) for i in range(workers)]
+           "--study", study_name, "--run-dir", str(run_dir), "--n-trials", str(target)]
+    env = {**os.environ, ENV: url}
+    procs = [subprocess.Popen(cmd + ["--worker", str(i)], env=env) for i in range(workers)]
     bar = tqdm(total=target, desc=f"sweep {exp.name} ({workers} workers)", unit="trial",
                disable=not progress, file=sys.stderr)
     try:
@@ -289,9 +124,11 @@ def _run_workers(exp, run_dir: Path, study, study_name: str, url: str, target: i
             time.sleep(1.0)
             bar.n = min(target, _finished(study))
             bar.refresh()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C or an error here: stop the workers (they stop their kernels)
         for p in procs:
             p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
         raise
     finally:
         bar.close()
@@ -306,12 +143,18 @@ def _finished(study) -> int:
                for t in study.get_trials(deepcopy=False))
 
 
-def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress: bool = True) -> None:
+def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress: bool = True,
+         kernels: notebook.Kernels | None = None) -> None:
     """One worker: ask, run the trial notebook, tell; until the study holds ``target`` trials.
 
     "Count, then ask" runs under a lock shared by all workers (file lock on one machine,
     PostgreSQL advisory lock across machines), so the study ends with exactly ``target``.
+    ``kernels`` keeps the next trial's kernel booting; without it the worker keeps its own.
     """
+    if kernels is None:
+        os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
+        with notebook.Kernels(run_dir / "trials") as kernels:
+            return work(exp, run_dir, study, url, target, progress, kernels)
     import optuna
     from tqdm.auto import tqdm
 
@@ -349,11 +192,14 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
         metrics, error = None, None
         with heartbeat(study, trial):
             try:
-                metrics = notebook.execute(params, out_dir, timeout_s=exp.trial_timeout_s)
+                metrics = notebook.execute(params, out_dir, timeout_s=exp.trial_timeout_s,
+                                           kernels=kernels)
             except TrialFailed as err:
                 error = err
                 log(f"trial {trial.number} failed: {err.reason} (notebook: {err.notebook})")
         outcome = _tell(study, trial, exp, params, metrics, error)
+        if metrics:
+            decide.record(run_dir, trial.number, metrics)
         counts[outcome] += 1
         consecutive_failures = consecutive_failures + 1 if outcome == "fail" else 0
         bar.n = min(target, _finished(study))
@@ -363,6 +209,7 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
             bar.close()
             from workbench import report
 
+            decide.decide(run_dir, log=log)
             report.build(run_dir)
             raise WorkbenchError(f"sweep stopped: {consecutive_failures} trials failed in a row "
                                  f"(max_consecutive_failures); last: {error.reason} "

@@ -1,54 +1,59 @@
 """The native OpenVINO runtime reading the ONNX artifact.
 
 Devices: CPU always; GPU and NPU when OpenVINO lists them (a requested device it does not list
-prunes the trial with the reason). ``ov_hint`` is OpenVINO's performance hint: LATENCY (one
-stream, all threads on one request) or THROUGHPUT (several streams for parallel requests; this
-trial still runs one synchronous request, so it shows what that setting costs a single caller).
-``ov_streams`` > 0 overrides the number of streams the hint would choose.
+prunes the trial with the reason). Device names are OpenVINO's own: an onnxruntime provider
+name (``CUDAExecutionProvider`` is an NVIDIA GPU, not OpenVINO's Intel ``GPU``) prunes the trial
+with the reason instead of being translated; only the CPU aliases mean ``CPU``.
+
+``ov_hint`` is OpenVINO's performance hint: LATENCY (one stream, all threads on one request) or
+THROUGHPUT (several streams for parallel requests; this trial still runs one synchronous
+request, so it shows what that setting costs a single caller). ``ov_streams`` > 0 overrides the
+number of streams the hint would choose.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workbench.errors import TrialPruned
+from workbench.runtimes import Runtime, first_line, register
+from workbench.parameters import CPU_ALIASES, Parameter
+from workbench.inputs import by_runtime_names
 
-_CPU_ALIASES = ("CPUExecutionProvider", "CPU", "default")
-# onnxruntime provider names a user may carry over into an openvino trial
-_DEVICE_ALIASES = {"CUDAExecutionProvider": "GPU", "OpenVINOExecutionProvider": "CPU"}
+DEVICES = ("CPU", "GPU", "NPU")
 
 
 def device_for(provider: str) -> str:
-    if provider in _CPU_ALIASES:
+    """OpenVINO's device for ``provider``: the CPU aliases are CPU, device names are themselves,
+    anything else (an onnxruntime provider name, say) prunes the trial with the reason."""
+    if provider in CPU_ALIASES:
         return "CPU"
-    return _DEVICE_ALIASES.get(provider, provider)
+    if provider in DEVICES:
+        return provider
+    raise TrialPruned(f"runtime openvino: {provider} is not an OpenVINO device (devices: "
+                      f"{', '.join(DEVICES)}); onnxruntime provider names are not translated")
 
 
 def compile_config(params) -> dict:
-    # f32 precision hint: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs fp32 models in
-    # bf16, which is a different (lossy) deployment than the one the trial asked for.
-    config = {"PERFORMANCE_HINT": params.ov_hint, "INFERENCE_NUM_THREADS": params.threads,
-              "INFERENCE_PRECISION_HINT": "f32"}
-    if params.ov_streams:
-        config["NUM_STREAMS"] = params.ov_streams
-    return config
+    return RUNTIME.session_options(params)["config"]
 
 
 class OpenvinoSession:
-    def __init__(self, path: Path, params):
+    def __init__(self, path: Path, params, options: dict[str, Any]):
         import openvino as ov
 
         core = ov.Core()
-        device = device_for(params.provider)
+        device = options["device"]
         if device not in core.available_devices:
             raise TrialPruned(f"openvino device {device} is not available "
                               f"(available: {', '.join(core.available_devices)})")
         t0 = time.perf_counter()
         try:
-            compiled = core.compile_model(str(path), device, compile_config(params))
+            compiled = core.compile_model(str(path), device, options["config"])
         except RuntimeError as err:  # e.g. an int8 kernel it cannot compile at this thread count
             raise TrialPruned(f"openvino cannot compile this artifact on {device}: "
                               f"{str(err).strip().splitlines()[-1]}") from None
@@ -58,18 +63,81 @@ class OpenvinoSession:
             raise TrialPruned(f"the model's batch dimension is fixed to {batch_dim.get_length()} "
                               f"(asked batch_size={params.batch_size})")
         self._req = compiled.create_infer_request()
+        self._inputs = [i.get_any_name() for i in compiled.inputs]
         self.providers = [f"openvino:{device}"]
         # what OpenVINO actually chose (the hint decides streams and threads unless overridden)
         self.options = {k: str(compiled.get_property(k)) for k in
                         ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")}
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        self._req.infer({0: batch})
+    def run(self, batch) -> np.ndarray:
+        """``batch``: one array, or a dict of named arrays for a model with several inputs."""
+        self._req.infer(dict(enumerate(by_runtime_names(batch, self._inputs))))
         return self._req.get_output_tensor(0).data.copy()
 
     def close(self) -> None:
         del self._req
 
 
-def open_session(path: Path, params) -> OpenvinoSession:
-    return OpenvinoSession(path, params)
+class OpenvinoRuntime(Runtime):
+    name = "openvino"
+    formats = ("onnx",)
+    providers = DEVICES
+    packages = ("openvino",)
+    options = (
+        Parameter("ov_hint", "LATENCY", str, choices=("LATENCY", "THROUGHPUT"),
+                  help="OpenVINO's performance hint"),
+        Parameter("ov_streams", 0, int, ge=0, help="number of streams (0: the hint decides)"),
+    )
+
+    def check_provider(self, params) -> str:
+        return device_for(params.provider)
+
+    def session_options(self, params) -> dict[str, Any]:
+        # f32 precision hint: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs fp32 models
+        # in bf16, which is a different (lossy) deployment than the one the trial asked for.
+        config = {"PERFORMANCE_HINT": params.ov_hint, "INFERENCE_NUM_THREADS": params.threads,
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        if params.ov_streams:
+            config["NUM_STREAMS"] = params.ov_streams
+        return {"device": device_for(params.provider), "config": config}
+
+    def open_session(self, path: Path, params) -> OpenvinoSession:
+        return OpenvinoSession(path, params, self.session_options(params))
+
+    def bundle_loader(self, artifact: str) -> str:
+        return f'''import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(str(HERE / "{artifact}"), OPTIONS["device"], OPTIONS["config"])
+    req = compiled.create_infer_request()
+
+    def run(x):
+        req.infer({{0: x}})
+        return req.get_output_tensor(0).data.copy()
+    return run'''
+
+    def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
+        info = super().doctor(context)
+        if not info["usable"]:
+            return {**info, "devices": []}
+        try:
+            import openvino as ov
+
+            core = ov.Core()
+            devices = []
+            for d in core.available_devices:
+                try:
+                    full = core.get_property(d, "FULL_DEVICE_NAME")
+                except Exception:  # noqa: BLE001
+                    full = ""
+                devices.append({"name": d, "full_name": str(full), "usable": True, "why": None})
+            for d in DEVICES:
+                if d not in core.available_devices:
+                    devices.append({"name": d, "usable": False,
+                                    "why": f"OpenVINO lists no {d} device (no driver or no hardware)"})
+        except Exception as err:  # noqa: BLE001 - the doctor never fails
+            return {**info, "usable": False, "why": first_line(err), "devices": []}
+        return {**info, "devices": devices}
+
+
+RUNTIME = register(OpenvinoRuntime())

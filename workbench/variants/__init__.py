@@ -1,24 +1,40 @@
-"""One deployment configuration -> one artifact.
+"""One deployment configuration -> one artifact, by a chain of registered transforms.
 
-:func:`build` chains the transforms a configuration asks for (export, then quantization) and
-caches every intermediate artifact by content hash, so the fp32 export is shared by all of its
-quantized variants and TensorFlow is imported only when something must be exported.
+A transform is one class (in its own module, listed in ``TRANSFORM_MODULES`` or in the
+``WORKBENCH_PLUGINS`` environment variable) that declares its ``name``, the ``parameters`` it
+reads (with their values, defaults and when they apply: the sweep does not sample a parameter
+that does not apply), whether it applies to the current state, and ``apply``. :func:`build`
+walks the registered transforms in order; each one that applies turns the state (the source
+model, a derived model, or an artifact) into the next, caching its result by content hash under
+its own recipe. The chain ends at an artifact in a format the trial's runtime reads.
+
+A parameter declared ``must_apply`` (``bits``, ``sparsity``) with a value other than its default
+that no applied transform reads prunes the trial with the reason: asking for int8 and measuring
+fp32 would be a lie.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
-from workbench import cache
+from workbench import plugins
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
+from workbench.parameters import Parameter
 from workbench.zoo import ModelRef
 
-PRUNE_PACKAGES = ("tensorflow", "keras")
-TFLITE_PACKAGES = ("tensorflow", "keras", "ai-edge-litert")
-
-ONNX_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxconverter-common")
+# The transforms shipped with workbench, in the order build() tries them.
+TRANSFORM_MODULES = [
+    "workbench.variants.distill",
+    "workbench.variants.sparsity",
+    "workbench.variants.native",
+    "workbench.variants.tflite",
+    "workbench.variants.onnx_export",
+    "workbench.variants.quantize",
+]
+FORMAT_NAMES = {"keras": "Keras", "savedmodel": "SavedModel", "onnx": "ONNX", "tflite": "TFLite"}
 
 
 @dataclass(frozen=True)
@@ -26,7 +42,7 @@ class Artifact:
     """A deployable file and what produced it."""
 
     path: Path
-    format: str  # "onnx" | "keras"
+    format: str  # "onnx" | "keras" | "savedmodel" | "tflite" | a plug-in's
     key: str
     transforms: tuple[str, ...]
 
@@ -35,87 +51,79 @@ class Artifact:
         return self.path.stat().st_size
 
 
-def _onnx_fp32(model: ModelRef, data: Dataset) -> Artifact:
-    from workbench.variants import export
-
-    if model.format == "onnx":  # a user ONNX model is its own fp32 artifact (checked by zoo)
-        return Artifact(model.onnx_path, "onnx", model.key, ())
-    k = cache.key("onnx-fp32", model.key, export.OPSET, cache.versions(*ONNX_PACKAGES))
-    d = cache.entry("artifacts", k, lambda out: export.to_onnx(model, data, out / "model.onnx"))
-    return Artifact(d / "model.onnx", "onnx", k, ("export:onnx",))
+State = Union[ModelRef, Artifact]
 
 
-def _prune_label(params) -> str:
-    kind = "channels" if params.prune_structure == "channels" else "unstructured"
-    return f"prune:{kind}:{params.sparsity:g}"
+class Transform:
+    """A step from one state to the next. Subclass, set ``name``/``parameters``, implement
+    :meth:`applies` and :meth:`apply`, and ``register()`` an instance."""
+
+    name: str = ""
+    parameters: tuple[Parameter, ...] = ()
+
+    def applies(self, state: State, params, formats: tuple[str, ...]) -> bool:
+        """Whether this step runs for ``params``, given the current state and the formats the
+        trial's runtime reads."""
+        raise NotImplementedError
+
+    def apply(self, state: State, data: Dataset, params, calibration_samples: int) -> State:
+        raise NotImplementedError
 
 
-def pruned(model: ModelRef, data: Dataset, params) -> ModelRef:
-    """The pruned and fine-tuned Keras model (cached like any artifact)."""
-    if model.meta.get("format", "keras") != "keras":
-        raise TrialPruned(f"pruning needs a Keras model; {model.name} is {model.meta['format']}")
-    if params.finetune_epochs and data.x_train is None:
-        raise TrialPruned("pruning fine-tune needs x_train/y_train in the data set "
-                          "(or finetune_epochs: 0)")
-    recipe = {"sparsity": params.sparsity, "structure": params.prune_structure,
-              "finetune_epochs": params.finetune_epochs, "seed": params.seed}
-    k = cache.key("pruned", model.key, recipe, cache.versions(*PRUNE_PACKAGES))
-
-    def build_pruned(out: Path) -> None:
-        from workbench import zoo
-        from workbench.variants import prune
-
-        original = model.load_keras()
-        if params.prune_structure == "channels":
-            result = prune.prune_channels(original, data.x_train, data.y_train, params.sparsity,
-                                          params.finetune_epochs, seed=params.seed)
-        else:
-            result = prune.prune_unstructured(original, data.x_train, data.y_train, params.sparsity,
-                                              params.finetune_epochs, seed=params.seed)
-        zoo.save(result, data, out, source_params=int(original.count_params()),
-                 kernel_sparsity=prune.kernel_sparsity(result), pruning=recipe)
-
-    d = cache.entry("models", k, build_pruned)
-    import json
-
-    return ModelRef(f"{model.name}+{_prune_label(params)}", k, d, json.loads((d / "meta.json").read_text()))
+_REGISTRY: dict[str, Transform] = {}
 
 
-def _tflite(source: ModelRef, data: Dataset, params, calibration_samples: int) -> Artifact:
-    if source.meta.get("format", "keras") != "keras":
-        raise TrialPruned(f"the TFLite route needs a Keras model; {source.name} is {source.meta['format']}")
-    from workbench.variants import tflite
+def register(transform: Transform) -> Transform:
+    """Add ``transform`` (after the ones registered before it); returns it."""
+    if not transform.name:
+        raise ValueError(f"{type(transform).__name__}: a transform needs a name")
+    _REGISTRY[transform.name] = transform
+    return transform
 
-    r = tflite.recipe(params, calibration_samples)
-    k = cache.key("tflite", source.key, r, cache.versions(*TFLITE_PACKAGES))
-    d = cache.entry("artifacts", k, lambda out: tflite.convert(source, data, out / "model.tflite", r))
-    prefix = (_prune_label(params),) if params.sparsity > 0 else ()
-    return Artifact(d / "model.tflite", "tflite", k, prefix + ("export:savedmodel", tflite.describe(r)))
+
+def registered() -> list[Transform]:
+    """The registered transforms, in the order build() tries them: that of ``TRANSFORM_MODULES``
+    (not of imports: a module may import another's parameters), then any others as registered."""
+    plugins.import_modules(TRANSFORM_MODULES)
+    rank = {m: i for i, m in enumerate(TRANSFORM_MODULES)}
+    ts = list(_REGISTRY.values())
+    return sorted(ts, key=lambda t: (rank.get(type(t).__module__, len(rank)), ts.index(t)))
 
 
 def build(model: ModelRef, data: Dataset, params: "TrialParams", calibration_samples: int) -> Artifact:  # noqa: F821
     """The artifact for one trial's parameters (built once, then read from the cache)."""
-    if params.runtime == "tensorflow":
-        if params.bits != 32 or params.sparsity > 0:
-            raise TrialPruned("runtime tensorflow runs only the unmodified fp32 Keras model "
-                              f"(asked bits={params.bits}, sparsity={params.sparsity})")
-        if model.format == "onnx":
-            raise TrialPruned(f"runtime tensorflow needs a Keras or SavedModel model; {model.name} is onnx")
-        if model.format == "savedmodel":
-            return Artifact(model.saved_model_path, "savedmodel", model.key, ())
-        return Artifact(model.keras_path, "keras", model.key, ())
-    source = pruned(model, data, params) if params.sparsity > 0 else model
-    if params.runtime == "litert":
-        return _tflite(source, data, params, calibration_samples)
-    base = _onnx_fp32(source, data)
-    if params.sparsity > 0:
-        base = Artifact(base.path, base.format, base.key, (_prune_label(params),) + base.transforms)
-    if params.bits == 32:
-        return base
+    from workbench import runtimes
+    from workbench import parameters as space
 
-    from workbench.variants import quantize
+    formats = runtimes.get(params.runtime).formats
+    state: State = model
+    applied: list[Transform] = []
+    for t in registered():
+        if t.applies(state, params, formats):
+            state = t.apply(state, data, params, calibration_samples)
+            applied.append(t)
+    read = {p.name for t in applied for p in t.parameters}
+    route = " -> ".join(t.name for t in applied) or "no transform"
+    for p in space.parameters().values():
+        value = getattr(params, p.name, p.default)
+        if p.must_apply and value != p.default and p.name not in read:
+            raise TrialPruned(f"runtime {params.runtime}: {p.name}={value} is not applied by its "
+                              f"variant route ({route}); it runs only the model as it is")
+    if not isinstance(state, Artifact) or state.format not in formats:
+        wanted = " or ".join(FORMAT_NAMES.get(f, f) for f in formats)
+        raise TrialPruned(f"runtime {params.runtime} needs a {wanted} model; {model.name} is "
+                          f"{model.format} and no variant route leads from it ({route})")
+    return state
 
-    recipe = quantize.recipe(params, calibration_samples)
-    k = cache.key("quantize", base.key, recipe, cache.versions(*ONNX_PACKAGES))
-    d = cache.entry("artifacts", k, lambda out: quantize.apply(base.path, out / "model.onnx", recipe, data))
-    return Artifact(d / "model.onnx", "onnx", k, base.transforms + (quantize.describe(recipe),))
+
+def pruned(model: ModelRef, data: Dataset, params) -> ModelRef:
+    """The pruned and fine-tuned Keras model (cached like any artifact)."""
+    from workbench.variants import sparsity
+
+    return sparsity.pruned(model, data, params)
+
+
+def _onnx_fp32(model: ModelRef, data: Dataset) -> Artifact:
+    from workbench.variants import onnx_export
+
+    return onnx_export.onnx_fp32(model, data)

@@ -1,0 +1,225 @@
+"""The decision on constructed inputs: scenarios, Pareto fronts per hardware, leading
+candidates, paired per-round ratios, ties, and reuse of identical measurements."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench import config, decide, report
+from workbench.errors import WorkbenchError
+
+INFO = {"experiment": "x", "study": "x", "objectives": ["accuracy", "latency_p90_ms", "size_bytes"],
+        "max_accuracy_drop": 1.0, "scenario": "single_stream", "latency_percentile": 90}
+
+
+def _table(rows):
+    cols = {c: None for c in report.COLUMNS + report.EXTRA_COLUMNS}
+    out = []
+    for i, r in enumerate(rows):
+        base = {**cols, "trial": str(i), "kind": "trial", "state": "COMPLETE", "label": f"t{i}",
+                "feasible": True, "hardware_id": "h", "batch_size": 1, "sparsity": 0.0, "bits": 32,
+                "accuracy": 98.0, "accuracy_drop": 0.0, "size_bytes": 1000, "throughput_sps": None}
+        base.update(r)
+        if base["throughput_sps"] is None and base.get("latency_p90_ms"):
+            base["throughput_sps"] = base["batch_size"] * 1e3 / base["latency_p90_ms"]
+        out.append(base)
+    return pd.DataFrame(out)
+
+
+def test_issue_12_batch_32_is_not_the_single_stream_answer():
+    # Trial 0 is the old recommendation (lowest p50 *per sample*, batch 32); trial 1 (int8
+    # static, batch 1) dominates the batch-1 fp32 trial 2 and is the single_stream answer.
+    df = _table([
+        dict(bits=32, batch_size=32, latency_p50_ms=0.40, latency_p90_ms=0.414, size_bytes=400_000),
+        dict(bits=8, batch_size=1, latency_p50_ms=0.05, latency_p90_ms=0.06, size_bytes=110_000, accuracy=97.8),
+        dict(bits=32, batch_size=1, latency_p50_ms=0.08, latency_p90_ms=0.09, size_bytes=400_000, accuracy=97.7),
+    ])
+    best = decide.choose(df, INFO)
+    assert best["trial"] == "1" and best["scenario"] == "single_stream"
+    assert best["question"] == "single_stream: lowest p90 latency at batch 1, accuracy drop <= 1 pt"
+    assert decide.pareto_flags(df, INFO["objectives"])[1]
+
+
+def test_pareto_front_is_computed_per_hardware():
+    df = _table([
+        dict(latency_p90_ms=1.0, size_bytes=100, hardware_id="a"),
+        dict(latency_p90_ms=2.0, size_bytes=200, hardware_id="a"),   # dominated on a
+        dict(latency_p90_ms=3.0, size_bytes=300, hardware_id="b"),   # alone on b: on b's front
+        dict(latency_p90_ms=0.5, size_bytes=50, hardware_id="a", feasible=False),  # infeasible
+    ])
+    assert decide.pareto_flags(df, INFO["objectives"]) == [True, False, True, False]
+    best = decide.choose(df, INFO)
+    assert best["hardware_id"] == "a" and best["trial"] == "0"
+
+
+def test_pareto_mask_on_known_points():
+    pts = np.array([[1, 5], [2, 2], [5, 1], [3, 3], [2, 2]], dtype=float)
+    assert decide.pareto_mask(pts).tolist() == [True, True, True, False, True]
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_recommendation_is_always_on_the_front(seed):
+    rng = np.random.default_rng(seed)
+    n = 12
+    df = _table([dict(bits=int(rng.choice([32, 16, 8])), batch_size=int(rng.choice([1, 1, 8])),
+                      latency_p90_ms=float(rng.uniform(0.1, 1.0)), accuracy=float(rng.uniform(96, 98)),
+                      size_bytes=int(rng.integers(1000, 5000)), feasible=bool(rng.random() > 0.2),
+                      hardware_id=str(rng.choice(["a", "b"])))
+                 for _ in range(n)])
+    for scenario, objectives in (("single_stream", INFO["objectives"]),
+                                 ("offline", ["accuracy", "throughput_sps", "size_bytes"]),
+                                 ("offline", INFO["objectives"])):  # declared objectives differ
+        info = {**INFO, "scenario": scenario, "objectives": objectives}
+        best = decide.choose(df, info)
+        if best is None:
+            continue
+        i = int(best["trial"])
+        assert decide.pareto_flags(df, objectives)[i]
+        assert df.hardware_id[i] == best["hardware_id"] and df.feasible[i]
+        if scenario == "single_stream":
+            assert df.batch_size[i] == 1
+
+
+def test_offline_ranks_by_throughput():
+    df = _table([
+        dict(batch_size=1, latency_p90_ms=0.1, throughput_sps=9_000, size_bytes=500),  # on the front
+        dict(batch_size=32, latency_p90_ms=1.0, throughput_sps=40_000),
+    ])
+    info = {**INFO, "scenario": "offline", "objectives": ["accuracy", "throughput_sps", "size_bytes"]}
+    best = decide.choose(df, info)
+    assert best["trial"] == "1" and best["primary_metric"] == "throughput_sps"
+    assert best["candidates"] == ["1", "0"]  # at least two leaders, best first
+
+
+def test_single_stream_with_a_fixed_batch_answers_at_the_smallest():
+    df = _table([dict(batch_size=4, latency_p90_ms=0.5), dict(batch_size=8, latency_p90_ms=0.6, size_bytes=10)])
+    best = decide.choose(df, INFO)
+    assert best["trial"] == "0" and "at batch 4 (the smallest measured)" in best["question"]
+
+
+def test_latency_budget_makes_slow_trials_infeasible():
+    df = _table([dict(latency_p90_ms=0.5, size_bytes=100), dict(latency_p90_ms=0.2, size_bytes=900)])
+    assert decide.choose(df, {**INFO, "latency_budget_ms": 0.3})["trial"] == "1"
+    assert decide.choose(df, {**INFO, "latency_budget_ms": 0.1}) is None
+
+
+def test_leaders_within_ten_percent_at_least_two_at_most_five():
+    vals = [1.0, 1.05, 1.09, 1.2, 1.5]
+    df = _table([dict(latency_p90_ms=v) for v in vals]).sort_values("latency_p90_ms")
+    assert list(decide.leaders(df, "latency_p90_ms", "minimize").trial) == ["0", "1", "2"]
+    far = _table([dict(latency_p90_ms=v) for v in (1.0, 3.0)])
+    assert len(decide.leaders(far, "latency_p90_ms", "minimize")) == 2
+    many = _table([dict(latency_p90_ms=1 + i / 1000) for i in range(9)])
+    assert len(decide.leaders(many, "latency_p90_ms", "minimize")) == decide.MAX_LEADERS
+
+
+def test_paired_ratio_of_known_rounds():
+    a = [2.0, 4.0, 2.2, 3.0, 2.5]  # the machine drifts by 2x between rounds ...
+    b = [1.0, 2.0, 1.1, 1.5, 1.25]  # ... and the ratio stays exactly 2
+    est, lo, hi = decide.paired_ratio(a, b)
+    assert est == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    rng = np.random.default_rng(0)
+    drift = np.exp(rng.normal(0, 0.2, 7))
+    noise = np.exp(rng.normal(0, 0.01, 7))
+    est, lo, hi = decide.paired_ratio(1.1 * drift * noise, drift)
+    assert lo < est < hi and lo > 1.0 and est == pytest.approx(1.1, rel=0.03)
+    # Unpaired, the same numbers overlap completely: pairing is what separates them.
+    assert min(1.1 * drift * noise) < max(drift)
+    with pytest.raises(WorkbenchError):
+        decide.paired_ratio([1.0], [1.0])
+
+
+def test_beats_needs_ci_excluding_one_and_more_than_two_percent():
+    assert decide.beats((0.90, 0.88, 0.92), "minimize")
+    assert not decide.beats((0.99, 0.985, 0.995), "minimize")  # excludes 1, but only 1%
+    assert not decide.beats((0.90, 0.80, 1.01), "minimize")    # CI includes 1
+    assert decide.beats((1.10, 1.05, 1.15), "maximize")
+    assert not decide.beats((1.10, 1.05, 1.15), "minimize")
+
+
+def test_settle_and_choose_on_rounds_tie_goes_to_smallest_simplest():
+    df = _table([
+        dict(bits=32, latency_p90_ms=1.00, size_bytes=400),
+        dict(bits=8, latency_p90_ms=1.02, size_bytes=100),
+        dict(bits=16, latency_p90_ms=1.08, size_bytes=200, accuracy=98.5),
+    ])
+    base = np.array([1.0, 1.3, 0.9, 1.1, 1.2, 1.0, 0.95])
+    rounds = {"0": (base * 1.00).tolist(), "1": (base * 1.01).tolist(), "2": (base * 1.10).tolist()}
+    got = decide.settle(rounds, "minimize")
+    assert got["leader"] == "0" and sorted(got["tied"]) == ["0", "1"]
+    best = decide.choose(df, INFO, {"rounds": rounds, "n_rounds": 7})
+    assert best["decided_by"] == "interleaved re-measurement"
+    assert best["trial"] == "1" and best["tie"] and best["tied_with"] == ["0"]
+    assert best["interleaved"]["ratios"]["2"]["ci"][0] > 1.0
+
+
+def test_choose_clear_winner_on_rounds():
+    df = _table([dict(latency_p90_ms=1.00, size_bytes=400), dict(latency_p90_ms=1.05, size_bytes=100)])
+    base = np.array([1.0, 1.2, 0.9, 1.1, 1.0])
+    # The sweep said 0 was faster; measured together, 1 is 20% faster in every round.
+    rounds = {"0": (base * 1.2).tolist(), "1": base.tolist()}
+    best = decide.choose(df, INFO, {"rounds": rounds, "n_rounds": 5})
+    assert best["trial"] == "1" and not best["tie"] and "beats trials 0" in best["reason"]
+
+
+def test_without_rounds_close_leaders_tie_and_reason_says_so():
+    df = _table([dict(bits=32, latency_p90_ms=1.000, size_bytes=400),
+                 dict(bits=8, latency_p90_ms=1.010, size_bytes=100)])
+    best = decide.choose(df, INFO, {"error": "no such machine"})
+    assert best["trial"] == "1" and best["decided_by"] == "sweep measurements"
+    assert "no such machine" in best["reason"]
+
+
+def test_scenarios_in_config():
+    exp = config.parse({"name": "x"})
+    assert exp.scenario == "single_stream" and exp.objectives == ["accuracy", "latency_p90_ms", "size_bytes"]
+    assert config.parse({"name": "x", "latency_percentile": 99}).objectives[1] == "latency_p99_ms"
+    assert config.parse({"name": "x", "scenario": "offline"}).objectives[1] == "throughput_sps"
+    mine = config.parse({"name": "x", "scenario": "offline", "objectives": ["accuracy", "latency_p50_ms"]})
+    assert mine.objectives == ["accuracy", "latency_p50_ms"]
+    for bad, where in (({"scenario": "server"}, "not implemented yet"), ({"scenario": "nope"}, "unknown"),
+                       ({"latency_percentile": 80}, "latency_percentile")):
+        with pytest.raises(config.ConfigError, match=where):
+            config.parse({"name": "x", **bad})
+
+
+def test_identical_artifacts_share_one_measurement(tmp_path, monkeypatch):
+    a, b, c = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    c.write_bytes(b"other bytes")
+    p = {"runtime": "litert", "threads": 1, "batch_size": 1, "per_channel": False}
+    key = decide.measurement_key(p, a)
+    assert decide.measurement_key({**p, "per_channel": True}, b) == key  # not a run option
+    assert decide.measurement_key(p, c) != key
+    assert decide.measurement_key({**p, "threads": 2}, a) != key
+    run_dir = tmp_path / "run"
+    decide.record(run_dir, 3, {"status": "complete", "measurement_key": key, "latency_p90_ms": 0.1,
+                               "notebook": "nb"})
+    monkeypatch.setenv(decide.REUSE_ENV, str(run_dir / "measured"))
+    m = decide.reuse_metrics(key, {"per_channel": True}, "label")
+    assert m["reused_from"] == 3 and m["latency_p90_ms"] == 0.1 and "notebook" not in m
+    assert m["params"] == {"per_channel": True}
+    assert decide.reuse_metrics(decide.measurement_key(p, c), {}, "x") is None
+
+
+@pytest.mark.slow
+def test_sweep_measures_an_identical_litert_artifact_once(tmp_path):
+    # per_channel does not change LiteRT's full-int8 artifact: the second trial reuses the first's
+    # measurement instead of timing the same bytes again.
+    from workbench import sweep
+
+    path = tmp_path / "reuse.yaml"
+    path.write_text("\n".join([
+        "name: reuse", "sampler: grid", "max_accuracy_drop: 5.0",
+        "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
+        "search_space:", "  bits: 8", "  int8_mode: static", "  per_channel: [false, true]",
+        "  runtime: litert", "  threads: 1"]) + "\n")
+    exp = config.load(path)
+    run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
+    df = report.load_table(run_dir)
+    trials = df[df.kind == "trial"].set_index("trial")
+    assert len(trials) == 2 and (trials.state == "COMPLETE").all()
+    assert pd.isna(trials.loc["0", "reused_from"]) and int(trials.loc["1", "reused_from"]) == 0
+    assert trials.loc["1", "latency_p90_ms"] == trials.loc["0", "latency_p90_ms"]
+    assert len(list((run_dir / "measured").glob("*.json"))) == 1

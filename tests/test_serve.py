@@ -1,0 +1,302 @@
+"""The builtin serving engine on loopback: v2 protocol, exact answers under concurrent load,
+binary bodies, malformed bodies, queue shedding, client disconnects, SIGTERM drain, metrics."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from workbench.serve import ServeOptions, engine, free_port, protocol
+from workbench.serve.metrics import NAMES
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, digits):
+    from workbench.params import TrialParams
+    from workbench.serve.model import write_bundle
+    from workbench.trial import artifact_for
+
+    p = TrialParams.parse({"model": "digits_cnn", "data": "digits"})
+    _, _, artifact = artifact_for(p)
+    return write_bundle(p, artifact, tmp_path_factory.mktemp("bundle"), digits.input_shape)
+
+
+@pytest.fixture(scope="session")
+def session(bundle):
+    from workbench.serve.model import open_bundle
+
+    s = open_bundle(bundle).session()
+    yield s
+    s.close()
+
+
+def start(bundle, tmp_path, **kw):
+    extra = kw.pop("extra", {})
+    eng = engine("builtin", bundle, ServeOptions(port=free_port(), extra=extra, **kw))
+    eng.start(log=tmp_path / f"server-{eng.options.port}.log")
+    try:
+        eng.wait_ready(120)
+    except Exception:
+        eng.stop()
+        raise
+    return eng
+
+
+@pytest.fixture(params=["thread", "process"])
+def drain_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def server(bundle, tmp_path):
+    eng = start(bundle, tmp_path, max_batch_size=8, max_queue_delay_ms=20)
+    yield eng
+    eng.stop()
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+def post(url, body, content_type="application/json", headers=None):
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), {k.lower(): v for k, v in err.headers.items()}
+
+
+async def post_many(url, bodies, content_type="application/json", limit=64):
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as s:
+        async def one(body):
+            async with s.post(url, data=body, headers={"Content-Type": content_type}) as r:
+                return r.status, await r.read(), {k.lower(): v for k, v in r.headers.items()}
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def test_v2_routes(server, digits):
+    assert get(f"{server.url}/v2/health/live")[0] == 200
+    assert get(f"{server.url}/v2/health/ready")[0] == 200
+    assert get(f"{server.url}/v2/models/model/ready")[0] == 200
+    assert get(f"{server.url}/v2/models/other/ready")[0] == 404
+    status, body, _ = get(f"{server.url}/v2/models/model")
+    meta = json.loads(body)
+    assert status == 200 and meta["name"] == "model"
+    assert meta["inputs"][0]["shape"] == [-1, *digits.input_shape] and meta["inputs"][0]["datatype"] == "FP32"
+    assert meta["outputs"][0]["shape"] == [-1, 10]
+
+
+def test_answers_are_the_unbatched_answers_under_concurrent_load(server, session, digits):
+    rng = np.random.default_rng(0)
+    rows = [digits.x_eval[i:i + n] for i, n in zip(range(0, 300, 3), rng.integers(1, 4, 100))]
+    answers = asyncio.run(post_many(server.infer_url, [protocol.request_json(x) for x in rows]))
+    for x, (status, body, headers) in zip(rows, answers):
+        assert status == 200
+        y = protocol.response_array(body, headers["content-type"], headers)
+        assert np.array_equal(y, session.run(np.ascontiguousarray(x)))
+    m = server.metrics()
+    assert m["workbench_batch_size_sum"] > m["workbench_batch_size_count"]  # batches did form
+    assert m["workbench_requests_success_total"] == len(rows)
+
+
+def test_binary_bodies(server, session, digits):
+    x = np.ascontiguousarray(digits.x_eval[:5])
+    expected = session.run(x)
+    status, body, headers = post(server.infer_url, protocol.request_npy(x), protocol.NPY)
+    assert status == 200 and headers["content-type"] == protocol.NPY
+    assert np.array_equal(protocol.response_array(body, headers["content-type"]), expected)
+    # v2 binary-data extension: JSON header, then the raw tensor; binary output asked for
+    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}).encode()
+    status, body, headers = post(server.infer_url, head + x.tobytes(), protocol.NPY,
+                                 {"Inference-Header-Content-Length": str(len(head))})
+    assert status == 200 and "inference-header-content-length" in headers
+    assert np.array_equal(protocol.response_array(body, headers["content-type"], headers), expected)
+
+
+def test_malformed_bodies_get_400_and_the_server_keeps_serving(bundle, tmp_path, digits):
+    eng = start(bundle, tmp_path, extra={"max_body_bytes": 4096})
+    try:
+        x = digits.x_eval[:1]
+        bad = {
+            "bad JSON": (b'{"inputs": [', "application/json"),
+            "wrong shape": (protocol.request_json(np.zeros((1, 7, 8, 1), np.float32)), "application/json"),
+            "wrong datatype": (protocol.request_json(x.astype(np.float64)), "application/json"),
+            "data/shape mismatch": (json.dumps({"inputs": [{"name": "i", "shape": [1, 8, 8, 1], "datatype": "FP32",
+                                                            "data": [0.0] * 3}]}).encode(), "application/json"),
+            "oversize": (protocol.request_json(digits.x_eval[:40]), "application/json"),
+            "not npy": (b"\x93NUMPY garbage", protocol.NPY),
+            "no inputs": (b"{}", "application/json"),
+        }
+        for what, (body, ctype) in bad.items():
+            status, answer, headers = post(eng.infer_url, body, ctype)
+            assert status == 400, what
+            error = json.loads(answer)["error"]
+            assert error and "\n" not in error, what
+        status, body, headers = post(eng.infer_url, protocol.request_json(x))
+        assert status == 200
+        m = eng.metrics()
+        assert m["workbench_requests_failure_total{code=400}"] == len(bad)
+    finally:
+        eng.stop()
+
+
+def test_full_queue_sheds_with_503_then_recovers(bundle, tmp_path, session, digits):
+    eng = start(bundle, tmp_path, max_batch_size=1, max_queue=2, max_queue_delay_ms=0)
+    try:
+        rows = [digits.x_eval[i % 360:i % 360 + 1] for i in range(300)]
+        answers = asyncio.run(post_many(eng.infer_url, [protocol.request_json(x) for x in rows], limit=300))
+        codes = [a[0] for a in answers]
+        assert set(codes) <= {200, 503} and 503 in codes
+        for x, (status, body, headers) in zip(rows, answers):
+            if status == 200:
+                assert np.array_equal(protocol.response_array(body, headers["content-type"]), session.run(x))
+            else:
+                assert "queue full" in json.loads(body)["error"]
+        assert post(eng.infer_url, protocol.request_json(rows[0]))[0] == 200
+        assert eng.metrics()["workbench_requests_failure_total{code=503}"] == codes.count(503)
+    finally:
+        eng.stop()
+
+
+def test_metrics_names_are_exposed(server):
+    text = get(f"{server.url}/metrics")[1].decode()
+    for name in NAMES:
+        assert name in text, name
+
+
+def test_client_disconnect_mid_request(bundle, tmp_path, digits):
+    import aiohttp
+
+    eng = start(bundle, tmp_path, max_batch_size=64, max_queue_delay_ms=1500)
+    try:
+        async def walk_away():
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as s:
+                for _ in range(5):
+                    with pytest.raises(asyncio.TimeoutError):
+                        async with s.post(eng.infer_url, data=protocol.request_json(digits.x_eval[:1]),
+                                          headers={"Content-Type": "application/json"}) as r:
+                            await r.read()
+        asyncio.run(walk_away())
+        status, body, headers = post(eng.infer_url, protocol.request_json(digits.x_eval[:2]))
+        assert status == 200
+        assert eng.proc.poll() is None
+    finally:
+        eng.stop()
+
+
+def test_sigterm_drains_in_flight_requests(bundle, tmp_path, digits, session, drain_kind):
+    """With thread instances and with process instances (a runtime holding the GIL)."""
+    eng = start(bundle, tmp_path, max_batch_size=64, max_queue_delay_ms=1500,
+                extra={"instance_kind": drain_kind})
+    x = digits.x_eval[:3]
+
+    async def request_then_term():
+        task = asyncio.ensure_future(post_many(eng.infer_url, [protocol.request_json(x)] * 4))
+        for _ in range(100):  # the requests are queued, waiting for the 1.5 s batching delay
+            await asyncio.sleep(0.05)
+            if eng.metrics().get("workbench_queue_depth") == 4:
+                break
+        eng.proc.send_signal(signal.SIGTERM)
+        return await task
+    try:
+        answers = asyncio.run(request_then_term())
+        for status, body, headers in answers:
+            assert status == 200, (body, eng.log_path.read_text())
+            assert np.array_equal(protocol.response_array(body, headers["content-type"]), session.run(x))
+        eng.proc.wait(30)
+        assert eng.proc.returncode is not None
+    finally:
+        eng.stop()
+    assert group_gone(eng.proc.pid)  # nothing of the server's process group is left
+
+
+def group_gone(pgid, seconds=10.0):
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["pid", "status"])
+                if _pgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE]
+        if not left:
+            return True
+        time.sleep(0.1)
+    print("left in the group:", [(p.pid, p.info["status"], p.cmdline()) for p in left])
+    return False
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_server_exits_when_its_parent_is_gone(bundle, tmp_path):
+    """A sweep killed with SIGKILL leaves no server: the server watches its parent's pid."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    code = (f"from workbench.serve import engine, ServeOptions\n"
+            f"e = engine('builtin', {str(bundle)!r}, ServeOptions(port={port}))\n"
+            f"e.start(); e.wait_ready(120); print(e.proc.pid, flush=True)\n"
+            f"import time; time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(server_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(server_pid, signal.SIGKILL)
+        pytest.fail("the server outlived its parent")
+
+
+def test_batcher_policies(session, digits):
+    """idle: a lone request never waits for company; delay: it waits at most the delay."""
+    from workbench.serve.batcher import Batcher, thread_instance
+
+    x = np.ascontiguousarray(digits.x_eval[:1])
+
+    async def lone(policy, delay_ms):
+        b = Batcher([thread_instance(session)], 8, delay_ms, policy, 16)
+        b.start()
+        try:
+            return await asyncio.wait_for(b.submit(x), 30)
+        finally:
+            b._task.cancel()
+
+    assert np.array_equal(asyncio.run(lone("idle", 600_000)), session.run(x))
+    assert np.array_equal(asyncio.run(lone("delay", 50)), session.run(x))
+
+
+def test_releases_gil():
+    import re
+
+    from workbench.serve.batcher import releases_gil
+
+    assert releases_gil(lambda: time.sleep(0.005))
+    # the regular-expression engine holds the GIL for the whole match
+    assert not releases_gil(lambda: re.match(r"(a+)+b", "a" * 24))

@@ -1,0 +1,79 @@
+"""The automatic search space, conditional parameters, default n_trials and `workbench plan`."""
+
+import pytest
+
+from conftest import run_cli
+from workbench import config, space, sweep
+
+KERAS_DENSE = {"format": "keras", "share": 0.9, "trainable": True}
+KERAS_CONV = {"format": "keras", "share": 0.1, "trainable": True}
+ONNX_MODEL = {"format": "onnx", "share": 0.9, "trainable": False}
+
+
+def _values(spec):
+    return spec if isinstance(spec, list) else [spec]
+
+
+def test_auto_space_follows_the_model():
+    exp = config.parse({"name": "x"})
+    dense = space.auto(exp, KERAS_DENSE)
+    assert _values(dense.bits) == [32, 16, 8, 4] and _values(dense.int8_mode) == ["static", "dynamic"]
+    assert _values(dense.per_channel) == [False, True]
+    assert _values(dense.sparsity) == space.PRUNE_SPARSITIES and dense.prune_structure == "channels"
+    assert _values(dense.threads) == list(range(1, space.cores() + 1))
+    assert dense.batch_size == 1  # single_stream does not search the batch size
+    conv = space.auto(exp, KERAS_CONV)
+    assert 4 not in _values(conv.bits) and conv.int8_mode == "static"
+    onnx_model = space.auto(exp, ONNX_MODEL)
+    assert "litert" not in _values(onnx_model.runtime) and _values(onnx_model.sparsity) == [0.0]
+    assert set(_values(dense.runtime)) == set(space.installed_runtimes("keras"))
+    assert "tensorflow" not in _values(dense.runtime)
+
+
+def test_offline_searches_the_batch_size():
+    exp = config.parse({"name": "x", "scenario": "offline"})
+    assert _values(space.auto(exp, KERAS_CONV).batch_size) == space.OFFLINE_BATCH_SIZES
+
+
+def test_parameters_that_do_not_apply_are_not_enumerated():
+    exp = config.parse({"name": "x", "search_space": {
+        "bits": [32, 8], "int8_mode": ["static", "dynamic"], "per_channel": [False, True],
+        "runtime": ["onnxruntime", "litert"], "provider": ["CPUExecutionProvider", "XnnpackExecutionProvider"]}})
+    points = sweep.grid_points(exp)
+    # per_channel only for int8 static, provider only for onnxruntime/openvino
+    assert all("per_channel" not in p or (p["bits"] == 8 and p["int8_mode"] == "static") for p in points)
+    assert all("provider" not in p for p in points if p["runtime"] == "litert")
+    per_runtime = {"onnxruntime": 2, "litert": 1}
+    assert len(points) == sum((1 + 2 + 1) * n for n in per_runtime.values())  # fp32, static x2, dynamic
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points)
+
+
+def test_default_n_trials_is_every_distinct_configuration_up_to_40():
+    small = config.parse({"name": "x", "search_space": {"bits": [32, 8], "threads": [1, 2]}})
+    assert small.n_trials is None and space.resolve(small).n_trials == 4
+    assert space.resolve(small.model_copy(update={"n_trials": 3})).n_trials == 3
+    big = space.resolve(config.parse({"name": "x"}), KERAS_DENSE)
+    assert not big.auto_space and len(space.distinct(big)) > 40 and big.n_trials == 40
+
+
+def test_plan_prints_the_space_and_count_without_running(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nsearch_space:\n  bits: [32, 16, 8]\n  per_channel: [false, true]\n"
+                    "  threads: [1, 2]\n")
+    res = run_cli("plan", str(path))
+    assert res.returncode == 0, res.stderr
+    assert "single_stream: lowest p90 latency at batch 1" in res.stdout
+    assert "distinct configurations: 8" in res.stdout  # (fp32, fp16, int8 x2) x 2 threads
+    assert "trials: 8" in res.stdout
+    assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.slow
+def test_plan_of_an_experiment_without_search_space_explores(tmp_path):
+    path = tmp_path / "auto.yaml"
+    path.write_text("name: auto\nmodel: digits_cnn\n")
+    res = run_cli("plan", str(path))
+    assert res.returncode == 0, res.stderr
+    assert "automatic" in res.stdout and "runtime: [" in res.stdout and "bits: [32, 16, 8" in res.stdout
+    n = int(res.stdout.split("distinct configurations: ")[1].split()[0])
+    assert n > 10

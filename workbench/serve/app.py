@@ -1,0 +1,208 @@
+"""The builtin serving engine: Starlette on uvicorn (uvloop, httptools) + the dynamic batcher.
+
+Run as its own process (``python -m workbench.serve.app BUNDLE --port P ...``); the engine in
+:mod:`workbench.serve.engines` starts it in a process group of its own and stops it. SIGTERM
+drains: uvicorn stops accepting, in-flight requests are answered, then the batcher stops. With
+``--parent-pid`` the server also exits when that process is gone (a sweep killed with SIGKILL
+leaves no server behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from workbench.serve import protocol
+from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
+from workbench.serve.metrics import ServerMetrics
+
+MAX_ROWS = 1024
+
+
+@dataclass
+class Options:
+    name: str = "model"
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    batch_policy: str = "delay"
+    max_queue: int = 256
+    instances: int = 1
+    threads: int | None = None  # intra-op threads per instance (default: the bundle's)
+    instance_kind: str = "auto"  # thread | process | auto (threads if run() releases the GIL)
+    max_body_bytes: int = 16 * 2**20
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code=status)
+
+
+def build_app(bundle_path: str, opts: Options) -> Starlette:
+    """The ASGI app serving ``bundle_path`` under ``opts.name``."""
+    from workbench.serve.model import open_bundle
+
+    bundle = open_bundle(bundle_path)
+    metrics = ServerMetrics()
+    state: dict = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        first = bundle.session(opts.threads)
+        sample = np.zeros((1, *bundle.sample_shape), np.float32)
+        y = np.asarray(first.run(sample))
+        kind = opts.instance_kind
+        if kind == "auto":
+            kind = "thread" if releases_gil(lambda: first.run(sample)) else "process"
+        if kind == "thread":
+            sessions = [first] + [bundle.session(opts.threads) for _ in range(opts.instances - 1)]
+            instances = [thread_instance(s) for s in sessions]
+        else:
+            first.close()
+            instances = [process_instance(str(bundle.path), opts.threads) for _ in range(opts.instances)]
+        batcher = Batcher(instances, opts.max_batch_size, opts.max_queue_delay_ms, opts.batch_policy,
+                          opts.max_queue, observe=metrics.observe_batch)
+        batcher.start()
+        await batcher.submit(sample)  # the model answers through the batcher before we say ready
+        metrics.pending.set_function(lambda: batcher.pending)
+        metrics.depth.set_function(lambda: len(batcher.queue))
+        state.update(ready=True, batcher=batcher, instance_kind=kind, output_shape=list(y.shape[1:]),
+                     output_dtype=protocol.datatype_of(y.dtype))
+        yield
+        state["ready"] = False
+        await batcher.stop()
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    def _model(request: Request) -> str | None:
+        return request.path_params["model"] if request.path_params["model"] == opts.name else None
+
+    async def model_ready(request: Request) -> Response:
+        if not _model(request):
+            return _error(404, f"unknown model {request.path_params['model']!r}")
+        return JSONResponse({"name": opts.name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    async def model_meta(request: Request) -> Response:
+        if not _model(request):
+            return _error(404, f"unknown model {request.path_params['model']!r}")
+        p = bundle.params
+        return JSONResponse({
+            "name": opts.name, "versions": ["1"], "platform": f"{p.runtime}_{bundle.artifact.format}",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *bundle.sample_shape]}],
+            "outputs": [{"name": "output", "datatype": state.get("output_dtype", "FP32"),
+                         "shape": [-1, *state.get("output_shape", [])]}],
+            "parameters": {"engine": "builtin", "max_batch_size": opts.max_batch_size,
+                           "max_queue_delay_ms": opts.max_queue_delay_ms, "batch_policy": opts.batch_policy,
+                           "max_queue": opts.max_queue, "instances": opts.instances,
+                           "instance_kind": state.get("instance_kind"),
+                           "threads": opts.threads or p.threads, "label": p.describe()},
+        })
+
+    async def infer(request: Request) -> Response:
+        t0 = time.perf_counter()
+        response = await _infer(request)
+        if response.status_code == 200:
+            metrics.success.inc()
+            metrics.request.observe(time.perf_counter() - t0)
+        else:
+            metrics.failure.labels(str(response.status_code)).inc()
+        return response
+
+    async def _infer(request: Request) -> Response:
+        if not _model(request):
+            return _error(404, f"unknown model {request.path_params['model']!r}")
+        if not state["ready"]:
+            return _error(503, "model is not ready")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > opts.max_body_bytes:
+            return _error(400, f"body of {declared} bytes is over the limit of {opts.max_body_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > opts.max_body_bytes:
+                return _error(400, f"body is over the limit of {opts.max_body_bytes} bytes")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            x, header = protocol.parse(bytes(body), headers.get("content-type", ""), headers,
+                                       bundle.sample_shape, MAX_ROWS)
+        except protocol.BadRequest as err:
+            return _error(400, str(err))
+        try:
+            y = await state["batcher"].submit(x)
+        except QueueFull as err:
+            return _error(503, str(err))
+        except Exception as err:  # noqa: BLE001 - the runtime failed on this batch
+            return _error(500, f"inference failed: {type(err).__name__}: {err}")
+        content, out_headers = protocol.encode(y, header, opts.name, "output")
+        return Response(content, headers=out_headers)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/v2/health/live", live), Route("/v2/health/ready", ready),
+        Route("/v2/models/{model}", model_meta), Route("/v2/models/{model}/ready", model_ready),
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]), Route("/metrics", prometheus),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _watch_parent(pid: int) -> None:
+    """SIGTERM ourselves (a graceful drain) once ``pid`` is gone."""
+    def loop():
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass
+    threading.Thread(target=loop, daemon=True, name="parent-watch").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="workbench.serve.app", description=__doc__.splitlines()[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--parent-pid", type=int)
+    ap.add_argument("--options", default="{}", help="JSON of Options fields")
+    args = ap.parse_args(argv)
+    import uvicorn
+
+    from workbench.errors import WorkbenchError
+
+    try:
+        app = build_app(args.bundle, Options(**json.loads(args.options)))
+    except WorkbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    if args.parent_pid:
+        _watch_parent(args.parent_pid)
+    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=30,
+                            backlog=2048, timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

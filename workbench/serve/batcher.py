@@ -1,0 +1,223 @@
+"""The dynamic batcher of the builtin engine: requests queue, batches leave for free instances.
+
+A batch leaves when it is full (``max_batch_size`` rows) or when its *first* request has waited
+``max_queue_delay_ms`` (policy ``delay``), as soon as an instance is free. Policy ``idle``
+dispatches whatever is queued the moment an instance is free, so a lone request never waits for
+company: at low load it costs nothing, under load batches form by themselves while instances are
+busy. A full queue refuses new requests (:class:`QueueFull`, answered 503) rather than letting
+latency grow without bound.
+
+Each request's answer is its own rows of the batch output: runtimes compute rows independently,
+so it is exactly the unbatched answer (tests/test_serve.py checks this under concurrent load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import multiprocessing
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+POLICIES = ("delay", "idle")
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` requests already."""
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Instance:
+    """One model instance: a session driven by its own worker (a thread, or a process when the
+    runtime holds the GIL while it computes)."""
+
+    def __init__(self, executor: concurrent.futures.Executor, run: Callable[[np.ndarray], np.ndarray]):
+        self.executor, self.run = executor, run
+
+    async def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, batch)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+_PROCESS_SESSION = None
+
+
+def _process_init(bundle_path: str, threads: int | None) -> None:
+    global _PROCESS_SESSION
+    from workbench.serve.model import open_bundle
+
+    _PROCESS_SESSION = open_bundle(bundle_path).session(threads)
+
+
+def _process_run(batch: np.ndarray) -> np.ndarray:
+    return np.asarray(_PROCESS_SESSION.run(batch))
+
+
+def thread_instance(session) -> Instance:
+    return Instance(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="instance"),
+                    lambda b: np.asarray(session.run(b)))
+
+
+def process_instance(bundle_path: str, threads: int | None) -> Instance:
+    ex = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_process_init, initargs=(bundle_path, threads))
+    return Instance(ex, _process_run)
+
+
+def releases_gil(run: Callable[[], object], seconds: float = 0.2, tries: int = 3) -> bool:
+    """Whether ``run`` lets other Python threads go on while it computes.
+
+    A Python counting loop runs alone, then beside a thread calling ``run`` back to back: if the
+    counter keeps at least half its pace, the runtime released the GIL (onnxruntime, OpenVINO and
+    LiteRT do; a runtime that does not would serialise K thread instances into one). Other
+    processes competing for the cores can only slow the counter down, never speed it up, so the
+    best of ``tries`` rounds is taken: a busy machine does not pass for a GIL held.
+    """
+    def count(stop: threading.Event) -> int:
+        n = 0
+        while not stop.is_set():
+            n += 1
+        return n
+
+    def paced(busy: bool) -> float:
+        stop = threading.Event()
+        worker = None
+        if busy:
+            def loop():
+                while not stop.is_set():
+                    run()
+            worker = threading.Thread(target=loop, daemon=True)
+            worker.start()
+        timer = threading.Timer(seconds, stop.set)
+        timer.start()
+        t0 = time.perf_counter()
+        n = count(stop)
+        rate = n / (time.perf_counter() - t0)
+        if worker:
+            worker.join()
+        return rate
+
+    run()
+    for _ in range(tries):
+        alone = paced(False)
+        if paced(True) >= 0.5 * alone:
+            return True
+    return False
+
+
+class Batcher:
+    """Queue + dispatcher. ``await submit(x)`` returns the model's outputs for rows ``x``."""
+
+    def __init__(self, instances: list[Instance], max_batch_size: int = 8, max_queue_delay_ms: float = 2.0,
+                 policy: str = "delay", max_queue: int = 256, observe: Callable[..., None] | None = None):
+        if policy not in POLICIES:
+            raise ValueError(f"batch_policy must be one of {POLICIES} (got {policy!r})")
+        self.instances = instances
+        self.max_batch_size, self.delay = max(1, max_batch_size), max_queue_delay_ms / 1e3
+        self.policy, self.max_queue = policy, max_queue
+        self.observe = observe or (lambda **_: None)
+        self.queue: collections.deque[_Item] = collections.deque()
+        self.running = 0  # requests inside a dispatched batch
+        self._wake = asyncio.Event()
+        self._free: asyncio.Queue[Instance] = asyncio.Queue()
+        for inst in instances:
+            self._free.put_nowait(inst)
+        self._task: asyncio.Task | None = None
+        self._batches: set[asyncio.Task] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue) + self.running
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def stop(self) -> None:
+        """Finish dispatched batches, then stop (the server drains requests before calling this)."""
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+        if self._task:
+            self._task.cancel()
+        for inst in self.instances:
+            inst.close()
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        if len(self.queue) >= self.max_queue:
+            raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
+        item = _Item(x, asyncio.get_running_loop().create_future())
+        self.queue.append(item)
+        self._wake.set()
+        return await item.future
+
+    async def _wait_for(self, timeout: float | None) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _rows(self) -> int:
+        return sum(len(i.x) for i in self.queue)
+
+    async def _dispatch(self) -> None:
+        while True:
+            inst = await self._free.get()
+            while True:
+                while self.queue and self.queue[0].future.done():  # its client went away
+                    self.queue.popleft()
+                if self.queue:
+                    break
+                await self._wait_for(None)
+            if self.policy == "delay":
+                deadline = self.queue[0].enqueued + self.delay
+                while self._rows() < self.max_batch_size:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    await self._wait_for(left)
+            items, rows = [], 0
+            while self.queue and (not items or rows + len(self.queue[0].x) <= self.max_batch_size):
+                item = self.queue.popleft()
+                if not item.future.done():
+                    items.append(item)
+                    rows += len(item.x)
+            if not items:
+                self._free.put_nowait(inst)
+                continue
+            self.running += len(items)
+            task = asyncio.get_running_loop().create_task(self._run(inst, items, rows))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run(self, inst: Instance, items: list[_Item], rows: int) -> None:
+        start = time.perf_counter()
+        try:
+            batch = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
+            y = await inst(batch)
+            end = time.perf_counter()
+            at = 0
+            for item in items:
+                if not item.future.done():
+                    item.future.set_result(y[at:at + len(item.x)])
+                at += len(item.x)
+            self.observe(batch_rows=rows, compute=end - start, queued=[start - i.enqueued for i in items])
+        except Exception as err:  # noqa: BLE001 - every waiting request gets the error
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(err)
+        finally:
+            self.running -= len(items)
+            self._free.put_nowait(inst)

@@ -1,0 +1,154 @@
+"""Open Inference Protocol (KServe v2) over REST: request parsing and response encoding.
+
+Three request bodies are understood:
+
+* JSON tensors: ``{"inputs": [{"name", "shape", "datatype": "FP32", "data": [...]}]}``;
+* the v2 binary-data extension: header ``Inference-Header-Content-Length: N``, the first N
+  bytes are the JSON header (the input carries ``"parameters": {"binary_data_size": k}``), the
+  raw little-endian tensor bytes follow;
+* a raw ``.npy`` array with ``Content-Type: application/octet-stream`` (answered with ``.npy``).
+
+Anything malformed raises :class:`BadRequest`, which the server answers with 400 and a one-line
+JSON error; the server itself never sees a half-parsed tensor.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
+             "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+NPY = "application/octet-stream"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class BadRequest(ValueError):
+    """The body is not a valid inference request for this model (HTTP 400)."""
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    for name, t in DATATYPES.items():
+        if np.dtype(t) == np.dtype(dtype):
+            return name
+    return "BYTES"
+
+
+def _check(x: np.ndarray, sample_shape: tuple[int, ...], max_rows: int) -> np.ndarray:
+    if x.dtype != np.float32:
+        raise BadRequest(f"datatype {datatype_of(x.dtype)} is not accepted: the model input is FP32")
+    if x.shape[1:] != tuple(sample_shape) or x.ndim != len(sample_shape) + 1:
+        expected = [-1, *sample_shape]
+        raise BadRequest(f"input shape {list(x.shape)} does not match the model's {expected}")
+    if not 1 <= x.shape[0] <= max_rows:
+        raise BadRequest(f"input batch of {x.shape[0]} rows: must be 1..{max_rows}")
+    return np.ascontiguousarray(x)
+
+
+def parse(body: bytes, content_type: str, headers: dict[str, str], sample_shape: tuple[int, ...],
+          max_rows: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The input batch of a request and its JSON header (``{}`` for ``.npy`` bodies)."""
+    if content_type.split(";")[0].strip().lower() == NPY and HEADER_LENGTH not in headers:
+        try:
+            x = np.load(io.BytesIO(body), allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - numpy raises several kinds for a bad file
+            raise BadRequest(f"body is not a .npy array ({type(err).__name__})") from None
+        return _check(x, sample_shape, max_rows), {"binary": "npy"}
+    raw = b""
+    if HEADER_LENGTH in headers:
+        try:
+            n = int(headers[HEADER_LENGTH])
+        except ValueError:
+            raise BadRequest("Inference-Header-Content-Length is not an integer") from None
+        if not 0 < n <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes")
+        body, raw = body[:n], body[n:]
+    try:
+        header = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"body is not valid JSON ({getattr(err, 'msg', type(err).__name__)})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
+        raise BadRequest('body must be {"inputs": [one tensor]}')
+    tensor = header["inputs"][0]
+    if not isinstance(tensor, dict):
+        raise BadRequest("inputs[0] must be an object with name, shape, datatype and data")
+    shape, datatype = tensor.get("shape"), tensor.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise BadRequest("inputs[0].shape must be a list of non-negative integers")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"inputs[0].datatype {datatype!r} is not a v2 numeric datatype")
+    dtype = np.dtype(DATATYPES[datatype])
+    size = int(np.prod(shape)) if shape else 1
+    params = tensor.get("parameters") or {}
+    if "binary_data_size" in params:
+        if params["binary_data_size"] != len(raw) or len(raw) != size * dtype.itemsize:
+            raise BadRequest(f"binary input of {len(raw)} bytes does not hold shape {shape} of {datatype}")
+        x = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise BadRequest("inputs[0].data must be a list")
+        try:
+            x = np.asarray(data, dtype=dtype)
+        except (ValueError, TypeError):
+            raise BadRequest(f"inputs[0].data is not a list of {datatype} numbers") from None
+        if x.size != size:
+            raise BadRequest(f"inputs[0].data has {x.size} values but shape {shape} needs {size}")
+        x = x.reshape(shape)
+    return _check(x, sample_shape, max_rows), header
+
+
+def wants_binary(header: dict[str, Any]) -> bool:
+    """The request asked for binary outputs (v2 binary-data extension)."""
+    if (header.get("parameters") or {}).get("binary_data_output"):
+        return True
+    return any((o.get("parameters") or {}).get("binary_data") for o in header.get("outputs") or []
+               if isinstance(o, dict))
+
+
+def encode(y: np.ndarray, header: dict[str, Any], model: str, output_name: str) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of the answer, in the form the request came in."""
+    if header.get("binary") == "npy":
+        buf = io.BytesIO()
+        np.save(buf, y, allow_pickle=False)
+        return buf.getvalue(), {"content-type": NPY}
+    out: dict[str, Any] = {"name": output_name, "shape": list(y.shape), "datatype": datatype_of(y.dtype)}
+    answer: dict[str, Any] = {"model_name": model, "outputs": [out]}
+    if "id" in header:
+        answer["id"] = header["id"]
+    if wants_binary(header):
+        raw = np.ascontiguousarray(y).astype(y.dtype.newbyteorder("<")).tobytes()
+        out["parameters"] = {"binary_data_size": len(raw)}
+        head = json.dumps(answer, separators=(",", ":")).encode()
+        return head + raw, {"content-type": NPY, "inference-header-content-length": str(len(head))}
+    out["data"] = y.reshape(-1).tolist()
+    return json.dumps(answer, separators=(",", ":")).encode(), {"content-type": "application/json"}
+
+
+def request_json(x: np.ndarray, name: str = "input") -> bytes:
+    """A JSON inference request for batch ``x`` (what the load generator and tests send)."""
+    return json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype_of(x.dtype),
+                                   "data": x.reshape(-1).tolist()}]}, separators=(",", ":")).encode()
+
+
+def request_npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
+    return buf.getvalue()
+
+
+def response_array(body: bytes, content_type: str, headers: dict[str, str] | None = None) -> np.ndarray:
+    """The first output tensor of an answer, whichever form it came in."""
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    if HEADER_LENGTH in headers:
+        n = int(headers[HEADER_LENGTH])
+        out = json.loads(body[:n])["outputs"][0]
+        dtype = np.dtype(DATATYPES[out["datatype"]]).newbyteorder("<")
+        return np.frombuffer(body[n:], dtype=dtype).reshape(out["shape"])
+    if content_type.split(";")[0].strip().lower() == NPY:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    out = json.loads(body)["outputs"][0]
+    return np.asarray(out["data"], dtype=DATATYPES.get(out["datatype"], np.float32)).reshape(out["shape"])

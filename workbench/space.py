@@ -1,0 +1,199 @@
+"""The search space: which parameters a trial gets, the grid, and the automatic space.
+
+``CONDITIONS`` (derived from the runtime and variant registries, :mod:`workbench.parameters`)
+says when a parameter means something (``int8_mode`` only at 8 bits, OpenVINO options only for
+OpenVINO...): a parameter whose condition is false is neither sampled nor enumerated, so two
+trials never differ only in a value that has no effect.
+
+When an experiment gives no ``search_space``, :func:`auto` builds one from what this model and
+this machine allow: every installed runtime that can run the model's format, bits 32/16/8 (and
+4, plus dynamic int8, only where MatMul weights dominate: ``quantize.INT4_MIN_SHARE``), int8
+static with and without per-channel scales, threads 1..cores, channel pruning 0/0.25/0.5 for a
+Keras model whose data has a training split, and the batch sizes of the scenario
+(single_stream: 1; offline: 1, 8, 32, 128). TensorFlow is left out: it runs only the fp32 Keras
+model, which is already the baseline. ``workbench plan`` prints the resolved space
+(:func:`plan`) without running anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from workbench.config import Experiment, Range, SearchSpace
+from workbench.params import to_builtin
+
+# When a parameter means something, declared by the plug-in that reads it (workbench.parameters).
+from workbench.parameters import CONDITIONS  # noqa: E402,F401
+
+# n_trials when the experiment gives none: every distinct configuration up to this many.
+MAX_DEFAULT_TRIALS = 40
+OFFLINE_BATCH_SIZES = [1, 8, 32, 128]
+PRUNE_SPARSITIES = [0.0, 0.25, 0.5]
+
+
+def grid_points(exp: Experiment) -> list[dict[str, Any]]:
+    """Every distinct combination of the searched values, conditional parameters respected."""
+    points: list[dict[str, Any]] = [{}]
+    fixed = exp.search_space.fixed()
+    for name, spec in exp.search_space:
+        if not isinstance(spec, (list, Range)):
+            continue
+        values = spec.values() if isinstance(spec, Range) else spec
+        grown = []
+        for point in points:
+            context = {**fixed, **point}
+            if name in CONDITIONS and not CONDITIONS[name](context):
+                grown.append(point)
+            else:
+                grown.extend({**point, name: v} for v in values)
+        points = grown
+    return points
+
+
+def enqueue_next_grid_point(study, exp: Experiment) -> bool:
+    """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
+    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+    for point in grid_points(exp):
+        if point not in seen:
+            study.enqueue_trial(point)
+            return True
+    return False
+
+
+def suggest(trial, exp: Experiment) -> dict[str, Any]:
+    """Trial parameters: searched ones from the sampler, fixed ones as written, all builtins."""
+    params: dict[str, Any] = {}
+    for name, spec in exp.search_space:
+        if name in CONDITIONS and not CONDITIONS[name](params):
+            continue
+        if isinstance(spec, Range):
+            if spec.is_int:
+                params[name] = int(trial.suggest_int(name, int(spec.low), int(spec.high),
+                                                     step=int(spec.step or 1), log=spec.log))
+            else:
+                params[name] = float(trial.suggest_float(name, spec.low, spec.high,
+                                                         step=spec.step, log=spec.log))
+        elif isinstance(spec, list):
+            params[name] = to_builtin(trial.suggest_categorical(name, spec))
+        else:
+            params[name] = spec
+    return params
+
+
+def installed_runtimes(model_format: str) -> list[str]:
+    """Registered runtimes whose packages are installed here and that can run a model of
+    ``model_format`` (keras: exported to ONNX or converted to TFLite; onnx: as it is)."""
+    from workbench import runtimes
+
+    reachable = {"onnx"} if model_format == "onnx" else {"onnx", "tflite"}
+    out = []
+    for name, rt in runtimes.registered().items():
+        if not reachable & set(rt.formats):
+            continue
+        if all(importlib.util.find_spec(pkg.replace("-", "_"))
+               for pkg in rt.packages):
+            out.append(name)
+    return out
+
+
+def cores() -> int:
+    """CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _model_facts(exp: Experiment) -> dict[str, Any]:
+    """Format of the model, MatMul weight share of its fp32 ONNX, and whether data can train."""
+    from workbench import data as data_mod
+    from workbench import variants, zoo
+    from workbench.variants import quantize
+
+    data = data_mod.load(exp.resolve(exp.data), exp.task)
+    model = zoo.resolve(exp.resolve(exp.model), data, exp.trust_model_code)
+    facts = {"format": "onnx" if model.format == "onnx" else "keras", "share": 0.0,
+             "trainable": data.x_train is not None}
+    try:
+        import onnx
+
+        facts["share"] = quantize.matmul_weight_share(onnx.load(str(variants._onnx_fp32(model, data).path)))
+    except Exception:  # noqa: BLE001 - without the share, int4 is simply not proposed
+        pass
+    return facts
+
+
+def auto(exp: Experiment, facts: dict[str, Any] | None = None) -> SearchSpace:
+    """The automatic search space of ``exp`` (see the module docstring)."""
+    from workbench import decide
+    from workbench.variants import quantize
+
+    facts = facts or _model_facts(exp)
+    sc = decide.scenario(exp.scenario)
+    dense = facts["share"] >= quantize.INT4_MIN_SHARE
+    space: dict[str, Any] = {
+        "bits": [32, 16, 8, 4] if dense else [32, 16, 8],
+        "int8_mode": ["static", "dynamic"] if dense else "static",
+        "per_channel": [False, True],
+        "runtime": installed_runtimes(facts["format"]) or "onnxruntime",
+        "threads": list(range(1, cores() + 1)),
+        "batch_size": OFFLINE_BATCH_SIZES if "batch_size" in sc.searched else 1,
+    }
+    if facts["format"] == "keras" and facts["trainable"]:
+        space["sparsity"] = PRUNE_SPARSITIES
+        space["prune_structure"] = "channels"
+    space = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in space.items()}
+    return SearchSpace(**space)
+
+
+def default_n_trials(exp: Experiment) -> int:
+    """Every distinct configuration when there are at most :data:`MAX_DEFAULT_TRIALS`, else that many."""
+    return min(len(distinct(exp)), MAX_DEFAULT_TRIALS)
+
+
+def distinct(exp: Experiment) -> list[dict[str, Any]]:
+    """The distinct configurations of ``exp``'s space (conditional parameters respected)."""
+    return grid_points(exp)
+
+
+def resolve(exp: Experiment, facts: dict[str, Any] | None = None) -> Experiment:
+    """``exp`` with its search space (automatic when omitted) and n_trials filled in."""
+    if exp.auto_space:
+        exp = exp.model_copy(update={"search_space": auto(exp, facts)})
+        exp.__pydantic_fields_set__.add("search_space")
+    if exp.n_trials is None:
+        exp = exp.model_copy(update={"n_trials": default_n_trials(exp)})
+    return exp
+
+
+def plan(exp: Experiment) -> str:
+    """What ``workbench plan`` prints: the question, the resolved space, the number of distinct
+    configurations and the trials a sweep would run."""
+    from workbench import decide
+
+    given = not exp.auto_space
+    n_given = exp.n_trials
+    exp = resolve(exp)
+    info = {"scenario": exp.scenario, "latency_percentile": exp.latency_percentile,
+            "latency_budget_ms": exp.latency_budget_ms, "max_accuracy_drop": exp.max_accuracy_drop,
+            "task": exp.task}
+    lines = [f"experiment {exp.name}: {decide.question(info)}",
+             f"objectives: {', '.join(exp.objectives)}",
+             f"search space ({'as given' if given else 'automatic: this model on this machine'}):"]
+    for name, spec in exp.search_space:
+        if isinstance(spec, Range):
+            text = f"{spec.low}..{spec.high}" + (f" step {spec.step}" if spec.step else "")
+        elif isinstance(spec, list):
+            text = "[" + ", ".join(map(str, spec)) + "]"
+        else:
+            continue
+        lines.append(f"  {name}: {text}")
+    fixed = {k: v for k, v in exp.search_space.fixed().items()}
+    lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    n = len(distinct(exp))
+    lines.append(f"distinct configurations: {n}")
+    lines.append(f"trials: {exp.n_trials} ({'as given' if n_given else 'default: all distinct, at most '}"
+                 f"{'' if n_given else MAX_DEFAULT_TRIALS}), sampler {exp.sampler}")
+    return "\n".join(lines)
