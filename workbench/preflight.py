@@ -80,7 +80,7 @@ def _check(exp: Experiment) -> None:
             raise DataError(f"data {data_spec}: the builtin model {model_spec} is trained on the "
                             "data's x_train/y_train, which it lacks (add them, or give a trained "
                             "model file)")
-    model = zoo.resolve(model_spec, data, exp.trust_model_code)
+    model = zoo.resolve(model_spec, data, exp.trust_model_code, exp.output)
     if model.task != exp.task:
         raise ModelError(f"model {model.name}: prepared for task {model.task}, the experiment's "
                          f"task is {exp.task}")
