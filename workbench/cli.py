@@ -113,7 +113,8 @@ def _export(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--engine: builtin or kserve (got {args.engine})")
     preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
-    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}"
+    sample = next(out.glob("sample_input.np[yz]"), out / "sample_input.npy")
+    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {sample}"
           f"\nre-measure it: python {out / 'predict.py'} --check")
     if args.engine == "kserve":
         from workbench.serve.kserve import write_inferenceservice
