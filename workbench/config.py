@@ -234,6 +234,12 @@ class Experiment(BaseModel):
     task: Literal["classification", "regression"] = "classification"
     # let a .keras file with Python code in it (Lambda layers) be loaded (safe_mode=False)
     trust_model_code: bool = False
+    # --- models (issue 14) ---
+    # the scored output of a model with several: its name or index (default the first)
+    output: Union[int, str] = 0
+    # an untrained student .keras file for distillation (default: the teacher scaled by
+    # search_space.distill_width); relative to the experiment file
+    distill_student: str | None = None
 
     # --- scenario: which deployment question the sweep answers (issue 12; workbench.decide) ---
     # single_stream: lowest latency_percentile at batch 1 (optional latency_budget_ms);
@@ -262,11 +268,8 @@ class Experiment(BaseModel):
         if "objectives" not in self.model_fields_set:
             # not via setattr: that would mark objectives as given by the user
             self.__dict__["objectives"] = sc.objectives(self.latency_percentile)
-        if sc.batch_one and "search_space" in self.model_fields_set:
-            spec = self.search_space.batch_size
-            if 1 not in (spec.values() if isinstance(spec, Range) else _choices(spec)):
-                raise ValueError("search_space.batch_size: scenario single_stream answers at batch 1; "
-                                 "include 1 (other sizes are measured, not recommended) or use scenario: offline")
+        # single_stream with batch sizes listed: all are measured, only the smallest (1 unless
+        # the experiment leaves it out) is a candidate (workbench.decide.candidates)
         if self.latency_budget_ms is not None and sc.name != "single_stream":
             raise ValueError("latency_budget_ms: only for scenario single_stream")
         return self

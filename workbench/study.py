@@ -127,6 +127,8 @@ def trial_settings(exp: Experiment) -> dict[str, Any]:
                 calibration_samples=exp.calibration_samples,
                 max_accuracy_drop=exp.max_accuracy_drop, seed=exp.seed,
                 task=exp.task, trust_model_code=exp.trust_model_code,
+                output=exp.output,  # models (issue 14)
+                distill_student=exp.resolve(exp.distill_student) if exp.distill_student else None,
                 **exp.measurement.model_dump())
 
 

@@ -50,6 +50,7 @@ def apply_threads(intra: int, inter: int) -> None:
         raise TrialPruned(f"runtime tensorflow: cannot set {intra} intra-op / {inter} inter-op "
                           f"threads, TensorFlow already runs in this process with {shown[0]} / "
                           f"{shown[1]} (run the trial in a fresh process, e.g. its notebook)")
+from workbench.inputs import by_runtime_names
 
 
 class TensorflowSession:
@@ -61,22 +62,28 @@ class TensorflowSession:
         if Path(path).is_dir():  # SavedModel
             from workbench.usermodel import saved_model_signature
 
-            self._loaded, sig, in_name, out_name = saved_model_signature(Path(path))
-            spec = sig.structured_input_signature[1][in_name]
-            self._fn = tf.function(lambda x: sig(**{in_name: x})[out_name],
-                                   input_signature=(tf.TensorSpec(spec.shape, tf.float32),))
+            self._loaded, sig, in_names, out_name = saved_model_signature(Path(path), params.output)
+            self._names = [in_names] if isinstance(in_names, str) else list(in_names)
+            specs = sig.structured_input_signature[1]
+            self._fn = tf.function(lambda *xs: sig(**dict(zip(self._names, xs)))[out_name],
+                                   input_signature=tuple(tf.TensorSpec(specs[n].shape, specs[n].dtype)
+                                                         for n in self._names))
         else:
             import keras
 
             model = keras.saving.load_model(path, safe_mode=options["safe_mode"])
-            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-            self._fn = tf.function(lambda x: model(x, training=False), input_signature=(spec,))
+            self._names = [t.name for t in model.inputs]
+            spec = tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs)
+            self._fn = tf.function(
+                lambda *xs: model(dict(zip(self._names, xs)) if len(xs) > 1 else xs[0], training=False),
+                input_signature=spec)
         self._fn.get_concrete_function()
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.providers = ["tensorflow:CPU"]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._fn(batch).numpy()
+    def run(self, batch) -> np.ndarray:
+        """``batch``: one array, or a dict of named arrays for a model with several inputs."""
+        return self._fn(*by_runtime_names(batch, self._names)).numpy()
 
     def close(self) -> None:
         del self._fn
@@ -115,6 +122,7 @@ class TensorflowRuntime(Runtime):
         out_name, = sig.structured_outputs
         fn = tf.function(lambda x: sig(**{{in_name: x}})[out_name],
                          input_signature=(tf.TensorSpec(spec.shape, tf.float32),))
+        fn._keep_alive = loaded  # the signature's variables live as long as the function
     else:
         import keras
 
