@@ -151,7 +151,9 @@ def main() -> None:
         "`workbench.trial`) while the previous trial ran (`notebook.Kernels`). What remains is",
         "papermill's own work (reading and parameterizing the notebook, saving it as cells run),",
         "kernel shutdown, a kernel not yet ready when the previous trial was shorter than a kernel",
-        "start, and a fresh process's cold caches inside trial.run (first session run, page faults).",
+        "start, and what a fresh process pays inside trial.run that the warm in-process loop does not:
+`import onnxruntime` (0.12 s on an idle machine; the runtime is only known when the trial
+runs, so it is not preloaded), loading the data and the cached artifact, first session runs.",
         "The kernel booting ahead uses a core while the current trial runs: on a busy or 2-core",
         "machine it competes with the trial (a trial at `threads: 1` leaves it the other core).",
     ]
