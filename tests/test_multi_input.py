@@ -151,3 +151,12 @@ def test_two_input_sweep_end_to_end(two_inputs, tmp_path):
     trials = df[df.kind == "trial"]
     assert len(trials) == 4 and set(trials.state) == {"COMPLETE"}, trials.reason.tolist()
     assert (run_dir / "best.json").is_file()
+
+
+def test_export_bundle_refuses_several_inputs_with_one_line(two_inputs, tmp_path):
+    from workbench import bundle
+
+    m = trial.run(_kw(two_inputs))
+    with pytest.raises(bundle.ExportError, match="features float32, ids int32") as err:
+        bundle.write_bundle(m, tmp_path / "bundle")
+    assert "\n" not in str(err.value) and not (tmp_path / "bundle").exists()

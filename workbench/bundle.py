@@ -211,6 +211,10 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     name = artifact.name if artifact.is_dir() else f"model{artifact.suffix}"
     options = runtime.session_options(p)
     data = data_mod.load(p.data, p.task)
+    if data.multi_input or not data.inputs[0][2].startswith("float"):  # models (issue 14)
+        kinds = ", ".join(f"{n or 'x'} {d}" for n, _, d in data.inputs)
+        raise ExportError(f"export: bundles take one float input for now; this model's inputs are "
+                          f"{kinds} (predict.py and the bundle loaders do not feed them yet)")
     n = min(CHECK_ROWS, len(data.x_eval))
     x_check, y_check = data.x_eval[:n].astype(np.float32), np.asarray(data.y_eval[:n])
 
