@@ -46,6 +46,7 @@ also in bundle.json).
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -53,26 +54,65 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OPTIONS = {options}
+# Sample dimensions of each input ("" for a model with one input): an input file holding one
+# sample instead of a batch gets a batch dimension.
+SAMPLE_NDIM = {sample_ndim!r}
+
+
+def read_inputs(path):
+    """A batch of inputs: an .npy array (one input), or an .npz with one array per input name.
+    Float inputs as float32; integer inputs (token ids) as they are."""
+    if str(path).endswith(".npz"):
+        with np.load(path) as z:
+            x = {{k: z[k] for k in z.files}}
+    else:
+        x = {{"": np.load(path)}}
+    x = {{k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in x.items()}}
+    x = {{k: v[None] if v.ndim == SAMPLE_NDIM.get(k, -1) else v for k, v in x.items()}}
+    return x[""] if "" in x else x
+
+
+def take(x, i, j):
+    if isinstance(x, dict):
+        return {{k: np.ascontiguousarray(v[i:j]) for k, v in x.items()}}
+    return np.ascontiguousarray(x[i:j])
+
+
+def rows(x):
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def arrays(x, names):
+    """The input arrays in the order of the runtime's input ``names`` (matched by name)."""
+    if not isinstance(x, dict):
+        return [x]
+    if len(x) == 1 and len(names) == 1:
+        return list(x.values())
+    return [x[n] if n in x else x[re.sub(r":\\d+$", "", n).removeprefix("serving_default_")]
+            for n in names]
 
 
 def load():
-    """A function from a float32 batch to the model's outputs."""
+    """A function from a batch (an array, or a dict of named arrays) to the model's outputs."""
     {load}
 
 
 def check(run, as_json=False):
     """Quality on the bundled sample, and p50 latency at the trial's batch size."""
     info = json.loads((HERE / "check.json").read_text())
-    x = np.load(HERE / "check_inputs.npy").astype(np.float32)
+    x = read_inputs(next(HERE.glob("check_inputs.np[yz]")))
     y = np.load(HERE / "check_targets.npy")
     b = info["batch_size"]
-    out = np.concatenate([np.asarray(run(np.ascontiguousarray(x[i:i + b]))) for i in range(0, len(x), b)])
+    n = rows(x)
+    out = np.concatenate([np.asarray(run(take(x, i, i + b))) for i in range(0, n, b)])
     if info["task"] == "regression":
         err = out.astype(np.float64).reshape(len(y), -1) - y.astype(np.float64).reshape(len(y), -1)
         quality = {{"mae": float(np.mean(np.abs(err)))}}
     else:
         quality = {{"accuracy": float(np.mean(np.argmax(out, axis=-1) == y) * 100.0)}}
-    batch = np.ascontiguousarray(np.concatenate([x] * -(-b // len(x)))[:b])
+    reps = -(-b // n)
+    batch = ({{k: np.ascontiguousarray(np.concatenate([v] * reps)[:b]) for k, v in x.items()}}
+             if isinstance(x, dict) else np.ascontiguousarray(np.concatenate([x] * reps)[:b]))
     m = info["measurement"]
     for _ in range(m["warmup"]):
         run(batch)
@@ -83,14 +123,14 @@ def check(run, as_json=False):
         run(batch)
         times.append(time.perf_counter_ns() - t0)
     p50 = float(np.percentile(times, 50)) / 1e6
-    result = {{**quality, "expected": info["expected"], "samples": int(len(x)), "runs": len(times),
+    result = {{**quality, "expected": info["expected"], "samples": int(n), "runs": len(times),
               "p50_ms": p50, "trial_p50_ms": info["trial_p50_ms"],
               "p50_ratio": p50 / info["trial_p50_ms"] if info["trial_p50_ms"] else None}}
     if as_json:
         print(json.dumps(result))
         return result
     name = next(iter(quality))
-    print(f"{{name}} {{quality[name]:.4f}} on {{len(x)}} bundled samples "
+    print(f"{{name}} {{quality[name]:.4f}} on {{n}} bundled samples "
           f"(workbench measured {{info['expected'][name]:.4f}} on the same samples)")
     print(f"p50 {{p50:.4f}} ms at batch {{b}} over {{len(times)}} calls; trial p50 "
           f"{{info['trial_p50_ms']:.4f}} ms; ratio {{result['p50_ratio']:.2f}}")
@@ -99,7 +139,8 @@ def check(run, as_json=False):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("input", nargs="?", help=".npy array: a batch (or a single sample) of model inputs")
+    ap.add_argument("input", nargs="?", help=".npy array: a batch (or a single sample) of model inputs; "
+                    ".npz with one array per input name for a model with several")
     ap.add_argument("--out", help="write the outputs here (.npy)")
     ap.add_argument("--check", action="store_true", help="re-measure quality and p50 on the bundled sample")
     ap.add_argument("--json", action="store_true", help="with --check: print one JSON line")
@@ -109,10 +150,8 @@ def main():
         return
     if not args.input:
         ap.error("give an INPUT.npy, or --check")
-    x = np.load(args.input).astype(np.float32)
-    if x.ndim == {sample_ndim}:
-        x = x[None]  # a single sample
-    y = np.asarray(load()(np.ascontiguousarray(x)))
+    x = read_inputs(args.input)
+    y = np.asarray(load()(take(x, 0, rows(x))))
     if args.out:
         np.save(args.out, y)
     print(f"outputs {{y.shape}}, top-1: {{y.argmax(-1).tolist()}}")
@@ -197,7 +236,7 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     import numpy as np
 
     from workbench import data as data_mod
-    from workbench import runtimes
+    from workbench import inputs, runtimes
     from workbench.params import TrialParams
     from workbench.trial import timing_batch
 
@@ -211,12 +250,17 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     name = artifact.name if artifact.is_dir() else f"model{artifact.suffix}"
     options = runtime.session_options(p)
     data = data_mod.load(p.data, p.task)
-    if data.multi_input or not data.inputs[0][2].startswith("float"):  # models (issue 14)
-        kinds = ", ".join(f"{n or 'x'} {d}" for n, _, d in data.inputs)
-        raise ExportError(f"export: bundles take one float input for now; this model's inputs are "
-                          f"{kinds} (predict.py and the bundle loaders do not feed them yet)")
-    n = min(CHECK_ROWS, len(data.x_eval))
-    x_check, y_check = data.x_eval[:n].astype(np.float32), np.asarray(data.y_eval[:n])
+    n = min(CHECK_ROWS, data.n_eval)
+    x_check, y_check = inputs.cast_float32(data.take("eval", 0, n)), np.asarray(data.y_eval[:n])
+    # one input: .npy files; several (models, issue 14): .npz with one array per input name
+    ext = "npz" if data.multi_input else "npy"
+
+    def save_inputs(path: Path, x) -> None:
+        if isinstance(x, dict):
+            with open(path, "wb") as fh:  # np.savez would append .npz to a str path
+                np.savez(fh, **x)
+        else:
+            np.save(path, x)
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -233,8 +277,8 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
         shutil.copy2(artifact, wrote(name))
     wrote("config.json").write_text(json.dumps(params, indent=2, sort_keys=True))
     wrote("metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    np.save(wrote("sample_input.npy"), timing_batch(data.x_eval, p.batch_size))
-    np.save(wrote("check_inputs.npy"), x_check)
+    save_inputs(wrote(f"sample_input.{ext}"), timing_batch(data.x_eval, p.batch_size))
+    save_inputs(wrote(f"check_inputs.{ext}"), x_check)
     np.save(wrote("check_targets.npy"), y_check)
     expected = _expected_quality(out, params, artifact, p.task)
     wrote("check.json").write_text(json.dumps({
@@ -247,7 +291,8 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     title = title or {"trial": "-", "experiment": "-", "study": "-"}
     wrote("predict.py").write_text(PREDICT.format(
         **title, label=metrics.get("label", ""), runtime=p.runtime, options=repr(options),
-        load=runtime.bundle_loader(name), sample_ndim=data.x_eval.ndim - 1))
+        load=runtime.bundle_loader(name),
+        sample_ndim={(k or ""): len(shape) for k, shape, _ in data.inputs}))
     return out
 
 
@@ -257,7 +302,8 @@ def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, task: s
     only take its thread settings before its first use in a process (TensorFlow)."""
     code = ("import json, sys; from workbench import bundle; "
             "print(json.dumps(bundle.measure_quality(*json.loads(sys.argv[1]))))")
-    args = json.dumps([params, str(artifact), str(out / "check_inputs.npy"), str(out / "check_targets.npy")])
+    x_path = next(out.glob("check_inputs.np[yz]"))
+    args = json.dumps([params, str(artifact), str(x_path), str(out / "check_targets.npy")])
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
     if res.returncode != 0:
@@ -270,7 +316,7 @@ def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: 
     """Quality of ``artifact`` opened as ``params`` say, on the arrays at ``x_path``/``y_path``."""
     import numpy as np
 
-    from workbench import runtimes, variants
+    from workbench import inputs, runtimes, variants
     from workbench.errors import TrialPruned
     from workbench.params import TrialParams
     from workbench.trial import evaluate
@@ -284,7 +330,12 @@ def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: 
     except TrialPruned as err:
         raise ExportError(f"the runtime refuses the trial's own options: {err}") from None
     try:
-        x, y = np.load(x_path).astype(np.float32), np.load(y_path)
+        if x_path.endswith(".npz"):
+            with np.load(x_path) as z:
+                x = {k: z[k] for k in z.files}
+        else:
+            x = inputs.cast_float32(np.load(x_path))
+        y = np.load(y_path)
         outputs = evaluate(session, x, p.batch_size)
     finally:
         session.close()

@@ -111,7 +111,8 @@ def _export(args: argparse.Namespace) -> int:
 
     preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
-    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}")
+    sample = next(out.glob("sample_input.np[yz]"), out / "sample_input.npy")  # .npz: several inputs
+    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {sample}")
     return 0
 
 

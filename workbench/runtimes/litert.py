@@ -129,19 +129,23 @@ class LitertRuntime(Runtime):
 
     interp = Interpreter(model_path=str(HERE / "{artifact}"), num_threads=OPTIONS["num_threads"],
                          experimental_op_resolver_type=getattr(OpResolverType, OPTIONS["op_resolver"]))
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    ins, out = interp.get_input_details(), interp.get_output_details()[0]
+    names = [d["name"] for d in ins]
     state = {{"n": None}}
 
     def run(x):
-        if x.shape[0] != state["n"]:
-            interp.resize_tensor_input(inp["index"], [x.shape[0], *inp["shape"][1:]], strict=False)
+        xs = arrays(x, names)
+        if xs[0].shape[0] != state["n"]:
+            for d in ins:
+                interp.resize_tensor_input(d["index"], [xs[0].shape[0], *d["shape"][1:]], strict=False)
             interp.allocate_tensors()
-            state["n"] = x.shape[0]
-        if inp["dtype"] in (np.int8, np.uint8):  # a fully integer model: quantize the input
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], x.astype(inp["dtype"], copy=False))
+            state["n"] = xs[0].shape[0]
+        for d, v in zip(ins, xs):
+            if d["dtype"] in (np.int8, np.uint8) and v.dtype.kind == "f":  # fully integer: quantize
+                scale, zero = d["quantization"]
+                info = np.iinfo(d["dtype"])
+                v = np.clip(np.round(v / scale + zero), info.min, info.max).astype(d["dtype"])
+            interp.set_tensor(d["index"], v.astype(d["dtype"], copy=False))
         interp.invoke()
         y = interp.get_tensor(out["index"])
         if out["dtype"] in (np.int8, np.uint8):

@@ -110,9 +110,10 @@ class OpenvinoRuntime(Runtime):
     core = ov.Core()
     compiled = core.compile_model(str(HERE / "{artifact}"), OPTIONS["device"], OPTIONS["config"])
     req = compiled.create_infer_request()
+    names = [i.get_any_name() for i in compiled.inputs]
 
     def run(x):
-        req.infer({{0: x}})
+        req.infer(dict(enumerate(arrays(x, names))))
         return req.get_output_tensor(0).data.copy()
     return run'''
 

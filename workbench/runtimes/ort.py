@@ -137,9 +137,9 @@ class OnnxRuntime(Runtime):
     sess = ort.InferenceSession(str(HERE / "{artifact}"), sess_options=opts, providers=OPTIONS["providers"])
     if sess.get_providers()[0] != OPTIONS["providers"][0]:
         raise SystemExit(f"onnxruntime activated {{sess.get_providers()}}, not {{OPTIONS['providers']}}")
-    name = sess.get_inputs()[0].name
+    names = [i.name for i in sess.get_inputs()]
     output = sess.get_outputs()[0].name
-    return lambda x: sess.run([output], {{name: x}})[0]'''
+    return lambda x: sess.run([output], dict(zip(names, arrays(x, names))))[0]'''
 
     def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
         info = super().doctor(context)

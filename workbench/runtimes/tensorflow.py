@@ -118,17 +118,19 @@ class TensorflowRuntime(Runtime):
     if path.is_dir():  # SavedModel: its serving_default signature
         loaded = tf.saved_model.load(str(path))
         sig = loaded.signatures["serving_default"]
-        (in_name, spec), = sig.structured_input_signature[1].items()
-        out_name, = sig.structured_outputs
-        fn = tf.function(lambda x: sig(**{{in_name: x}})[out_name],
-                         input_signature=(tf.TensorSpec(spec.shape, tf.float32),))
+        specs = sig.structured_input_signature[1]
+        names = list(specs)
+        out_name = OPTIONS.get("signature_output") or sorted(sig.structured_outputs)[0]
+        fn = tf.function(lambda *xs: sig(**dict(zip(names, xs)))[out_name],
+                         input_signature=tuple(tf.TensorSpec(specs[n].shape, specs[n].dtype) for n in names))
     else:
         import keras
 
         model = keras.saving.load_model(path, safe_mode=OPTIONS["safe_mode"])
-        fn = tf.function(lambda x: model(x, training=False),
-                         input_signature=(tf.TensorSpec((None, *model.input_shape[1:]), tf.float32),))
-    return lambda x: fn(x).numpy()'''
+        names = [t.name for t in model.inputs]
+        fn = tf.function(lambda *xs: model(dict(zip(names, xs)) if len(xs) > 1 else xs[0], training=False),
+                         input_signature=tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs))
+    return lambda x: fn(*arrays(x, names)).numpy()'''
 
     def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
         from workbench.cache import versions
