@@ -20,7 +20,7 @@ For each case (digits_cnn and cnn32, scenarios single_stream and offline):
    ~1.2 s of kernel start per trial, not a different measurement: benchmarks/overhead.md).
 3. **Search efficiency**, simulated on the measured truth table (sampling from an already
    measured grid): TPE, NSGA-II and random sampling propose configurations through the same
-   conditional space as a sweep (``sweep.suggest``); we count trials until one is a feasible
+   conditional space as a sweep (``space.suggest``); we count trials until one is a feasible
    candidate within 5% of the true best on the primary metric. Median over 10 seeds, as a
    fraction of the grid size (target <= 30%), and the curve of seeds reached vs trials.
 """
@@ -44,7 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from workbench import config, decide, fingerprint, report, sweep  # noqa: E402
+from workbench import config, decide, fingerprint, report, space  # noqa: E402
+from workbench.study import trial_settings  # noqa: E402
 
 CASES = [("digits_cnn", "digits", "single_stream"), ("digits_cnn", "digits", "offline"),
          ("cnn32", "digits32", "single_stream"), ("cnn32", "digits32", "offline")]
@@ -70,16 +71,20 @@ def _info(exp) -> dict:
 
 
 def measure_all(exp, order: list[int]) -> "object":
-    """Every grid point through trial.run (in this process, one after the other): the table."""
+    """Every grid point through trial.run (in this process, one after the other), identical
+    artifacts with identical run options measured once, as in a sweep: the table."""
     import pandas as pd
 
     from workbench import trial
 
-    points = sweep.grid_points(exp)
+    points = space.grid_points(exp)
     rows = []
+    measured = Path(tempfile.mkdtemp(prefix="decision-bench-"))
+    os.environ[decide.REUSE_ENV] = str(measured / "measured")
     for i in order:
-        params = {**sweep.trial_settings(exp), **exp.search_space.fixed(), **points[i]}
+        params = {**trial_settings(exp), **exp.search_space.fixed(), **points[i]}
         m = trial.run(params)
+        decide.record(measured, i, m)
         state = "COMPLETE" if m["status"] == "complete" else "PRUNED"
         rows.append(report._row("trial", str(i), state, params, m if state == "COMPLETE" else None))
     df = pd.DataFrame(rows, columns=report.COLUMNS + report.EXTRA_COLUMNS)
@@ -92,7 +97,7 @@ def run_truth(case: int, out: Path) -> None:
     from workbench import remeasure
 
     exp = experiment(*CASES[case])
-    df = measure_all(exp, list(range(len(sweep.grid_points(exp)))))
+    df = measure_all(exp, list(range(len(space.grid_points(exp)))))
     ok = df[(df.state == "COMPLETE") & (df.feasible == True)]  # noqa: E712
     cands = [{"trial": str(r.trial), "params": r.params_full, "artifact": r.artifact,
               "artifact_format": r.artifact_format} for _, r in ok.iterrows()]
@@ -113,20 +118,23 @@ def truth_best(exp, truth: dict) -> dict:
     col = sc.primary(exp.latency_percentile)
     gm = {t: float(np.exp(np.mean(np.log(v)))) for t, v in truth["rounds"].items()}
     df[col] = [gm.get(str(t), np.nan) for t in df.trial]
-    if col == "throughput_sps":
-        df["latency_p90_ms"] = df["latency_p90_ms"]  # unchanged: not the primary metric here
     info = _info(exp)
     cands, _, _ = decide.candidates(df, info)
     names = [str(t) for t in cands.trial]
     got = decide.settle({t: truth["rounds"][t] for t in names}, sc.direction)
-    return {"best": got["leader"], "tied": got["tied"], "col": col, "values": gm,
+    # The same artifact run with the same options is the same configuration (per_channel on the
+    # TFLite route): a twin of a tied configuration is tied too.
+    key = lambda r: (r.artifact, r.runtime, r.threads, r.batch_size)  # noqa: E731
+    tied_keys = {key(r) for _, r in df.iterrows() if str(r.trial) in got["tied"]}
+    tied = [str(r.trial) for _, r in df.iterrows() if key(r) in tied_keys]
+    return {"best": got["leader"], "tied": tied, "col": col, "values": gm,
             "labels": dict(zip(df.trial.astype(str), df.label)), "n": len(df), "df": df}
 
 
 def run_decision(case: int, seed: int, out: Path) -> None:
     """(fresh process) One exhaustive sweep in a seeded order, then the full decision."""
     exp = experiment(*CASES[case]).model_copy(update={"seed": seed})
-    n = len(sweep.grid_points(exp))
+    n = len(space.grid_points(exp))
     order = list(range(n))
     random.Random(seed).shuffle(order)
     df = measure_all(exp, order)
@@ -150,7 +158,7 @@ def search_efficiency(exp, truth: dict, sampler: str, seed: int) -> tuple[int | 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     df = truth["df"]
     col, sc = truth["col"], decide.scenario(exp.scenario)
-    points = sweep.grid_points(exp)
+    points = space.grid_points(exp)
     best_val = truth["values"][truth["best"]]
     good = set()
     for _, r in df.iterrows():
@@ -168,7 +176,7 @@ def search_efficiency(exp, truth: dict, sampler: str, seed: int) -> tuple[int | 
     while len(seen) < len(points) and asks < 20 * len(points):
         asks += 1
         t = study.ask()
-        p = sweep.suggest(t, exp)
+        p = space.suggest(t, exp)
         i = next(k for k, q in enumerate(points) if all(p.get(a) == b for a, b in q.items()))
         if i in seen:
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
@@ -196,7 +204,8 @@ def main() -> None:
     ap.add_argument("--decide", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
-    ap.add_argument("--quick", action="store_true", help="2 decisions, 3 seeds, first case only")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 decisions, 3 seeds, first case only; writes to a temp dir")
     a = ap.parse_args()
     if a.truth is not None:
         return run_truth(a.truth, Path(a.out))
@@ -209,7 +218,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for c in cases:
             exp = experiment(*CASES[c])
-            print(f"[{time.perf_counter() - t0:5.0f}s] truth {exp.name} ({len(sweep.grid_points(exp))} configs)",
+            print(f"[{time.perf_counter() - t0:5.0f}s] truth {exp.name} ({len(space.grid_points(exp))} configs)",
                   file=sys.stderr)
             tpath = Path(tmp) / f"truth{c}.json"
             _sub(["--truth", str(c), "--out", str(tpath)])
@@ -226,17 +235,19 @@ def main() -> None:
             results.append({"case": exp.name, "n": truth["n"], "col": truth["col"], "best": truth["best"],
                             "tied": truth["tied"], "labels": truth["labels"], "values": truth["values"],
                             "picks": picks, "eff": {k: [f for f, _ in v] for k, v in eff.items()}})
-    write(results, time.perf_counter() - t0, decisions, seeds)
+        write(results, time.perf_counter() - t0, decisions, seeds, Path(tmp) if a.quick else HERE)
+        if a.quick:
+            print((Path(tmp) / "decision.md").read_text())
 
 
-def write(results: list[dict], seconds: float, decisions: int, seeds: int) -> None:
+def write(results: list[dict], seconds: float, decisions: int, seeds: int, out: Path = HERE) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fp = fingerprint.collect()
-    (HERE / "decision.json").write_text(json.dumps(results, indent=2))
+    (out / "decision.json").write_text(json.dumps(results, indent=2))
     lines = ["# Decision: does the workbench recommend the right configuration?", "",
              f"Produced by `benchmarks/decision.py` on {datetime.date.today()}, host `{fp['host']}`, "
              f"{fp['cpu']['model']}, {fp['cpu']['cores']} cores; took {seconds:.0f} s. The machine is "
@@ -273,12 +284,12 @@ def write(results: list[dict], seconds: float, decisions: int, seeds: int) -> No
         ax.axvline(0.3 * r["n"], color="grey", ls=":")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(HERE / "decision_search.png", dpi=80)
+    fig.savefig(out / "decision_search.png", dpi=80)
     lines += ["", "![seeds that found a configuration within 5% of the best vs trials](decision_search.png)", "",
               "With grids this small, TPE and NSGA-II spend their first trials on random start-up "
               "samples, so they cannot beat random sampling by much; the comparison that matters is "
               "on larger spaces (an automatic space has 100+ configurations).", ""]
-    (HERE / "decision.md").write_text("\n".join(lines))
+    (out / "decision.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

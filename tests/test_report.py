@@ -217,6 +217,6 @@ def test_report_renders_without_timing_or_trial_code(run_dir, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     mods = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not {"workbench.trial", "workbench.remeasure", "workbench.measure", "workbench.data"} & set(mods)
+    assert not {"workbench.trial", "workbench.remeasure", "workbench.measure"} & set(mods)
     best = json.loads((copy / "best.json").read_text())
     assert best["decided_by"] == "sweep measurements" and "interleaved" not in best

@@ -191,19 +191,18 @@ def export(run_dir: str | Path, trial: str | int | None = None, out: str | Path 
         if trial is None:
             raise ExportError(f"{run_dir}: best.json recommends no trial (pass --trial)")
     out = Path(out) if out else run_dir / "export" / f"trial-{trial}"
-    prepare_out(out)  # before any work: a refused --out costs nothing
+    check_out(out)  # before any work: a refused --out costs nothing
     metrics = _trial_metrics(run_dir, str(trial))
     info = json.loads((run_dir / "run.json").read_text())
     return write_bundle(metrics, out, title=dict(trial=trial, experiment=info["experiment"],
                                                  study=info["study"]))
 
 
-def prepare_out(out: Path) -> None:
-    """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
-    or empty directory is used; a previous bundle loses only the files its marker lists;
-    anything else is refused."""
+def check_out(out: Path) -> list[str]:
+    """The files of the previous bundle in ``out`` (none: missing or empty); refuses anything
+    else (a file, a directory export did not write, a marker it did not write)."""
     if not out.exists():
-        return
+        return []
     if not out.is_dir():
         raise ExportError(f"--out {out}: is a file, not a directory (choose a directory)")
     marker = out / MARKER
@@ -211,7 +210,7 @@ def prepare_out(out: Path) -> None:
         if any(out.iterdir()):
             raise ExportError(f"--out {out}: exists and is not a bundle written by workbench export "
                               f"(no {MARKER}); choose a new or empty directory")
-        return
+        return []
     try:
         files = json.loads(marker.read_text())["files"]
         ok = isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and "\\" not in f
@@ -221,13 +220,21 @@ def prepare_out(out: Path) -> None:
     if not ok:
         raise ExportError(f"--out {out}: {MARKER} is not a marker workbench wrote (unreadable "
                           "file list); remove the directory yourself or choose another")
+    return files
+
+
+def prepare_out(out: Path) -> None:
+    """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
+    or empty directory is used; a previous bundle loses only the files its marker lists;
+    anything else is refused."""
+    files = check_out(out)
     for name in files:
         path = out / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    marker.unlink()
+    (out / MARKER).unlink(missing_ok=True)  # checked above: one export wrote
 
 
 def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | None = None) -> Path:
@@ -280,7 +287,8 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     save_inputs(wrote(f"sample_input.{ext}"), timing_batch(data.x_eval, p.batch_size))
     save_inputs(wrote(f"check_inputs.{ext}"), x_check)
     np.save(wrote("check_targets.npy"), y_check)
-    expected = _expected_quality(out, params, artifact, p.task)
+    fmt = metrics.get("artifact_format") or ("savedmodel" if artifact.is_dir() else artifact.suffix.lstrip("."))
+    expected = _expected_quality(out, params, artifact, fmt)
     wrote("check.json").write_text(json.dumps({
         "task": p.task, "batch_size": p.batch_size, "expected": expected,
         "trial_p50_ms": metrics.get("latency_p50_ms"),
@@ -296,14 +304,14 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     return out
 
 
-def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, task: str) -> dict[str, float]:
+def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, fmt: str) -> dict[str, float]:
     """The quality workbench measures on the bundled sample, through its own session of the
     trial's runtime with the trial's options. In a fresh process, as a trial runs: a runtime may
     only take its thread settings before its first use in a process (TensorFlow)."""
     code = ("import json, sys; from workbench import bundle; "
             "print(json.dumps(bundle.measure_quality(*json.loads(sys.argv[1]))))")
-    x_path = next(out.glob("check_inputs.np[yz]"))
-    args = json.dumps([params, str(artifact), str(x_path), str(out / "check_targets.npy")])
+    x_path = next(out.glob("check_inputs.np[yz]"))  # .npz: several inputs
+    args = json.dumps([params, str(artifact), fmt, str(x_path), str(out / "check_targets.npy")])
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
     if res.returncode != 0:
@@ -312,8 +320,10 @@ def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, task: s
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: str) -> dict[str, float]:
-    """Quality of ``artifact`` opened as ``params`` say, on the arrays at ``x_path``/``y_path``."""
+def measure_quality(params: dict[str, Any], artifact: str, fmt: str, x_path: str,
+                    y_path: str) -> dict[str, float]:
+    """Quality of ``artifact`` (format ``fmt``) opened as ``params`` say, on the arrays at
+    ``x_path``/``y_path``."""
     import numpy as np
 
     from workbench import inputs, runtimes, variants
@@ -322,9 +332,7 @@ def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: 
     from workbench.trial import evaluate
 
     p = TrialParams.parse(params)
-    path = Path(artifact)
-    fmt = runtimes.get(p.runtime).formats
-    art = variants.Artifact(path, "savedmodel" if path.is_dir() else path.suffix.lstrip(".") or fmt[0], "", ())
+    art = variants.Artifact(Path(artifact), fmt, "", ())
     try:
         session = runtimes.load(p, art)
     except TrialPruned as err:

@@ -268,11 +268,8 @@ class Experiment(BaseModel):
         if "objectives" not in self.model_fields_set:
             # not via setattr: that would mark objectives as given by the user
             self.__dict__["objectives"] = sc.objectives(self.latency_percentile)
-        if sc.batch_one and "search_space" in self.model_fields_set:
-            spec = self.search_space.batch_size
-            if 1 not in (spec.values() if isinstance(spec, Range) else _choices(spec)):
-                raise ValueError("search_space.batch_size: scenario single_stream answers at batch 1; "
-                                 "include 1 (other sizes are measured, not recommended) or use scenario: offline")
+        # single_stream with batch sizes listed: all are measured, only the smallest (1 unless
+        # the experiment leaves it out) is a candidate (workbench.decide.candidates)
         if self.latency_budget_ms is not None and sc.name != "single_stream":
             raise ValueError("latency_budget_ms: only for scenario single_stream")
         return self

@@ -56,7 +56,7 @@ class Scenario:
 
     ``primary(percentile)`` names the metrics column; ``direction`` is ``minimize`` or
     ``maximize``; ``batch_one`` restricts candidates to batch-1 rows (a single stream sends one
-    sample at a time); ``searched`` lists the parameters an automatic space varies;
+    sample at a time; an experiment that fixes only larger sizes gets its smallest); ``searched`` lists the parameters an automatic space varies;
     ``objectives(percentile)`` the default objectives; ``question`` is printed in the report.
     """
 
@@ -124,15 +124,18 @@ def scenario(name: str) -> Scenario:
     return sc
 
 
-def question(info: dict[str, Any]) -> str:
+def question(info: dict[str, Any], batch: int | None = None) -> str:
     """The question a run answers, e.g. ``single_stream: lowest p90 latency at batch 1,
-    accuracy drop <= 1 pt``."""
+    accuracy drop <= 1 pt`` (``batch``: the batch size a single stream was measured at, when an
+    experiment fixes one other than 1)."""
     sc = scenario(info.get("scenario", "single_stream"))
     pct = int(info.get("latency_percentile", 90))
     regression = info.get("task") == "regression"
     quality = (f"MAE increase <= {info['max_accuracy_drop']:g}" if regression else
                f"accuracy drop <= {info['max_accuracy_drop']:g} pt")
     text = f"{sc.name}: {sc.question(pct)}, {quality}"
+    if sc.batch_one and batch not in (None, 1):
+        text = text.replace("at batch 1", f"at batch {batch} (the smallest measured)")
     if info.get("latency_budget_ms"):
         text += f", p{pct} <= {info['latency_budget_ms']:g} ms"
     return text
@@ -213,8 +216,8 @@ def candidates(df, info: dict[str, Any]):
     sel = base & np.array(pareto_flags(df, info["objectives"], feas), dtype=bool)
     if hw is not None:
         sel &= (df.hardware_id == hw).to_numpy()
-    if sc.batch_one:
-        sel &= (df.batch_size == 1).to_numpy()
+    if sc.batch_one:  # one sample at a time: batch 1, or the smallest size an experiment fixed
+        sel &= (df.batch_size == pool.batch_size.min()).to_numpy()
     out = df[sel & df[col].notna().to_numpy()]
     return out.sort_values(col, ascending=sc.direction == "minimize"), hw, col
 
@@ -303,7 +306,8 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
     if cands.empty:
         return None
     lead = leaders(cands, col, sc.direction)
-    base = {"scenario": sc.name, "question": question(info), "primary_metric": col,
+    batch = int(cands.batch_size.iloc[0]) if sc.batch_one else None
+    base = {"scenario": sc.name, "question": question(info, batch), "primary_metric": col,
             "direction": sc.direction, "hardware_id": hw,
             "candidates": [str(t) for t in lead.trial]}
     if interleaved and "rounds" in interleaved:

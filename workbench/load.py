@@ -244,6 +244,25 @@ def _loop():
         return asyncio.new_event_loop()
 
 
+def run_async(coro):
+    """Run ``coro`` to completion on a fresh (uvloop) event loop; in a thread of its own when this
+    thread already runs a loop (a Jupyter kernel, papermill), so it works from a notebook too."""
+    def go():
+        loop = _loop()
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            loop.close()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return go()
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load") as ex:
+        return ex.submit(go).result()
+
+
 def run(url: str, rate: float | None = None, duration: float | None = None, concurrency: int | None = None,
         requests: int | None = None, data: str | Path | None = None, seed: int = 0, binary: bool = False,
         items: list[Payload] | None = None, timeout: float = 30.0) -> dict[str, Any]:
@@ -255,17 +274,13 @@ def run(url: str, rate: float | None = None, duration: float | None = None, conc
     if concurrency is not None and (concurrency < 1 or not requests or requests < 1):
         raise LoadError(f"--concurrency {concurrency} --requests {requests}: both must be at least 1")
     items = items or payloads_for(url, data, seed, binary)
-    loop = _loop()
-    try:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        if rate is not None:
-            rec = loop.run_until_complete(open_loop(url, items, rate, duration, seed, timeout=timeout))
-        else:
-            rec = loop.run_until_complete(closed_loop(url, items, concurrency, requests, timeout=timeout))
-        elapsed = time.perf_counter() - t0
-        cpu = (time.process_time() - cpu0) / elapsed
-    finally:
-        loop.close()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if rate is not None:
+        rec = run_async(open_loop(url, items, rate, duration, seed, timeout=timeout))
+    else:
+        rec = run_async(closed_loop(url, items, concurrency, requests, timeout=timeout))
+    elapsed = time.perf_counter() - t0
+    cpu = (time.process_time() - cpu0) / elapsed
     out = summarize(rec, elapsed, cpu, rate)
     out["mode"] = "open" if rate is not None else "closed"
     if concurrency is not None:

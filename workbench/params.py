@@ -19,7 +19,7 @@ class TrialParams(BaseModel):
     The fields below are the same for every trial. The deployment parameters (``runtime``,
     ``provider``, and every parameter a variant transform or a runtime declares, such as
     ``bits`` or ``graph_optimization``) are checked against, and defaulted from, the plug-in
-    registries (``workbench.space``): their allowed values are written down once, by the module
+    registries (``workbench.parameters``): their allowed values are written down once, by the module
     that reads them. Read them as attributes like any field (``params.bits``).
     """
 
@@ -45,6 +45,16 @@ class TrialParams(BaseModel):
     # distillation (distill_width & co. are declared by workbench.variants.distill) ---
     output: int | str = 0  # an output name or index
     distill_student: str | None = None  # an untrained student .keras file (else: scaled teacher)
+
+    # --- scenario "server" (workbench.serve.trial; ignored by the in-process scenarios) ---
+    # the serving engine and its batching, and the latency objective the search holds to.
+    serving_engine: Literal["builtin", "kserve"] = "builtin"
+    max_batch_size: int = Field(8, ge=1)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    batch_policy: Literal["delay", "idle"] = "delay"
+    instances: int = Field(1, ge=1)
+    slo_ms: float = Field(10.0, gt=0)
+    slo_percentile: float = Field(99.0, gt=0, lt=100)
 
     @model_validator(mode="before")
     @classmethod

@@ -108,14 +108,15 @@ def bench_onnx(model: str | Path, batch_size: int = 1, threads: int = 1, seconds
     bare side calls the raw onnxruntime session with a prebuilt feed dict, timed per call with
     ``perf_counter_ns`` too (a p50 needs per-call times).
     """
+    from workbench import runtimes
     from workbench.params import TrialParams
-    from workbench.runtimes import ort as ort_rt
 
     path = Path(model)
     if not path.is_file():
         raise WorkbenchError(f"{model}: no such ONNX file")
     try:
-        session = ort_rt.open_session(path, TrialParams(batch_size=batch_size, threads=threads))
+        session = runtimes.get("onnxruntime").open_session(path, TrialParams(batch_size=batch_size,
+                                                                             threads=threads))
     except Exception as err:  # noqa: BLE001 - a broken file is a user error here
         raise WorkbenchError(f"{model}: onnxruntime cannot load it: {first_line(err)}") from None
     raw = session._sess

@@ -146,7 +146,7 @@ def resolve(spec: str, data: Dataset, trust_model_code: bool = False,
         d = cache.entry("models", k, _train_builtin(spec, data))
         name = spec
     elif Path(spec).suffix in (".keras", ".onnx", ".h5") or Path(spec).is_dir() or "/" in spec:
-        path = Path(spec)
+        path = Path(spec).absolute()  # cache builders run in a scratch working directory
         fmt = usermodel.detect(path)
         k = cache.key("user", usermodel.RECIPE, fmt, file_hash(path), data.key, data.task,
                       str(output), cache.versions(*usermodel.PACKAGES[fmt]))

@@ -123,6 +123,7 @@ class TensorflowRuntime(Runtime):
         out_name = OPTIONS.get("signature_output") or sorted(sig.structured_outputs)[0]
         fn = tf.function(lambda *xs: sig(**dict(zip(names, xs)))[out_name],
                          input_signature=tuple(tf.TensorSpec(specs[n].shape, specs[n].dtype) for n in names))
+        fn._keep_alive = loaded  # the signature's variables live as long as the function
     else:
         import keras
 

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -131,12 +130,13 @@ class Engine:
         return ""
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM the process group (the server drains), SIGKILL it after ``timeout``."""
+        """SIGTERM the server (it drains, then stops its instance processes), SIGKILL its whole
+        process group after ``timeout`` and in any case once it is gone."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             with _suppress():
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

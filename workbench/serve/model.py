@@ -2,9 +2,9 @@
 Open Inference Protocol's model metadata needs (input shape, datatype).
 
 A bundle is a directory written by ``workbench export``: ``config.json`` holds the trial's
-parameters (runtime, provider, threads, session options), the artifact sits beside it. The
-session is re-created through :func:`workbench.runtimes.load`, the same call the trial used,
-so what is served is what was measured.
+parameters (runtime, provider, threads, session options), ``bundle.json`` names the artifact
+beside it. The session is re-created through :func:`workbench.runtimes.load`, the same call the
+trial used, so what is served is what was measured.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 
-ARTIFACT_NAMES = {"model.onnx": "onnx", "model.keras": "keras", "model.tflite": "tflite",
-                  "saved_model": "savedmodel"}
+SUFFIXES = (".onnx", ".tflite", ".keras", ".xml")
 
 
 class BundleError(WorkbenchError):
@@ -41,15 +40,16 @@ class Bundle:
         return runtimes.load(params, self.artifact)
 
 
-def _artifact_file(path: Path, metrics: dict[str, Any]) -> tuple[Path, str]:
-    fmt = metrics.get("artifact_format")
-    for name, kind in ARTIFACT_NAMES.items():
-        if (path / name).exists():
-            return path / name, fmt or kind
-    for child in sorted(path.iterdir()):
-        if child.suffix in (".onnx", ".tflite", ".keras"):
-            return child, fmt or child.suffix[1:]
-    raise BundleError(f"{path}: no model file in the bundle (expected one of {', '.join(ARTIFACT_NAMES)})")
+def _artifact(path: Path, info: dict[str, Any]) -> Path:
+    """The bundle's model file (named in ``bundle.json``; else the one ``model.*`` beside it)."""
+    if info.get("artifact"):
+        if not (path / info["artifact"]).exists():
+            raise BundleError(f"{path / 'bundle.json'}: its artifact {info['artifact']} is missing")
+        return path / info["artifact"]
+    found = sorted(p for p in path.iterdir() if p.name.startswith("model") and p.suffix in SUFFIXES)
+    if not found:
+        raise BundleError(f"{path}: no model file in the bundle (model.onnx, model.tflite, model.keras)")
+    return found[0]
 
 
 def open_bundle(path: str | Path) -> Bundle:
@@ -60,21 +60,22 @@ def open_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BundleError(f"{path}: not a bundle (no config.json; write one with `workbench export`)")
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise BundleError(f"{path / 'config.json'}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    metrics = {}
-    if (path / "metrics.json").is_file():
-        metrics = json.loads((path / "metrics.json").read_text())
-    known = set(TrialParams.model_fields)
-    params = TrialParams.parse({k: v for k, v in config.items() if k in known})
-    file, fmt = _artifact_file(path, metrics)
-    artifact = Artifact(file, fmt, "bundle", tuple(metrics.get("transforms", ())))
-    shape = config.get("input_shape") or metrics.get("input_shape")
-    if shape is None:
-        shape = _sample_shape(path, params)
+    config, info = _json(path / "config.json"), {}
+    if (path / "bundle.json").is_file():
+        info = _json(path / "bundle.json")
+    params = TrialParams.parse(config)
+    file = _artifact(path, info)
+    fmt = "savedmodel" if file.is_dir() else file.suffix.lstrip(".")
+    artifact = Artifact(file, fmt, "bundle", ())
+    shape = info.get("input_shape") or _sample_shape(path, params)
     return Bundle(path, params, artifact, tuple(int(s) for s in shape))
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
 def _sample_shape(path: Path, params) -> tuple[int, ...]:
@@ -88,15 +89,14 @@ def _sample_shape(path: Path, params) -> tuple[int, ...]:
 
 
 def write_bundle(params, artifact, out: Path, sample_shape: tuple[int, ...]) -> Path:
-    """A minimal bundle for a server trial: the trial's parameters and a link to its artifact."""
+    """A minimal bundle for a server trial: the trial's parameters and a link to its artifact
+    (``workbench export`` writes the full one; both are read by :func:`open_bundle`)."""
     out.mkdir(parents=True, exist_ok=True)
-    config = {**params.model_dump(), "input_shape": list(sample_shape)}
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (out / "metrics.json").write_text(json.dumps({"artifact_format": artifact.format,
-                                                  "transforms": list(artifact.transforms)}))
-    name = {"onnx": "model.onnx", "keras": "model.keras", "tflite": "model.tflite",
-            "savedmodel": "saved_model"}.get(artifact.format, artifact.path.name)
-    link = out / name
-    if not link.exists():
-        link.symlink_to(Path(artifact.path).resolve())
+    src = Path(artifact.path).resolve()
+    name = src.name if src.is_dir() else f"model{src.suffix}"
+    (out / "config.json").write_text(json.dumps(params.model_dump(), indent=2, sort_keys=True))
+    (out / "bundle.json").write_text(json.dumps({"runtime": params.runtime, "artifact": name,
+                                                 "input_shape": list(sample_shape)}, indent=2))
+    if not (out / name).exists():
+        (out / name).symlink_to(src)
     return out
