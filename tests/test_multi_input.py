@@ -151,3 +151,28 @@ def test_two_input_sweep_end_to_end(two_inputs, tmp_path):
     trials = df[df.kind == "trial"]
     assert len(trials) == 4 and set(trials.state) == {"COMPLETE"}, trials.reason.tolist()
     assert (run_dir / "best.json").is_file()
+
+
+@pytest.mark.parametrize("runtime,bits", [("onnxruntime", 8), ("openvino", 32), ("litert", 8),
+                                          ("tensorflow", 32)])
+def test_export_bundle_feeds_every_input(two_inputs, tmp_path, runtime, bits):
+    import json
+    import subprocess
+    import sys
+
+    from workbench import bundle
+
+    m = trial.run(_kw(two_inputs, runtime=runtime, bits=bits, batch_size=2))
+    assert m["status"] == "complete", m.get("reason")
+    out = bundle.write_bundle(m, tmp_path / "bundle")
+    with np.load(out / "sample_input.npz") as z:
+        assert z["ids"].dtype == np.int32 and z["features"].dtype == np.float32
+    check = subprocess.run([sys.executable, "predict.py", "--check", "--json"], cwd=out,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-2000:]
+    result = json.loads(check.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(result["expected"]["accuracy"], abs=1e-6)
+    run = subprocess.run([sys.executable, "predict.py", "sample_input.npz", "--out", "y.npy"], cwd=out,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert np.load(out / "y.npy").shape == (2, CLASSES)

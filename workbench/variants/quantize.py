@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -152,10 +153,16 @@ def _static(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
     input_names = [i.name for i in graph.input if i.name not in weights]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
+        cwd = os.getcwd()
         try:  # shape inference + fusions, as ORT advises
+            # in the temporary directory: when symbolic shape inference gives up (attention
+            # masks, for example) onnxruntime dumps its partial model into the current directory
+            os.chdir(tmp)
             quant_pre_process(str(src), str(prepared))
-        except Exception:  # symbolic shape inference gives up on some graphs (attention masks)
+        except Exception:
             quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
         # U8 activations with S8 weights: onnxruntime's recommendation for x86 CPUs.
         quantize_static(str(prepared), str(dst), _Calibration(x, input_names),
                         quant_format=QuantFormat.QDQ, per_channel=r["per_channel"],
