@@ -340,3 +340,35 @@ def test_a_model_with_several_named_inputs(tmp_path):
     finally:
         s.close()
         eng.stop()
+
+
+@pytest.mark.parametrize("params", [
+    dict(runtime="onnxruntime", threads=2, graph_optimization="basic"),
+    dict(runtime="litert", bits=8, int8_mode="static"),
+])
+def test_serves_a_bundle_written_by_workbench_export(tmp_path, digits, params):
+    """`workbench export`'s bundle, served: the session the trial measured, its answers under load."""
+    from workbench import bundle as bundle_mod
+    from workbench import trial
+    from workbench.serve.model import open_bundle
+
+    m = trial.run({"warmup": 2, "min_runs": 5, "min_seconds": 0.05, "max_seconds": 2.0, **params})
+    assert m["status"] == "complete", m.get("reason")
+    out = bundle_mod.write_bundle(m, tmp_path / "bundle")
+    b = open_bundle(out)
+    assert b.params == trial.TrialParams.parse(m["params"]) and b.inputs == digits.inputs
+    eng = start(out, tmp_path, max_batch_size=8, max_queue_delay_ms=10)
+    s = b.session()
+    try:
+        rows = [digits.x_eval[i:i + 1] for i in range(48)]
+        answers = asyncio.run(post_many(eng.infer_url, [protocol.request_json(x) for x in rows]))
+        served = np.concatenate([protocol.response_array(body, h["content-type"]) for _, body, h in answers])
+        alone = np.concatenate([s.run(np.ascontiguousarray(x)) for x in rows])
+        assert [a[0] for a in answers] == [200] * len(rows)
+        np.testing.assert_allclose(served, alone, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(served.argmax(-1), alone.argmax(-1))
+        if params["runtime"] == "onnxruntime":  # the CNN's rows are computed independently: bit-exact
+            assert np.array_equal(served, alone)
+    finally:
+        s.close()
+        eng.stop()

@@ -96,10 +96,12 @@ def _input_specs(path: Path, params) -> list:
     try:
         return data_mod.load(params.data, params.task).inputs
     except WorkbenchError:
-        sample = path / "sample_input.npy"
-        if not sample.is_file():
+        if (path / "sample_input.npz").is_file():  # several named inputs
+            with np.load(path / "sample_input.npz") as z:
+                return [(k, tuple(z[k].shape[1:]), str(z[k].dtype)) for k in z.files]
+        if not (path / "sample_input.npy").is_file():
             raise
-        x = np.load(sample, mmap_mode="r")
+        x = np.load(path / "sample_input.npy", mmap_mode="r")
         return [(None, tuple(x.shape[1:]), str(x.dtype))]
 
 
