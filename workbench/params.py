@@ -46,6 +46,9 @@ class TrialParams(BaseModel):
     output: int | str = 0  # an output name or index
     distill_student: str | None = None  # an untrained student .keras file (else: scaled teacher)
 
+    # which question the trial answers (workbench.decide.SCENARIOS): "server" runs it behind a
+    # served endpoint under load (workbench.serve.trial), the others in-process
+    scenario: str = "single_stream"
     # --- scenario "server" (workbench.serve.trial; ignored by the in-process scenarios) ---
     # the serving engine and its batching, and the latency objective the search holds to.
     serving_engine: Literal["builtin", "kserve"] = "builtin"

@@ -1,6 +1,8 @@
 """One trial: build the variant, open it in its runtime, measure it. The one place a trial is defined.
 
-``run(params)`` is what ``notebooks/trial.ipynb`` calls and what the tests call directly. It
+``run(params)`` is what ``notebooks/trial.ipynb`` calls and what the tests call directly
+(``scenario: server`` goes to :func:`workbench.serve.trial.run_server_trial`, in the current
+directory, which is the trial's under a sweep). It
 returns a JSON-serialisable metrics dict whose ``status`` is ``complete`` or ``pruned`` (with
 its ``reason``); anything else is an exception, which the sweep records as a failed trial.
 """
@@ -66,6 +68,10 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     """Build, load and measure one deployment configuration."""
     t_start = time.perf_counter()
     p = params if isinstance(params, TrialParams) else TrialParams.parse(params)
+    if p.scenario == "server":  # served under load; monitor.csv and server.log go beside metrics.json
+        from workbench.serve.trial import run_server_trial
+
+        return run_server_trial(p, Path.cwd())
     out: dict[str, Any] = {"status": "complete", "label": p.describe(), "params": p.model_dump()}
     data = data_mod.load(p.data, p.task)
     model = zoo.resolve(p.model, data, p.trust_model_code, p.output)
