@@ -119,8 +119,8 @@ SCENARIOS: dict[str, Scenario] = {
         remeasure=False,
         remeasure_why=("server trials are not re-measured interleaved in-process: their metric is the "
                        "highest rate a served process sustained under an open-loop load within the SLO, "
-                       "which an in-process timing loop does not measure; decided on the sweep's own "
-                       f"measurements (within {TIE_MARGIN:.0%}: a tie, the smallest, simplest wins)"),
+                       "which an in-process timing loop does not measure; compared on the sweep's own "
+                       f"measurements, within {TIE_MARGIN:.0%} a tie"),
     ),
 }
 LATENCY_PERCENTILES = (50, 90, 95, 99)

@@ -367,7 +367,7 @@ def _server_summary_items(head: dict, best: dict) -> list[tuple[str, str]]:
                                   f"load), drop {_nan(head['accuracy_drop'][0]):.3g} pt"))
     items.append(("why", best["reason"]))
     skipped = (best.get("interleaved") or {}).get("skipped")
-    if skipped:
+    if skipped and skipped not in best["reason"]:
         items.append(("re-measurement", skipped))
     return items
 
