@@ -153,13 +153,17 @@ def test_decide_skips_the_in_process_remeasurement_for_server(tmp_path):
 
 # --- real sweeps ------------------------------------------------------------------------------
 
-def _servers() -> list[psutil.Process]:
-    """Builtin servers running anywhere on this machine (cmdline ``-m workbench.serve.app``)."""
+def _servers(tmp_path: Path) -> list[psutil.Process]:
+    """Builtin servers (``-m workbench.serve.app``) started by a sweep of ``tmp_path``: they
+    inherit the sweep's environment, whose measured-results directory lies under it (servers of
+    other tests on the machine are not ours; an orphan is no longer our child, so this looks at
+    every process)."""
     out = []
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
             cmd = p.info["cmdline"] or []
-            if "workbench.serve.app" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            if ("workbench.serve.app" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE
+                    and p.environ().get(decide.REUSE_ENV, "").startswith(str(tmp_path))):
                 out.append(p)
         except psutil.Error:
             pass
@@ -188,12 +192,11 @@ def _listening(pids: set[int]) -> list:
 
 @pytest.mark.slow
 def test_server_experiment_sweeps_end_to_end(tmp_path):
-    before = {p.pid for p in _servers()}
     exp = config.load(SERVER_YAML)
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
     me = psutil.Process()
     assert not [c for c in me.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
-    assert {p.pid for p in _servers()} <= before  # no server of ours is left
+    assert not _servers(tmp_path)  # no server of ours is left, not even an orphan
     best = json.loads((run_dir / "best.json").read_text())
     assert best["question"] == (f"server: highest QPS with p99 <= {exp.slo_ms:g} ms, accuracy drop <= 1 pt")
     assert best["scenario"] == "server" and best["primary_metric"] == "max_qps_at_slo"
@@ -236,7 +239,6 @@ def test_sigkill_mid_server_trial_then_resume_leaves_no_server(tmp_path):
     run_dir = tmp_path / "runs" / "server" / "server"
     cmd = [str(Path(sys.executable).parent / "workbench"), "sweep", str(exp_path),
            "--runs-dir", str(tmp_path / "runs"), "--quiet"]
-    before = {p.pid for p in _servers()}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ours: set[int] = set()
     deadline = time.time() + 300
@@ -245,11 +247,11 @@ def test_sigkill_mid_server_trial_then_resume_leaves_no_server(tmp_path):
             time.sleep(0.3)
             if (run_dir / "trials" / "1" / "monitor.csv").exists():
                 ours = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
-                if {p.pid for p in _servers()} - before:
+                if _servers(tmp_path):
                     break
         else:
             pytest.fail("the sweep never served trial 1")
-        served = {p.pid for p in _servers()} - before
+        served = {p.pid for p in _servers(tmp_path)}
         assert served
         ours |= served
     finally:
@@ -261,7 +263,7 @@ def test_sigkill_mid_server_trial_then_resume_leaves_no_server(tmp_path):
 
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {p.pid for p in _servers()} <= before
+    assert not _servers(tmp_path)
     st = optuna.load_study(study_name="server", storage=open_storage(f"sqlite:///{run_dir / 'study.db'}"))
     assert st.trials[1].state.name == "FAIL" and "interrupted" in st.trials[1].user_attrs
     assert sum(t.state.name == "COMPLETE" for t in st.trials) == 4

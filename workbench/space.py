@@ -55,7 +55,9 @@ def grid_points(exp: Experiment) -> list[dict[str, Any]]:
 
 def enqueue_next_grid_point(study, exp: Experiment) -> bool:
     """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
-    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+    # an interrupted trial (its worker was killed) does not count: its point is run again
+    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)
+            if "interrupted" not in t.user_attrs]
     for point in grid_points(exp):
         if point not in seen:
             study.enqueue_trial(point)
