@@ -265,7 +265,7 @@ def test_a_bug_is_one_line_naming_a_log_with_the_traceback(monkeypatch, capsys):
 
 @pytest.mark.parametrize("err,expected", [
     (ValueError(""), "ValueError"), (KeyError(), "KeyError"), (OSError("\n\n  disk full \nmore"), "disk full"),
-    (RuntimeError("x" * 500), "x" * 300), ("  text\n", "text"),
+    (RuntimeError("x" * 500), "x" * 300), ("  text\n", "text"), ("\n \n", ""),
 ])
 def test_first_line_is_never_empty(err, expected):
     assert first_line(err) == expected
