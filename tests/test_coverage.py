@@ -92,7 +92,7 @@ def test_every_combination_completes_or_is_pruned_with_its_reason(tmp_path, task
     failed = trials[~trials.state.isin(["COMPLETE", "PRUNED"])]
     assert failed.empty, failed[["trial", "state", "label", "reason"]].to_string()
     pruned = trials[trials.state == "PRUNED"]
-    assert pruned.reason.notna().all() and (pruned.reason.str.strip() != "").all(), pruned.to_string()
+    assert all(isinstance(r, str) and r.strip() for r in pruned.reason), pruned.to_string()
 
     # every (variant kind, runtime) combination was tried exactly once
     if space == "precision":
