@@ -76,7 +76,7 @@ def low_rate() -> list[dict]:
     for model, data in MODELS.items():
         p = TrialParams.parse({"model": model, "data": data})
         d, _, art = artifact_for(p)
-        bundle = write_bundle(p, art, HERE / "serving-runs" / f"bundle-{model}", d.input_shape)
+        bundle = write_bundle(p, art, HERE / "serving-runs" / f"bundle-{model}", d.inputs)
         session = open_bundle(bundle).session()
         x = np.ascontiguousarray(d.x_eval[:1])
         times = measure.time_calls(lambda: session.run(x), 50, 500, 2.0, 5.0)
@@ -117,7 +117,7 @@ def loadgen_comparison(rate: float = 200.0, seconds: float = 10.0, repeats: int 
         return {"skipped": f"mlcommons-loadgen does not import in {py} (`{py} -m pip install mlcommons-loadgen`)"}
     p = TrialParams.parse({"model": "digits_cnn", "data": "digits"})
     d, _, art = artifact_for(p)
-    bundle = write_bundle(p, art, HERE / "serving-runs" / "bundle-loadgen", d.input_shape)
+    bundle = write_bundle(p, art, HERE / "serving-runs" / "bundle-loadgen", d.inputs)
     x = np.ascontiguousarray(d.x_eval[:1])
     body = HERE / "serving-runs" / "loadgen-body.json"
     body.write_bytes(protocol.request_json(x))
@@ -138,6 +138,25 @@ def loadgen_comparison(rate: float = 200.0, seconds: float = 10.0, repeats: int 
     finally:
         eng.stop()
     return {"rate": rate, "seconds": seconds, "rows": rows}
+
+
+NOTES = """## Reading these numbers
+
+* `max QPS at SLO` is the answered rate at the highest offered rate that passed (p99 within the
+  SLO, < 0.1% errors), found by ramp + bisection with converging windows; `rates tried` counts the
+  points. `load valid: False` means more than 1% of sends left over 1 ms after their scheduled
+  time: the event loop's timers have 1 ms resolution and, on a shared 2-core machine, the client
+  waits for a core like everything else. That lateness is *inside* the latencies (they are
+  measured from the scheduled time), so it makes the figures pessimistic, never optimistic.
+* The answers under load were scored against the eval labels in every trial: `accuracy = offline`
+  says each served answer had the same top-1 as the in-process session.
+* With several helpers' test suites on the same 2 cores (load average above), a p99 of 10 ms was
+  out of reach even at a few QPS, so this run used `--slo-ms=50`. On an idle machine run
+  `python benchmarks/serving.py` (10 ms) to get the figures the issue asks for; what batching buys
+  is the ratio of the `batch<=8` rows to the `batch 1` row of the same model.
+* In-process p50 is one `session.run` of one sample; the server p50 adds HTTP, JSON, the event
+  loop and the scheduling of two processes (server and client) that both sleep between requests.
+"""
 
 
 def render(res: dict) -> str:
@@ -183,7 +202,7 @@ def render(res: dict) -> str:
                        f"{a['p99_ms']:.3f} | |")
             out.append(f"| {i} | workbench load | {b['achieved_qps']:.1f} | {b['p50_ms']:.3f} | {b['p90_ms']:.3f} | "
                        f"{b['p99_ms']:.3f} | {ratio:.2f} |")
-    out += ["", f"Benchmark wall time: {res.get('seconds', 0) / 60:.1f} min.", ""]
+    out += ["", f"Benchmark wall time: {res.get('seconds', 0) / 60:.1f} min.", "", NOTES]
     return "\n".join(out)
 
 

@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, run_cli
 from workbench import bundle, runtimes, trial
 from workbench.params import TrialParams
+from test_multi_input import two_inputs  # noqa: F401 - the two-input model fixture
 
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2.0)
 
@@ -37,7 +38,7 @@ def export_and_check(params: dict, out: Path) -> tuple[dict, dict]:
     assert recorded == runtimes.get(p.runtime).session_options(p)
     line = next(x for x in (out / "predict.py").read_text().splitlines() if x.startswith("OPTIONS = "))
     assert ast.literal_eval(line.removeprefix("OPTIONS = ")) == recorded
-    proc = _python(out, "sample_input.npy", "--out", "y.npy")
+    proc = _python(out, next(out.glob("sample_input.np[yz]")).name, "--out", "y.npy")
     y = np.load(out / "y.npy")
     assert y.shape[0] == p.batch_size and np.isfinite(y).all() and "top-1" in proc.stdout
     check = json.loads(_python(out, "--check", "--json").stdout.strip().splitlines()[-1])
@@ -133,3 +134,15 @@ def test_export_never_deletes_what_it_did_not_write(tmp_path):
     (out / bundle.MARKER).write_text(json.dumps({"files": ["../mine"]}))
     res = run_cli("export", str(run_dir), "--trial", "0", "--out", str(out))
     assert res.returncode == 2 and (mine / "keep.txt").exists() and (out / "predict.py").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "litert", "tensorflow"])
+def test_bundle_of_a_two_input_model(two_inputs, runtime, tmp_path):
+    # named float32 + int32 inputs travel as .npz, matched by name in every runtime's loader
+    m, check = export_and_check(dict(model=str(two_inputs / "two.keras"), data=str(two_inputs / "two.npz"),
+                                     runtime=runtime, calibration_samples=50), tmp_path / "bundle")
+    out = tmp_path / "bundle"
+    with np.load(out / "check_inputs.npz") as z:
+        assert set(z.files) == {"features", "ids"} and z["ids"].dtype == np.int32
+    assert check["samples"] == bundle.CHECK_ROWS

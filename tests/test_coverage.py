@@ -63,15 +63,10 @@ def _experiment(tmp_path: Path, name: str, task: str, space: dict, regression_fi
     return path
 
 
-REGRESSION_PRUNING = pytest.mark.xfail(
-    reason="pruning fine-tune of a regression model is being added by the models helper (issue 10 "
-           "item 3 leaves it to prune.py's owner); remove this mark when it lands", strict=False)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task,space", [
     ("classification", "precision"), ("classification", "pruning"), ("regression", "precision"),
-    pytest.param("regression", "pruning", marks=REGRESSION_PRUNING),
+    ("regression", "pruning"),
 ])
 def test_every_combination_completes_or_is_pruned_with_its_reason(tmp_path, task, space,
                                                                   regression_files):

@@ -36,8 +36,8 @@ def numpy_plugin(tmp_path, monkeypatch):
 
 def test_registries_hold_the_shipped_plugins():
     assert list(runtimes.registered()) == ["onnxruntime", "openvino", "litert", "tensorflow"]
-    assert [t.name for t in variants.registered()] == ["prune", "native", "tflite", "export:onnx",
-                                                       "quantize:onnx"]
+    assert [t.name for t in variants.registered()] == ["distill", "prune", "native", "tflite",
+                                                       "export:onnx", "quantize:onnx"]
     # allowed values are declared once, by the plug-in that reads them
     params = parameters.parameters()
     assert params["graph_optimization"].choices == ("all", "extended", "basic", "disabled")

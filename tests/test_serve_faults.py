@@ -74,3 +74,18 @@ def test_unavailable_engine_prunes_the_trial(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_KSERVE_PYTHON", str(tmp_path / "no-such-python"))
     m = run_server_trial({"model": "digits_cnn", "data": "digits", "serving_engine": "kserve"}, out_dir=tmp_path)
     assert m["status"] == "pruned" and "kserve" in m["reason"] and "no-such-python" in m["reason"]
+
+
+def test_server_figures(tmp_path):
+    """The report's server figures draw from what server trials record, and from nothing."""
+    from workbench.serve import plots
+
+    pts = [{"offered_qps": q, "achieved_qps": q * 0.98, "answered": 100, "slo_value_ms": 1 + q / 100,
+            "p99_ms": 1 + q / 100} for q in (50.0, 100.0, 200.0)]
+    trials = {"builtin mb8": {"points": pts, "params": {"slo_ms": 3.0}}, "empty": {"points": []}}
+    (tmp_path / "monitor.csv").write_text(",".join(COLUMNS) + "\n1.0,50,20.5,90,0,0,1.5,49,2.1,98.0\n"
+                                          "2.0,50,21.0,90,1,1,,50,,98.0\n")
+    for f in (plots.latency_vs_load(trials, tmp_path / "a.png"), plots.throughput_vs_p99(trials, tmp_path / "b.png"),
+              plots.timeseries(tmp_path / "monitor.csv", tmp_path / "c.png"),
+              plots.latency_vs_load({}, tmp_path / "d.png"), plots.timeseries(tmp_path / "none.csv", tmp_path / "e.png")):
+        assert f.stat().st_size > 1000 and f.read_bytes()[:4] == b"\x89PNG"

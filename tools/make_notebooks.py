@@ -136,7 +136,7 @@ def serving_nb() -> None:
             "p = TrialParams.parse({'model': model, 'data': data})\n"
             "ds, _, artifact = artifact_for(p)\n"
             "work = Path(tempfile.mkdtemp(prefix='serving-'))\n"
-            "bundle = write_bundle(p, artifact, work / 'bundle', ds.input_shape)\n"
+            "bundle = write_bundle(p, artifact, work / 'bundle', ds.inputs)\n"
             "items = load.payloads(ds.x_eval, ds.y_eval)\n"
             "eng = engine('builtin', bundle, ServeOptions(port=free_port(), max_batch_size=max_batch_size,\n"
             "                                             max_queue_delay_ms=max_queue_delay_ms,\n"

@@ -1,8 +1,9 @@
 """``workbench export``: the chosen trial as a directory someone can deploy from.
 
 A bundle holds the artifact, the trial's parameters (``config.json``), its metrics
-(``metrics.json``), a sample input (``sample_input.npy``), a small labelled eval sample
-(``check_inputs.npy``, ``check_targets.npy``, ``check.json``) and a ``predict.py`` that needs
+(``metrics.json``), a sample input (``sample_input.npy``; ``.npz`` of named arrays for a model
+with several inputs), a small labelled eval sample (``check_inputs.np[yz]``,
+``check_targets.npy``, ``check.json``) and a ``predict.py`` that needs
 only the runtime's own package and numpy. ``predict.py`` opens the artifact with exactly the
 session options the trial was measured with: the dict its runtime plug-in's
 ``session_options`` returned for the trial (written into ``predict.py`` and ``bundle.json``), so
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from workbench.errors import WorkbenchError
 
@@ -41,78 +42,54 @@ or re-measure it on the bundled sample: python predict.py --check [--json]
 
 Trial {trial} of {experiment}/{study}: {label}.
 Runtime {runtime}, opened with the session options the trial was measured with (OPTIONS below,
-also in bundle.json).
+also in bundle.json). Inputs: an .npy array, or an .npz of named arrays for a model with several.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import re
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OPTIONS = {options}
-# Sample dimensions of each input ("" for a model with one input): an input file holding one
-# sample instead of a batch gets a batch dimension.
-SAMPLE_NDIM = {sample_ndim!r}
+SAMPLE_NDIM = {sample_ndim}  # dimensions of one sample (per input)
 
+
+# The input helpers of workbench.inputs, copied here so that this file needs only numpy.
+{helpers}
 
 def read_inputs(path):
-    """A batch of inputs: an .npy array (one input), or an .npz with one array per input name.
-    Float inputs as float32; integer inputs (token ids) as they are."""
+    """An .npy array, or an .npz of named arrays; float inputs as float32."""
     if str(path).endswith(".npz"):
         with np.load(path) as z:
-            x = {{k: z[k] for k in z.files}}
-    else:
-        x = {{"": np.load(path)}}
-    x = {{k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in x.items()}}
-    x = {{k: v[None] if v.ndim == SAMPLE_NDIM.get(k, -1) else v for k, v in x.items()}}
-    return x[""] if "" in x else x
-
-
-def take(x, i, j):
-    if isinstance(x, dict):
-        return {{k: np.ascontiguousarray(v[i:j]) for k, v in x.items()}}
-    return np.ascontiguousarray(x[i:j])
-
-
-def rows(x):
-    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-
-
-def arrays(x, names):
-    """The input arrays in the order of the runtime's input ``names`` (matched by name)."""
-    if not isinstance(x, dict):
-        return [x]
-    if len(x) == 1 and len(names) == 1:
-        return list(x.values())
-    return [x[n] if n in x else x[re.sub(r":\\d+$", "", n).removeprefix("serving_default_")]
-            for n in names]
+            return cast_float32({{k: z[k] for k in z.files}})
+    return cast_float32(np.load(path))
 
 
 def load():
-    """A function from a batch (an array, or a dict of named arrays) to the model's outputs."""
+    """A function from a float32 batch to the model's outputs."""
     {load}
 
 
 def check(run, as_json=False):
     """Quality on the bundled sample, and p50 latency at the trial's batch size."""
     info = json.loads((HERE / "check.json").read_text())
-    x = read_inputs(next(HERE.glob("check_inputs.np[yz]")))
+    x = read_inputs(HERE / info["inputs"])
     y = np.load(HERE / "check_targets.npy")
-    b = info["batch_size"]
-    n = rows(x)
+    b, n = info["batch_size"], rows(x)
     out = np.concatenate([np.asarray(run(take(x, i, i + b))) for i in range(0, n, b)])
     if info["task"] == "regression":
         err = out.astype(np.float64).reshape(len(y), -1) - y.astype(np.float64).reshape(len(y), -1)
         quality = {{"mae": float(np.mean(np.abs(err)))}}
     else:
         quality = {{"accuracy": float(np.mean(np.argmax(out, axis=-1) == y) * 100.0)}}
-    reps = -(-b // n)
-    batch = ({{k: np.ascontiguousarray(np.concatenate([v] * reps)[:b]) for k, v in x.items()}}
-             if isinstance(x, dict) else np.ascontiguousarray(np.concatenate([x] * reps)[:b]))
+    batch = repeat_to(x, b)
     m = info["measurement"]
     for _ in range(m["warmup"]):
         run(batch)
@@ -123,7 +100,7 @@ def check(run, as_json=False):
         run(batch)
         times.append(time.perf_counter_ns() - t0)
     p50 = float(np.percentile(times, 50)) / 1e6
-    result = {{**quality, "expected": info["expected"], "samples": int(n), "runs": len(times),
+    result = {{**quality, "expected": info["expected"], "samples": n, "runs": len(times),
               "p50_ms": p50, "trial_p50_ms": info["trial_p50_ms"],
               "p50_ratio": p50 / info["trial_p50_ms"] if info["trial_p50_ms"] else None}}
     if as_json:
@@ -139,8 +116,7 @@ def check(run, as_json=False):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("input", nargs="?", help=".npy array: a batch (or a single sample) of model inputs; "
-                    ".npz with one array per input name for a model with several")
+    ap.add_argument("input", nargs="?", help=".npy array (.npz of named arrays): a batch, or one sample")
     ap.add_argument("--out", help="write the outputs here (.npy)")
     ap.add_argument("--check", action="store_true", help="re-measure quality and p50 on the bundled sample")
     ap.add_argument("--json", action="store_true", help="with --check: print one JSON line")
@@ -151,6 +127,11 @@ def main():
     if not args.input:
         ap.error("give an INPUT.npy, or --check")
     x = read_inputs(args.input)
+    if isinstance(x, Mapping):
+        if all(v.ndim == SAMPLE_NDIM.get(k, -1) for k, v in x.items()):
+            x = {{k: v[None] for k, v in x.items()}}  # a single sample
+    elif x.ndim == SAMPLE_NDIM:
+        x = x[None]
     y = np.asarray(load()(take(x, 0, rows(x))))
     if args.out:
         np.save(args.out, y)
@@ -223,6 +204,16 @@ def check_out(out: Path) -> list[str]:
     return files
 
 
+def record(out: Path, name: str) -> None:
+    """Add ``name`` (a file another part of workbench wrote into the bundle ``out``, e.g. a
+    KServe manifest) to the marker, so that a re-export replaces it too."""
+    marker = out / MARKER
+    info = json.loads(marker.read_text())
+    if name not in info["files"]:
+        info["files"].append(name)
+        marker.write_text(json.dumps(info, indent=2))
+
+
 def prepare_out(out: Path) -> None:
     """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
     or empty directory is used; a previous bundle loses only the files its marker lists;
@@ -257,17 +248,11 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     name = artifact.name if artifact.is_dir() else f"model{artifact.suffix}"
     options = runtime.session_options(p)
     data = data_mod.load(p.data, p.task)
-    n = min(CHECK_ROWS, data.n_eval)
-    x_check, y_check = inputs.cast_float32(data.take("eval", 0, n)), np.asarray(data.y_eval[:n])
-    # one input: .npy files; several (models, issue 14): .npz with one array per input name
-    ext = "npz" if data.multi_input else "npy"
-
-    def save_inputs(path: Path, x) -> None:
-        if isinstance(x, dict):
-            with open(path, "wb") as fh:  # np.savez would append .npz to a str path
-                np.savez(fh, **x)
-        else:
-            np.save(path, x)
+    n = min(CHECK_ROWS, inputs.rows(data.x_eval))
+    x_check = inputs.cast_float32(inputs.take(data.x_eval, 0, n))
+    y_check = np.asarray(data.y_eval[:n])
+    several = isinstance(data.x_eval, Mapping)
+    ext = ".npz" if several else ".npy"
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -284,13 +269,13 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
         shutil.copy2(artifact, wrote(name))
     wrote("config.json").write_text(json.dumps(params, indent=2, sort_keys=True))
     wrote("metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    save_inputs(wrote(f"sample_input.{ext}"), timing_batch(data.x_eval, p.batch_size))
-    save_inputs(wrote(f"check_inputs.{ext}"), x_check)
+    _save_inputs(wrote("sample_input" + ext), timing_batch(data.x_eval, p.batch_size))
+    _save_inputs(wrote("check_inputs" + ext), x_check)
     np.save(wrote("check_targets.npy"), y_check)
     fmt = metrics.get("artifact_format") or ("savedmodel" if artifact.is_dir() else artifact.suffix.lstrip("."))
     expected = _expected_quality(out, params, artifact, fmt)
     wrote("check.json").write_text(json.dumps({
-        "task": p.task, "batch_size": p.batch_size, "expected": expected,
+        "task": p.task, "batch_size": p.batch_size, "expected": expected, "inputs": "check_inputs" + ext,
         "trial_p50_ms": metrics.get("latency_p50_ms"),
         "measurement": {k: getattr(p, k) for k in ("warmup", "min_runs", "min_seconds", "max_seconds")},
     }, indent=2))
@@ -299,9 +284,29 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     title = title or {"trial": "-", "experiment": "-", "study": "-"}
     wrote("predict.py").write_text(PREDICT.format(
         **title, label=metrics.get("label", ""), runtime=p.runtime, options=repr(options),
-        load=runtime.bundle_loader(name),
-        sample_ndim={(k or ""): len(shape) for k, shape, _ in data.inputs}))
+        load=runtime.bundle_loader(name), helpers=_helpers(),
+        sample_ndim=({k: v.ndim - 1 for k, v in data.x_eval.items()} if several else data.x_eval.ndim - 1)))
     return out
+
+
+def _save_inputs(path: Path, x) -> None:
+    import numpy as np
+
+    if isinstance(x, Mapping):
+        np.savez(path, **x)
+    else:
+        np.save(path, x)
+
+
+def _helpers() -> str:
+    """The source of the input helpers predict.py shares with the workbench (numpy and re only)."""
+    import inspect
+
+    from workbench import inputs
+
+    fns = (inputs.rows, inputs.take, inputs.repeat_to, inputs.cast_float32, inputs.base_name,
+           inputs.by_runtime_names)
+    return "\n\n".join(inspect.getsource(f) for f in fns)
 
 
 def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, fmt: str) -> dict[str, float]:
@@ -310,8 +315,8 @@ def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, fmt: st
     only take its thread settings before its first use in a process (TensorFlow)."""
     code = ("import json, sys; from workbench import bundle; "
             "print(json.dumps(bundle.measure_quality(*json.loads(sys.argv[1]))))")
-    x_path = next(out.glob("check_inputs.np[yz]"))  # .npz: several inputs
-    args = json.dumps([params, str(artifact), fmt, str(x_path), str(out / "check_targets.npy")])
+    check = next(out.glob("check_inputs.np[yz]"))
+    args = json.dumps([params, str(artifact), fmt, str(check), str(out / "check_targets.npy")])
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
     if res.returncode != 0:
@@ -326,7 +331,7 @@ def measure_quality(params: dict[str, Any], artifact: str, fmt: str, x_path: str
     ``x_path``/``y_path``."""
     import numpy as np
 
-    from workbench import inputs, runtimes, variants
+    from workbench import runtimes, variants
     from workbench.errors import TrialPruned
     from workbench.params import TrialParams
     from workbench.trial import evaluate
@@ -342,9 +347,9 @@ def measure_quality(params: dict[str, Any], artifact: str, fmt: str, x_path: str
             with np.load(x_path) as z:
                 x = {k: z[k] for k in z.files}
         else:
-            x = inputs.cast_float32(np.load(x_path))
-        y = np.load(y_path)
+            x = np.load(x_path)
         outputs = evaluate(session, x, p.batch_size)
+        y = np.load(y_path)
     finally:
         session.close()
     if p.task == "regression":

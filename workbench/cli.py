@@ -113,7 +113,7 @@ def _export(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--engine: builtin or kserve (got {args.engine})")
     preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
-    sample = next(out.glob("sample_input.np[yz]"), out / "sample_input.npy")  # .npz: several inputs
+    sample = next(out.glob("sample_input.np[yz]"), out / "sample_input.npy")
     print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {sample}"
           f"\nre-measure it: python {out / 'predict.py'} --check")
     if args.engine == "kserve":
@@ -302,8 +302,8 @@ def _internal_error(err: BaseException) -> int:
         where = str(log)
     except OSError:
         where = "unavailable: the log could not be written"
-    print(f"error: internal error: {type(err).__name__}: {first_line(err)} "
-          f"(please report; details in {where})", file=sys.stderr)
+    what = f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
+    print(f"error: internal error: {what} (please report; details in {where})", file=sys.stderr)
     return 1
 
 

@@ -176,6 +176,22 @@ def _register_engine() -> None:
     papermill_engines.register(ENGINE, Engine)
 
 
+def _cancel_pending() -> None:
+    """Cancel what Ctrl-C left half-done in nbclient's event loop (its cell task would report
+    "Kernel died" as a traceback at exit, once the kernel is shut down)."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_event_loop()
+    except RuntimeError:
+        return
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending and not loop.is_running():
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
 def execute(params: Mapping[str, Any], out_dir: str | Path, *, timeout_s: float | None = None,
             notebook: str | Path | None = None, kernels: Kernels | None = None) -> dict[str, Any]:
     """Run ``notebook`` with ``params`` into ``out_dir`` and return its ``metrics.json``.
@@ -204,6 +220,9 @@ def execute(params: Mapping[str, Any], out_dir: str | Path, *, timeout_s: float 
             kernel_name="python3", progress_bar=False, log_output=False,
             execution_timeout=int(timeout_s) if timeout_s else None,
         )
+    except KeyboardInterrupt:
+        _cancel_pending()
+        raise
     except PapermillExecutionError as err:
         raise TrialFailed(f"{err.ename}: {_last_line(err.evalue)}", str(output)) from None
     except TimeoutError:  # nbclient's CellTimeoutError is a TimeoutError

@@ -134,18 +134,18 @@ class LitertRuntime(Runtime):
     state = {{"n": None}}
 
     def run(x):
-        xs = arrays(x, names)
-        if xs[0].shape[0] != state["n"]:
+        arrays = by_runtime_names(x, names)
+        if arrays[0].shape[0] != state["n"]:
             for d in ins:
-                interp.resize_tensor_input(d["index"], [xs[0].shape[0], *d["shape"][1:]], strict=False)
+                interp.resize_tensor_input(d["index"], [arrays[0].shape[0], *d["shape"][1:]], strict=False)
             interp.allocate_tensors()
-            state["n"] = xs[0].shape[0]
-        for d, v in zip(ins, xs):
-            if d["dtype"] in (np.int8, np.uint8) and v.dtype.kind == "f":  # fully integer: quantize
-                scale, zero = d["quantization"]
+            state["n"] = arrays[0].shape[0]
+        for d, a in zip(ins, arrays):
+            if d["dtype"] in (np.int8, np.uint8) and np.issubdtype(a.dtype, np.floating):
+                scale, zero = d["quantization"]  # a fully integer model: quantize a float input
                 info = np.iinfo(d["dtype"])
-                v = np.clip(np.round(v / scale + zero), info.min, info.max).astype(d["dtype"])
-            interp.set_tensor(d["index"], v.astype(d["dtype"], copy=False))
+                a = np.clip(np.round(a / scale + zero), info.min, info.max)
+            interp.set_tensor(d["index"], a.astype(d["dtype"], copy=False))
         interp.invoke()
         y = interp.get_tensor(out["index"])
         if out["dtype"] in (np.int8, np.uint8):

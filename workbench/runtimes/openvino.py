@@ -113,7 +113,7 @@ class OpenvinoRuntime(Runtime):
     names = [i.get_any_name() for i in compiled.inputs]
 
     def run(x):
-        req.infer(dict(enumerate(arrays(x, names))))
+        req.infer(dict(enumerate(by_runtime_names(x, names))))
         return req.get_output_tensor(0).data.copy()
     return run'''
 

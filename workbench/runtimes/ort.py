@@ -139,7 +139,7 @@ class OnnxRuntime(Runtime):
         raise SystemExit(f"onnxruntime activated {{sess.get_providers()}}, not {{OPTIONS['providers']}}")
     names = [i.name for i in sess.get_inputs()]
     output = sess.get_outputs()[0].name
-    return lambda x: sess.run([output], dict(zip(names, arrays(x, names))))[0]'''
+    return lambda x: sess.run([output], dict(zip(names, by_runtime_names(x, names))))[0]'''
 
     def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
         info = super().doctor(context)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import TrialPruned
+from workbench.inputs import by_runtime_names
 from workbench.runtimes import Runtime, register
 
 
@@ -50,7 +51,6 @@ def apply_threads(intra: int, inter: int) -> None:
         raise TrialPruned(f"runtime tensorflow: cannot set {intra} intra-op / {inter} inter-op "
                           f"threads, TensorFlow already runs in this process with {shown[0]} / "
                           f"{shown[1]} (run the trial in a fresh process, e.g. its notebook)")
-from workbench.inputs import by_runtime_names
 
 
 class TensorflowSession:
@@ -62,7 +62,7 @@ class TensorflowSession:
         if Path(path).is_dir():  # SavedModel
             from workbench.usermodel import saved_model_signature
 
-            self._loaded, sig, in_names, out_name = saved_model_signature(Path(path), params.output)
+            self._loaded, sig, in_names, out_name = saved_model_signature(Path(path), options["output"])
             self._names = [in_names] if isinstance(in_names, str) else list(in_names)
             specs = sig.structured_input_signature[1]
             self._fn = tf.function(lambda *xs: sig(**dict(zip(self._names, xs)))[out_name],
@@ -104,7 +104,8 @@ class TensorflowRuntime(Runtime):
 
     def session_options(self, params) -> dict[str, Any]:
         return {"device": self.check_provider(params), "intra_op_parallelism_threads": params.threads,
-                "inter_op_parallelism_threads": 1, "safe_mode": not params.trust_model_code}
+                "inter_op_parallelism_threads": 1, "safe_mode": not params.trust_model_code,
+                "output": params.output}
 
     def open_session(self, path: Path, params) -> TensorflowSession:
         return TensorflowSession(path, params, self.session_options(params))
@@ -115,12 +116,13 @@ class TensorflowRuntime(Runtime):
     tf.config.threading.set_intra_op_parallelism_threads(OPTIONS["intra_op_parallelism_threads"])
     tf.config.threading.set_inter_op_parallelism_threads(OPTIONS["inter_op_parallelism_threads"])
     path = HERE / "{artifact}"
-    if path.is_dir():  # SavedModel: its serving_default signature
+    if path.is_dir():  # SavedModel: its serving_default signature, the trial's scored output
         loaded = tf.saved_model.load(str(path))
         sig = loaded.signatures["serving_default"]
         specs = sig.structured_input_signature[1]
         names = list(specs)
-        out_name = OPTIONS.get("signature_output") or sorted(sig.structured_outputs)[0]
+        out = OPTIONS["output"]
+        out_name = out if isinstance(out, str) else sorted(sig.structured_outputs)[out]
         fn = tf.function(lambda *xs: sig(**dict(zip(names, xs)))[out_name],
                          input_signature=tuple(tf.TensorSpec(specs[n].shape, specs[n].dtype) for n in names))
         fn._keep_alive = loaded  # the signature's variables live as long as the function
@@ -131,7 +133,7 @@ class TensorflowRuntime(Runtime):
         names = [t.name for t in model.inputs]
         fn = tf.function(lambda *xs: model(dict(zip(names, xs)) if len(xs) > 1 else xs[0], training=False),
                          input_signature=tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs))
-    return lambda x: fn(*arrays(x, names)).numpy()'''
+    return lambda x: fn(*by_runtime_names(x, names)).numpy()'''
 
     def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
         from workbench.cache import versions

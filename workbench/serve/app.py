@@ -60,7 +60,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         first = bundle.session(opts.threads)
-        sample = np.zeros((1, *bundle.sample_shape), np.float32)
+        sample = bundle.zeros(1)
         y = np.asarray(first.run(sample))
         kind = opts.instance_kind
         if kind == "auto":
@@ -103,7 +103,8 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
         p = bundle.params
         return JSONResponse({
             "name": opts.name, "versions": ["1"], "platform": f"{p.runtime}_{bundle.artifact.format}",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *bundle.sample_shape]}],
+            "inputs": [{"name": name or "input", "datatype": protocol.datatype_of(np.dtype(dtype)),
+                        "shape": [-1, *shape]} for name, shape, dtype in bundle.inputs],
             "outputs": [{"name": "output", "datatype": state.get("output_dtype", "FP32"),
                          "shape": [-1, *state.get("output_shape", [])]}],
             "parameters": {"engine": "builtin", "max_batch_size": opts.max_batch_size,
@@ -139,7 +140,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             x, header = protocol.parse(bytes(body), headers.get("content-type", ""), headers,
-                                       bundle.sample_shape, MAX_ROWS)
+                                       bundle.inputs, MAX_ROWS)
         except protocol.BadRequest as err:
             return _error(400, str(err))
         try:

@@ -75,13 +75,21 @@ def main() -> None:
             return True
 
         def get_input_types(self) -> list[dict]:
-            return [{"name": "input", "datatype": "FP32", "shape": [-1, *self.bundle.sample_shape]}]
+            from workbench.serve.protocol import datatype_of
+
+            return [{"name": n or "input", "datatype": datatype_of(np.dtype(d)), "shape": [-1, *s]}
+                    for n, s, d in self.bundle.inputs]
 
         def get_output_types(self) -> list[dict]:
             return [{"name": "output", "datatype": "FP32", "shape": [-1]}]
 
         def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
-            x = np.ascontiguousarray(payload.inputs[0].as_numpy(), dtype=np.float32)
+            specs = self.bundle.inputs
+            if len(specs) == 1:
+                x = np.ascontiguousarray(payload.inputs[0].as_numpy(), dtype=specs[0][2])
+            else:
+                got = {i.name: i.as_numpy() for i in payload.inputs}
+                x = {n: np.ascontiguousarray(got[n], dtype=d) for n, _, d in specs}
             y = np.asarray(self.session.run(x))
             out = InferOutput(name="output", shape=list(y.shape), datatype="FP32")
             out.set_data_from_numpy(y.astype(np.float32), binary_data=False)

@@ -1,5 +1,5 @@
 """A bundle opened for serving: the session exactly as the trial measured it, plus what the
-Open Inference Protocol's model metadata needs (input shape, datatype).
+Open Inference Protocol's model metadata needs (input names, shapes, datatypes).
 
 A bundle is a directory written by ``workbench export``: ``config.json`` holds the trial's
 parameters (runtime, provider, threads, session options), ``bundle.json`` names the artifact
@@ -30,7 +30,17 @@ class Bundle:
     path: Path
     params: Any  # workbench.params.TrialParams
     artifact: Any  # workbench.variants.Artifact
-    sample_shape: tuple[int, ...]
+    inputs: list[tuple[str | None, tuple[int, ...], str]]  # (name, sample shape, dtype): inputs.specs
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.inputs[0][1]
+
+    def zeros(self, n: int = 1):
+        """``n`` rows of zeros in the model's input form (an array, or a dict by input name)."""
+        if len(self.inputs) == 1 and self.inputs[0][0] is None:
+            return np.zeros((n, *self.inputs[0][1]), self.inputs[0][2])
+        return {name: np.zeros((n, *shape), dtype) for name, shape, dtype in self.inputs}
 
     def session(self, threads: int | None = None):
         """A fresh session of the bundle's artifact (``threads`` overrides the intra-op threads)."""
@@ -67,8 +77,8 @@ def open_bundle(path: str | Path) -> Bundle:
     file = _artifact(path, info)
     fmt = "savedmodel" if file.is_dir() else file.suffix.lstrip(".")
     artifact = Artifact(file, fmt, "bundle", ())
-    shape = info.get("input_shape") or _sample_shape(path, params)
-    return Bundle(path, params, artifact, tuple(int(s) for s in shape))
+    specs = info.get("inputs") or _input_specs(path, params)
+    return Bundle(path, params, artifact, [(n, tuple(int(d) for d in shape), str(dt)) for n, shape, dt in specs])
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -78,17 +88,24 @@ def _json(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
-def _sample_shape(path: Path, params) -> tuple[int, ...]:
-    """One sample's shape: from the bundle's sample input, else from the data set."""
-    sample = path / "sample_input.npy"
-    if sample.is_file():
-        return tuple(np.load(sample, mmap_mode="r").shape[1:])
+def _input_specs(path: Path, params) -> list:
+    """The model's inputs: from the data set the trial used (a single-input bundle without it:
+    from its sample input)."""
     from workbench import data as data_mod
 
-    return data_mod.load(params.data, params.task).input_shape
+    try:
+        return data_mod.load(params.data, params.task).inputs
+    except WorkbenchError:
+        if (path / "sample_input.npz").is_file():  # several named inputs
+            with np.load(path / "sample_input.npz") as z:
+                return [(k, tuple(z[k].shape[1:]), str(z[k].dtype)) for k in z.files]
+        if not (path / "sample_input.npy").is_file():
+            raise
+        x = np.load(path / "sample_input.npy", mmap_mode="r")
+        return [(None, tuple(x.shape[1:]), str(x.dtype))]
 
 
-def write_bundle(params, artifact, out: Path, sample_shape: tuple[int, ...]) -> Path:
+def write_bundle(params, artifact, out: Path, inputs: list) -> Path:
     """A minimal bundle for a server trial: the trial's parameters and a link to its artifact
     (``workbench export`` writes the full one; both are read by :func:`open_bundle`)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +113,7 @@ def write_bundle(params, artifact, out: Path, sample_shape: tuple[int, ...]) -> 
     name = src.name if src.is_dir() else f"model{src.suffix}"
     (out / "config.json").write_text(json.dumps(params.model_dump(), indent=2, sort_keys=True))
     (out / "bundle.json").write_text(json.dumps({"runtime": params.runtime, "artifact": name,
-                                                 "input_shape": list(sample_shape)}, indent=2))
+                                                 "inputs": [[n, list(s), d] for n, s, d in inputs]}, indent=2))
     if not (out / name).exists():
         (out / name).symlink_to(src)
     return out

@@ -187,7 +187,7 @@ def run_server_trial(params, out_dir: str | Path = ".", log=print) -> dict[str, 
     opts = ServeOptions(port=free_port(), max_batch_size=p.max_batch_size, max_queue_delay_ms=p.max_queue_delay_ms,
                         batch_policy=p.batch_policy, instances=p.instances, threads=p.threads)
     with tempfile.TemporaryDirectory(prefix="workbench-bundle-") as tmp:
-        bundle = write_bundle(p, artifact, Path(tmp), data.input_shape)
+        bundle = write_bundle(p, artifact, Path(tmp), data.inputs)
         eng = engine(p.serving_engine, bundle, opts)
         t0 = time.perf_counter()
         eng.start(log=out_dir / "server.log")
