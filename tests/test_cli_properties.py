@@ -265,8 +265,39 @@ def test_a_bug_is_one_line_naming_a_log_with_the_traceback(monkeypatch, capsys):
 
 @pytest.mark.parametrize("err,expected", [
     (ValueError(""), "ValueError"), (KeyError(), "KeyError"), (OSError("\n\n  disk full \nmore"), "disk full"),
-    (RuntimeError("x" * 500), "x" * 300), ("  text\n", "text"),
+    (RuntimeError("x" * 500), "x" * 300), ("  text\n", "text"), ("\n \n", ""),
 ])
 def test_first_line_is_never_empty(err, expected):
     assert first_line(err) == expected
 
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+@pytest.mark.parametrize("case,expected", [
+    ("no run dir", "no such run directory"),
+    ("no run.json", "not a run directory (no run.json)"),
+    ("binary run.json", "run.json: damaged, not valid JSON"),
+    ("run.json a list", "run.json: damaged (missing experiment, study, storage"),
+    ("no study.db", "the study storage"),
+    ("garbage study.db", "study.db: damaged, not an SQLite database"),
+])
+def test_missing_or_damaged_run_files_are_one_line(tmp_path, command, case, expected):
+    run_dir = tmp_path / "run"
+    db = run_dir / "study.db"
+    if case != "no run dir":
+        run_dir.mkdir()
+    info = {"experiment": "e", "study": "e", "storage": f"sqlite:///{db}",
+            "objectives": ["accuracy"], "max_accuracy_drop": 1.0}
+    if case == "binary run.json":
+        (run_dir / "run.json").write_bytes(b"\xff\xfe{\x00")
+    elif case == "run.json a list":
+        (run_dir / "run.json").write_text("[1, 2]")
+    elif case != "no run dir" and case != "no run.json":
+        (run_dir / "run.json").write_text(json.dumps(info))
+    if case == "garbage study.db":
+        db.write_bytes(b"not a database at all")
+    code, out, err = run([command, str(run_dir)])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    if case == "no study.db":
+        assert not db.exists()  # the check never creates an empty database

@@ -90,3 +90,22 @@ def test_distillation_sweep(tmp_path):
     assert len(trials) == 3 and set(trials.state) == {"COMPLETE"}, trials.reason.tolist()
     sizes = trials.sort_values("size_bytes").size_bytes.tolist()
     assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_a_user_student_file_is_distilled_into(tmp_path):
+    import keras
+
+    student = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(32, activation="relu"),
+                                keras.layers.Dense(10, activation="softmax")], name="my_student")
+    student.save(tmp_path / "student.keras")
+    m = trial.run(dict(model="digits_mlp", data="digits", distill_width=0.5, distill_epochs=3,
+                       distill_student=str(tmp_path / "student.keras"), **FAST))
+    assert m["status"] == "complete", m.get("reason")
+    assert m["transforms"][0] == "distill:student" and "distill-student" in m["label"]
+    assert m["accuracy"] > 50.0
+    wrong = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10)])
+    wrong.save(tmp_path / "wrong.keras")
+    bad = trial.run(dict(model="digits_mlp", data="digits", distill_width=0.5, distill_epochs=1,
+                         distill_student=str(tmp_path / "wrong.keras"), **FAST))
+    assert bad["status"] == "pruned" and "must take the teacher's inputs" in bad["reason"]

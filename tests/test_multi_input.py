@@ -176,3 +176,18 @@ def test_export_bundle_feeds_every_input(two_inputs, tmp_path, runtime, bits):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert np.load(out / "y.npy").shape == (2, CLASSES)
+
+
+def test_a_dtype_mismatch_stops_the_sweep_at_preflight(two_inputs, tmp_path):
+    from conftest import run_cli
+
+    with np.load(two_inputs / "two.npz") as z:
+        arrays = {k: (v.astype(np.int64) if k.endswith(".ids") else v) for k, v in z.items()}
+    np.savez(tmp_path / "int64_ids.npz", **arrays)
+    (tmp_path / "exp.yaml").write_text(
+        f"name: mismatch\nmodel: {two_inputs / 'two.keras'}\ndata: int64_ids.npz\nn_trials: 1\n")
+    res = run_cli("sweep", str(tmp_path / "exp.yaml"), "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "input ids expects dtype int32 but data int64_ids has int64" in lines[0]
+    assert "Traceback" not in res.stderr and not (tmp_path / "runs" / "mismatch").exists()

@@ -3,8 +3,10 @@
 Every trial runs in a fresh kernel (so imports, threads and memory are those of a clean
 deployment process) whose working directory is the trial's directory. Starting a kernel costs
 about a second, so a sweep keeps one kernel booting ahead (:class:`Kernels`): the kernel of
-the next trial starts while the current trial runs, and is used by exactly one notebook. While
-it boots it also imports the trial code (``workbench.trial``: numpy, pydantic), so a cached
+the next trial starts while the current trial runs, and is used by exactly one notebook. It
+boots under the machine-wide measurement lock, so its burst of CPU never overlaps a trial's
+timed calls (on a 2-core machine it would show in every threads=2 latency). While it boots it
+also imports the trial code (``workbench.trial``: numpy, pydantic), so a cached
 trial waits for neither.
 
 How a pre-started kernel gets the trial's directory: it is started in a neutral directory (the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -84,6 +87,15 @@ class Kernel:
             os.replace(self.log, target)
             self.log = target
 
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until the kernel answers (its start-up imports, ``KERNEL_ARGS``, are done)."""
+        kc = self.km.blocking_client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=timeout_s)
+        finally:
+            kc.stop_channels()
+
     def shutdown(self) -> None:
         if self.km.has_kernel:
             self.km.shutdown_kernel(now=True)
@@ -101,21 +113,48 @@ class Kernels:
         self.spare_dir = Path(spare_dir).resolve()
         self.ahead = ahead
         self._spare: Kernel | None = None
+        self._booting: threading.Thread | None = None
 
     def _start(self) -> Kernel:
         self.spare_dir.mkdir(parents=True, exist_ok=True)
         return Kernel(self.spare_dir, self.spare_dir / f".kernel-{uuid.uuid4().hex[:8]}.log")
 
+    def _boot_spare(self) -> None:
+        """Start the spare kernel and wait for its imports while holding the machine-wide
+        measurement lock: a booting kernel is a burst of CPU on a small machine, so the running
+        trial's timed calls wait for it (or it waits for them), never overlap it."""
+        from workbench import measure
+
+        try:
+            with measure.exclusive():
+                kernel = self._start()
+                self._spare = kernel
+                kernel.wait_ready()
+        except Exception:  # noqa: BLE001 - the next take() starts a kernel of its own
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                spare.shutdown()
+                spare.log.unlink(missing_ok=True)
+
+    def _join(self) -> None:
+        if self._booting is not None:
+            self._booting.join()
+            self._booting = None
+
     def take(self, out_dir: Path) -> Kernel:
         """A kernel for the notebook going to ``out_dir``; the next one starts booting now."""
+        self._join()
         kernel = self._spare or self._start()
         self._spare = None
         kernel.move_log(out_dir)
         if self.ahead:
-            self._spare = self._start()
+            self._booting = threading.Thread(target=self._boot_spare, name="workbench-kernel-ahead",
+                                             daemon=True)
+            self._booting.start()
         return kernel
 
     def close(self) -> None:
+        self._join()
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.shutdown()

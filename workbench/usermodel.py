@@ -24,7 +24,7 @@ import numpy as np
 
 from workbench import inputs as inputs_mod
 from workbench.data import Dataset
-from workbench.errors import DataError, ModelError
+from workbench.errors import DataError, ModelError, first_line
 from workbench.modeldir import keras_inputs, quality
 
 RECIPE = 2  # bump when what build() writes changes
@@ -52,8 +52,7 @@ def detect(path: Path) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+    return first_line(err)
 
 
 def _dims(shape) -> str:

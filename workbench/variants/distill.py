@@ -29,7 +29,7 @@ import numpy as np
 
 from workbench import cache
 from workbench.data import Dataset, file_hash
-from workbench.errors import TrialPruned
+from workbench.errors import TrialPruned, first_line
 from workbench.modeldir import ModelRef, save
 from workbench.parameters import Parameter
 from workbench.variants import Transform, register
@@ -103,7 +103,7 @@ def scaled_clone(model, width: float, head: str | None = None):
     except TrialPruned:
         raise
     except Exception as err:
-        line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        line = first_line(err, 200)
         raise TrialPruned(f"distillation cannot rebuild {model.name} at width {width:g} ({line})") from None
 
 
@@ -143,7 +143,7 @@ def _student(teacher, params, trust: bool):
         try:
             user = keras.saving.load_model(path, safe_mode=not trust, compile=False)
         except Exception as err:
-            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            line = first_line(err, 200)
             raise TrialPruned(f"distill_student: cannot load {path} ({line})") from None
         if [tuple(t.shape[1:]) for t in user.inputs] != [tuple(t.shape[1:]) for t in teacher.inputs] \
                 or tuple(user.outputs[0].shape[1:]) != tuple(teacher.outputs[0].shape[1:]):

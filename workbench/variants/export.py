@@ -78,7 +78,7 @@ def to_onnx(model: ModelRef, data: Dataset, out: Path) -> None:
     try:
         diff = max_abs_diff_vs_reference(out, model, data)
     except Exception as err:  # an op onnxruntime has no kernel for at this opset, for example
-        line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        line = first_line(err, 200)
         raise ModelError(f"ONNX export of {model.name!r} does not run in onnxruntime ({line})") from None
     if diff > TOLERANCE:
         raise ModelError(f"ONNX export of {model.name!r} differs from Keras by {diff:.2e} "

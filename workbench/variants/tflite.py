@@ -19,7 +19,7 @@ from typing import Any
 
 from workbench import cache, inputs
 from workbench.data import Dataset
-from workbench.errors import TrialPruned
+from workbench.errors import TrialPruned, first_line
 from workbench.variants import Artifact, Transform, register
 from workbench.variants.quantize import BITS, INT8_MODE
 from workbench.zoo import ModelRef
@@ -66,7 +66,7 @@ def convert(model: ModelRef, data: Dataset, out: Path, r: dict[str, Any]) -> Non
         except Exception as err:  # an op without an (int8) TFLite kernel, for example
             text = str(err).strip()
             line = next((ln for ln in text.splitlines() if "error" in ln.lower()),
-                        text.splitlines()[0] if text else type(err).__name__)
+                        first_line(err))
             raise TrialPruned(f"the TFLite converter refused this model ({describe(r)}): {line[:200]}") from None
         out.write_bytes(flatbuffer)
 
