@@ -282,7 +282,8 @@ def execute(params: Mapping[str, Any], out_dir: str | Path, *, timeout_s: float 
 
 SHOWN = ("accuracy", "accuracy_drop", "mae", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
          "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_cv", "throughput_sps",
-         "size_bytes", "size_gzip_bytes", "max_abs_diff", "top1_agreement", "load_ms", "peak_rss_mb")
+         "size_bytes", "size_gzip_bytes", "max_abs_diff", "top1_agreement", "load_ms", "peak_rss_mb",
+         "max_qps_at_slo", "latency_p999_ms", "mean_batch_size", "server_cpu_pct", "rejected_requests")  # server
 
 
 class Summary:
