@@ -55,9 +55,10 @@ def grid_points(exp: Experiment) -> list[dict[str, Any]]:
 
 def enqueue_next_grid_point(study, exp: Experiment) -> bool:
     """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
-    # an interrupted trial (its worker was killed) does not count: its point is run again
-    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)
-            if "interrupted" not in t.user_attrs]
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state.name == "WAITING" for t in trials):
+        return True  # a point already enqueued (e.g. an interrupted trial's, again) is asked first
+    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials]
     for point in grid_points(exp):
         if point not in seen:
             study.enqueue_trial(point)
