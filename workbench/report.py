@@ -110,8 +110,11 @@ def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None,
         row["int8_mode"] = None
     if not p.get("sparsity"):
         row["prune_structure"] = None
-    if p.get("scenario") != "server":
-        row.update(dict.fromkeys(SERVER_PARAMS))
+    from workbench import parameters
+
+    for k in SERVER_PARAMS:  # empty where it does not apply (not server; kserve; a batch of one)
+        if not parameters.applies(k, p):
+            row[k] = None
     row.update({k: _number(m.get(k), k, problems) for k in METRIC_COLUMNS if k != "unstable"})
     row["unstable"] = m.get("unstable") if isinstance(m.get("unstable"), bool) else None
     row["feasible"] = m.get("feasible") if isinstance(m.get("feasible"), bool) else None
