@@ -192,10 +192,11 @@ def _listening(pids: set[int]) -> list:
 
 @pytest.mark.slow
 def test_server_experiment_sweeps_end_to_end(tmp_path):
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}  # another test's session fixtures, if any
     exp = config.load(SERVER_YAML)
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-    me = psutil.Process()
-    assert not [c for c in me.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+    assert not _gone({c.pid for c in me.children(recursive=True)} - before, seconds=10)
     assert not _servers(tmp_path)  # no server of ours is left, not even an orphan
     best = json.loads((run_dir / "best.json").read_text())
     assert best["question"] == (f"server: highest QPS with p99 <= {exp.slo_ms:g} ms, accuracy drop <= 1 pt")
