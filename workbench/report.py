@@ -417,7 +417,8 @@ def build(run_dir: str | Path, progress: bool = False) -> dict[str, Path]:
     head = best.get("summary") or {}
     best = best if best.get("trial") is not None else None
     images = plots.draw_all(full, run_dir, info["objectives"], info["max_accuracy_drop"])
-    if server_run(full):
+    if server_run(full):  # the in-process latency plots do not describe served trials
+        images = {k: v for k, v in images.items() if k not in SERVER_SKIPPED_PLOTS}
         images.update(_serving_plots(full, run_dir, info, best))
     paths.update({name.removesuffix(".png"): p for name, p in images.items()})
     paths["report.md"].write_text(_markdown(info, df, best, head))
@@ -427,6 +428,8 @@ def build(run_dir: str | Path, progress: bool = False) -> dict[str, Path]:
 
 # Monitor time series drawn per report: the recommended trial's first, then others.
 MAX_TIMESERIES = 6
+# In-process latency plots left out of a server run's report (its latencies are under load).
+SERVER_SKIPPED_PLOTS = ("pareto.png", "latency_batch.png", "latency_dist.png")
 
 
 def _serving_plots(full, run_dir: Path, info: dict, best: dict | None) -> dict[str, Path]:
@@ -449,7 +452,11 @@ def _serving_plots(full, run_dir: Path, info: dict, best: dict | None) -> dict[s
         trials[f"{r.trial}: {r.label}"] = m
         if (folder / "monitor.csv").exists():
             monitors.append((str(r.trial), folder / "monitor.csv"))
-    out = {"serve_latency_load.png": splots.latency_vs_load(trials, run_dir / "serve_latency_load.png",
+    from workbench import plots
+
+    plots.qps_pareto(full, run_dir / "serve_pareto.png", info["max_accuracy_drop"])
+    out = {"serve_pareto.png": run_dir / "serve_pareto.png",
+           "serve_latency_load.png": splots.latency_vs_load(trials, run_dir / "serve_latency_load.png",
                                                              info.get("slo_ms")),
            "serve_throughput_p99.png": splots.throughput_vs_p99(trials, run_dir / "serve_throughput_p99.png")}
     chosen = str(best["trial"]) if best else None
@@ -461,7 +468,8 @@ def _serving_plots(full, run_dir: Path, info: dict, best: dict | None) -> dict[s
 
 def serving_titles(images: dict[str, Path]) -> list[tuple[str, str]]:
     """(image name, title) of the serving figures in ``images``."""
-    titles = [("serve_latency_load.png", "Latency at the SLO percentile vs offered load, per configuration"),
+    titles = [("serve_pareto.png", "Accuracy vs max QPS at the SLO (Pareto front)"),
+              ("serve_latency_load.png", "Latency at the SLO percentile vs offered load, per configuration"),
               ("serve_throughput_p99.png", "Achieved throughput vs p99, every measured rate")]
     titles += [(n, f"Monitor of trial {n.removeprefix('serve_monitor_').removesuffix('.png')} (1 Hz, shared "
                    "time axis)") for n in images if n.startswith("serve_monitor_")]
