@@ -228,7 +228,8 @@ def test_server_experiment_sweeps_end_to_end(tmp_path):
     html = (run_dir / "report.html").read_text()
     for name in ("serve_latency_load.png", "serve_throughput_p99.png", f"serve_monitor_{best['trial']}.png"):
         assert (run_dir / name).stat().st_size > 0
-    for title in ("Accuracy vs max QPS at the SLO", "Latency at the SLO percentile vs offered load", "Achieved throughput vs p99",
+    for title in ("Accuracy vs max QPS at the SLO", "Latency at the SLO percentile vs offered load",
+                  "Achieved throughput vs p99",
                   f"Monitor of trial {best['trial']}"):
         assert title in html
 
