@@ -29,7 +29,6 @@ import numpy as np
 from workbench import cache
 from workbench.errors import DataError, first_line
 from workbench import inputs as inputs_mod
-from workbench.errors import DataError
 from workbench.inputs import Inputs
 
 DIGITS_SEED = 0

@@ -15,8 +15,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from workbench.errors import WorkbenchError, first_line
 
 PARAM_COLUMNS = ["bits", "int8_mode", "sparsity", "prune_structure", "batch_size", "runtime",

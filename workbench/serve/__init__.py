@@ -178,3 +178,22 @@ def engine(name: str, bundle: str | Path, options: ServeOptions) -> Engine:
     module, cls = ENGINES[name].split(":")
     return getattr(importlib.import_module(module), cls)(bundle, options)
 
+
+def watch_parent(pid: int) -> None:
+    """SIGTERM this process (a graceful drain) once process ``pid`` is gone: a server whose
+    sweep or CLI was SIGKILLed must not be left behind. Standard library only, so the
+    kserve engine's own environment can use it too."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass
+
+    threading.Thread(target=loop, daemon=True, name="parent-watch").start()

@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -25,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from workbench.serve import protocol
+from workbench.serve import protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
 
@@ -163,21 +160,6 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _watch_parent(pid: int) -> None:
-    """SIGTERM ourselves (a graceful drain) once ``pid`` is gone."""
-    def loop():
-        while True:
-            time.sleep(0.5)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            except PermissionError:
-                pass
-    threading.Thread(target=loop, daemon=True, name="parent-watch").start()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="workbench.serve.app", description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
@@ -196,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     if args.parent_pid:
-        _watch_parent(args.parent_pid)
+        watch_parent(args.parent_pid)
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
                             log_level="warning", access_log=False, timeout_graceful_shutdown=30,
                             backlog=2048, timeout_keep_alive=30)

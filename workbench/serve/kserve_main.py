@@ -12,10 +12,7 @@ is one ``run()``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import threading
-import time
 import uuid
 
 
@@ -30,22 +27,6 @@ def _host_patch(host: str) -> None:
         self.config.host = host
 
     rest.RESTServer.__init__ = init
-
-
-def _watch_parent(pid: int) -> None:
-    import signal
-
-    def loop():
-        while True:
-            time.sleep(0.5)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            except PermissionError:
-                pass
-    threading.Thread(target=loop, daemon=True).start()
 
 
 def main() -> None:
@@ -97,7 +78,9 @@ def main() -> None:
 
     _host_patch(args.host)
     if args.parent_pid:
-        _watch_parent(args.parent_pid)
+        from workbench.serve import watch_parent
+
+        watch_parent(args.parent_pid)
     model = BundleModel(args.model_name)
     model.load()
     ModelServer(enable_grpc=False, enable_latency_logging=False).start([model])
