@@ -244,8 +244,15 @@ def _engine_available(name: str) -> None:
 
 
 def _label(p) -> str:
-    return (f"{p.describe()} {p.serving_engine} mb{p.max_batch_size} d{p.max_queue_delay_ms:g}ms "
-            f"{p.batch_policy} x{p.instances}")
+    """e.g. ``onnxruntime int8-static b1 t1 builtin mb8 d2ms idle x1``: only the serving options
+    that apply to this engine and batching (a batch of one never waits, so no delay/policy)."""
+    from workbench import parameters
+
+    values = p.model_dump()
+    shown = {"max_batch_size": f"mb{p.max_batch_size}", "max_queue_delay_ms": f"d{p.max_queue_delay_ms:g}ms",
+             "batch_policy": p.batch_policy, "instances": f"x{p.instances}"}
+    return " ".join([p.describe(), p.serving_engine] +
+                    [text for name, text in shown.items() if parameters.applies(name, values)])
 
 
 def _accuracy(answers, offline_top1, data, quality, regression) -> dict[str, Any]:
