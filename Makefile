@@ -8,6 +8,11 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: setup demo test test-fast bench clean
 
+# The kserve serving engine's own environment (its pins clash with ours); stamped like .venv.
+KSERVE_VENV  ?= .venv-kserve
+KSERVE_REQS  := workbench/serve/requirements-kserve.txt
+KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQS) | cksum | cut -d' ' -f1)
+
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +21,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-setup: $(STAMP)
+$(KSERVE_STAMP): $(KSERVE_REQS)
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r $(KSERVE_REQS)
+	rm -f $(KSERVE_VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP) $(KSERVE_STAMP)
 
 demo: setup
 	$(BIN)/workbench sweep experiments/digits.yaml
@@ -36,4 +47,4 @@ bench: setup
 	$(BIN)/python benchmarks/sweep.py
 
 clean:
-	rm -rf $(VENV) experiments/runs .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) experiments/runs .pytest_cache

@@ -2,9 +2,9 @@
 through a real sweep (papermill notebooks, a SQLite study) and ``report.build``.
 
 Variant kinds: fp32, fp16, int8 static, int8 dynamic, int4, pruned unstructured, pruned
-channels, and the TFLite route (runtime litert). A combination a runtime cannot hold must end
-PRUNED with its reason, shown in the report; nothing may end FAIL. Four sweeps cover it all:
-precision x runtime and pruning x runtime, for classification and for regression.
+channels, distilled, and the TFLite route (runtime litert). A combination a runtime cannot hold must end
+PRUNED with its reason, shown in the report; nothing may end FAIL. Six sweeps cover it all:
+precision x runtime, pruning x runtime and distillation x runtime, for both tasks.
 """
 
 import importlib.util
@@ -16,13 +16,18 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from workbench.config import RUNTIMES
+from workbench import runtimes
+
+RUNTIMES = tuple(runtimes.registered())  # onnxruntime, openvino, litert, tensorflow (and any plug-in)
 
 FAST = {"warmup": 2, "min_runs": 5, "min_seconds": 0.05, "max_seconds": 2.0}
 PRECISION = {"bits": [32, 16, 8, 4], "int8_mode": ["static", "dynamic"], "sparsity": 0.0,
              "batch_size": 1, "threads": 1, "runtime": list(RUNTIMES)}
 PRUNING = {"bits": 32, "sparsity": 0.5, "prune_structure": ["unstructured", "channels"],
            "finetune_epochs": 1, "batch_size": 1, "threads": 1, "runtime": list(RUNTIMES)}
+DISTILLATION = {"bits": 32, "distill_width": 0.5, "distill_epochs": 1, "batch_size": 1, "threads": 1,
+                "runtime": list(RUNTIMES)}
+SPACES = {"precision": PRECISION, "pruning": PRUNING, "distillation": DISTILLATION}
 # (bits, int8_mode) and (sparsity, prune_structure) pairs each sweep must hold for every runtime
 PRECISION_KINDS = {(32, None), (16, None), (8, "static"), (8, "dynamic"), (4, None)}
 PRUNING_KINDS = {(0.5, "unstructured"), (0.5, "channels")}
@@ -53,7 +58,7 @@ def _experiment(tmp_path: Path, name: str, task: str, space: dict, regression_fi
            "search_space": space, "trial_timeout_s": 300, "max_consecutive_failures": 3}
     if task == "classification":
         # the MLP has MatMuls (int4 applies), the CNN has channels worth pruning
-        doc.update(model="digits_mlp" if space is PRECISION else "digits_cnn", data="digits",
+        doc.update(model="digits_cnn" if space is PRUNING else "digits_mlp", data="digits",
                    max_accuracy_drop=100.0)
     else:
         model, data = regression_files
@@ -63,19 +68,14 @@ def _experiment(tmp_path: Path, name: str, task: str, space: dict, regression_fi
     return path
 
 
-REGRESSION_PRUNING = pytest.mark.xfail(
-    reason="pruning fine-tune of a regression model is being added by the models helper (issue 10 "
-           "item 3 leaves it to prune.py's owner); remove this mark when it lands", strict=False)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task,space", [
-    ("classification", "precision"), ("classification", "pruning"), ("regression", "precision"),
-    pytest.param("regression", "pruning", marks=REGRESSION_PRUNING),
+    ("classification", "precision"), ("classification", "pruning"), ("classification", "distillation"),
+    ("regression", "precision"), ("regression", "pruning"), ("regression", "distillation"),
 ])
 def test_every_combination_completes_or_is_pruned_with_its_reason(tmp_path, task, space,
                                                                   regression_files):
-    spec = PRECISION if space == "precision" else PRUNING
+    spec = SPACES[space]
     files = regression_files if task == "regression" else None
     name = f"cov-{task[:3]}-{space}"
     exp = _experiment(tmp_path, name, task, spec, files)
@@ -92,15 +92,18 @@ def test_every_combination_completes_or_is_pruned_with_its_reason(tmp_path, task
     failed = trials[~trials.state.isin(["COMPLETE", "PRUNED"])]
     assert failed.empty, failed[["trial", "state", "label", "reason"]].to_string()
     pruned = trials[trials.state == "PRUNED"]
-    assert pruned.reason.notna().all() and (pruned.reason.str.strip() != "").all(), pruned.to_string()
+    assert all(isinstance(r, str) and r.strip() for r in pruned.reason), pruned.to_string()
 
     # every (variant kind, runtime) combination was tried exactly once
     if space == "precision":
         kinds = {(int(r.bits), r.int8_mode if r.bits == 8 else None, r.runtime) for r in trials.itertuples()}
         expected = {(b, m, rt) for b, m in PRECISION_KINDS for rt in RUNTIMES}
-    else:
+    elif space == "pruning":
         kinds = {(float(r.sparsity), r.prune_structure, r.runtime) for r in trials.itertuples()}
         expected = {(s, st, rt) for s, st in PRUNING_KINDS for rt in RUNTIMES}
+    else:
+        assert all(" distill0.5 " in label for label in trials.label), trials.label.tolist()
+        kinds, expected = set(trials.runtime), set(RUNTIMES)
     assert kinds == expected and len(trials) == len(expected)
     # the runtimes that can run the fp32 (or pruned fp32) model did so
     done = set(trials[trials.state == "COMPLETE"].runtime)
@@ -128,7 +131,7 @@ def test_report_never_dies_on_a_trials_metrics(tmp_path):
 
     import optuna
 
-    from workbench import report, trial
+    from workbench import decide, report, trial
 
     good = trial.run(dict(model="digits_mlp", runtime="onnxruntime", **FAST))
     assert good["status"] == "complete"
@@ -167,7 +170,8 @@ def test_report_never_dies_on_a_trials_metrics(tmp_path):
         numbers[name] = add(metrics)
     numbers["params not a mapping"] = add(None, params="bits=8", state=optuna.trial.TrialState.FAIL)
 
-    paths = report.build(run_dir, remeasure=False)
+    decide.decide(run_dir, remeasure=False)  # the recommendation, then the rendering
+    paths = report.build(run_dir)
 
     df = pd.read_csv(paths["results.csv"], dtype={"trial": str})
     assert list(df.trial) == [numbers[k] for k in ["good", *odd, "params not a mapping"]]

@@ -177,7 +177,7 @@ def test_scenarios_in_config():
     assert config.parse({"name": "x", "scenario": "offline"}).objectives[1] == "throughput_sps"
     mine = config.parse({"name": "x", "scenario": "offline", "objectives": ["accuracy", "latency_p50_ms"]})
     assert mine.objectives == ["accuracy", "latency_p50_ms"]
-    for bad, where in (({"scenario": "server"}, "not implemented yet"), ({"scenario": "nope"}, "unknown"),
+    for bad, where in (({"scenario": "server"}, "slo_ms: required"), ({"scenario": "nope"}, "unknown"),
                        ({"latency_percentile": 80}, "latency_percentile")):
         with pytest.raises(config.ConfigError, match=where):
             config.parse({"name": "x", **bad})

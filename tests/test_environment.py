@@ -37,5 +37,6 @@ def test_trial_notebook_parameters_match_trial_params():
     from workbench.notebook import TRIAL_NOTEBOOK
     from workbench.params import TrialParams
 
-    names = set(inspect_notebook(str(TRIAL_NOTEBOOK)))
-    assert names == set(TrialParams.model_fields) | {"metrics_path"}
+    names = set(inspect_notebook(str(TRIAL_NOTEBOOK)))  # fields + registered parameters
+    assert names == set(TrialParams().model_dump()) | {"metrics_path"}
+    assert {"bits", "sparsity", "graph_optimization"} <= names

@@ -46,9 +46,9 @@ CASES = {
     # name: (model, data, extra settings, error type, what the one line must say)
     "lambda": ("lambda.keras", "digits.npz", {}, ModelError,
                "contains a Lambda layer (Python code); refusing to load it (set trust_model_code: true"),
-    "int32": ("int32.keras", "digits.npz", {}, DataError, "takes int32 inputs but data digits is float32"),
+    "int32": ("int32.keras", "digits.npz", {}, DataError, "expects dtype int32 but data digits has float32"),
     "shape": ("flat.keras", "digits.npz", {}, DataError,
-              "expects inputs of shape (batch, 64) but data digits has samples of shape (8, 8, 1)"),
+              "expects shape (batch, 64) but data digits has samples of shape (8, 8, 1)"),
     "labels": ("five.keras", "digits.npz", {}, DataError,
                "outputs shape (5,) per sample but data digits has class labels up to 9"),
     "task": ("reg.keras", "regression.npz", {}, DataError,

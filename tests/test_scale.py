@@ -1,6 +1,7 @@
 """Sweeps that survive and scale: workers on a journal, PostgreSQL, SIGKILL + resume,
 timeouts, crashing kernels, consecutive failures. Real storages, real notebooks."""
 
+import json
 import os
 import signal
 import subprocess
@@ -151,3 +152,71 @@ def test_crashing_kernel_is_recorded_and_failures_stop_the_sweep(tmp_path, monke
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
     assert all(t.user_attrs["error"].startswith("kernel died") for t in trials)
     assert "FAIL" in (run_dir / "report.md").read_text()  # the report lists them
+
+
+@pytest.mark.skipif(not POSTGRES and not os.environ.get("CI"),
+                    reason="WORKBENCH_TEST_POSTGRES is not set (.ci/run starts a PostgreSQL server)")
+def test_storage_password_is_never_on_disk_nor_in_argv(tmp_path):
+    """A real sweep with --workers 2 against a PostgreSQL role that needs its password: the
+    password is in no file of the run directory, on no command line of the workers or
+    kernels, in no console output; report reads it from WORKBENCH_STORAGE or says it is missing."""
+    import psutil
+    import sqlalchemy
+
+    assert POSTGRES, "CI must provide WORKBENCH_TEST_POSTGRES"
+    tag = uuid.uuid4().hex[:8]
+    role, db, password = f"wb_{tag}", f"wb_{tag}", f"Pw{uuid.uuid4().hex}"
+    admin = sqlalchemy.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {db} OWNER {role}"))
+    admin.dispose()
+    server = sqlalchemy.engine.make_url(POSTGRES)
+    url = f"postgresql://{role}:{password}@{server.host}:{server.port}/{db}"
+    wrong = url.replace(password, "wrong")
+    with pytest.raises(WorkbenchError, match="cannot open"):  # the role really needs it
+        sweep.open_study(config.load(write_experiment(tmp_path, "pw", 1)), "x", wrong)
+
+    exp = write_experiment(tmp_path, "pw", n_trials=3)
+    env = {**os.environ, "WORKBENCH_STORAGE": url}
+    exe = Path(sys.executable).parent / "workbench"
+    proc = subprocess.Popen([str(exe), "sweep", str(exp), "--workers", "2", "--study", "pw",
+                             "--runs-dir", str(tmp_path / "runs"), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen: dict[int, list[str]] = {}
+    while proc.poll() is None:  # every command line of the sweep's processes, while they run
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    seen.setdefault(child.pid, child.cmdline())
+                except psutil.Error:
+                    pass
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    # (a process forked by a worker shows the worker's command line until it execs)
+    workers = {c[c.index("--worker") + 1] for c in seen.values() if "workbench.cli" in c and "--worker" in c}
+    assert workers == {"0", "1"} and any("ipykernel_launcher" in " ".join(c) for c in seen.values())
+    assert not [c for c in seen.values() if password in " ".join(c)]
+    assert password not in out + err
+
+    run_dir = tmp_path / "runs" / "pw" / "pw"
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert len(files) > 10 and any(p.name == "kernel.log" for p in files)
+    assert not [p for p in files if password.encode() in p.read_bytes()]
+    assert json.loads((run_dir / "run.json").read_text())["storage"] == url.replace(password, "***")
+
+    # report reads the study through WORKBENCH_STORAGE; without it, one line says so.
+    bare = {k: v for k, v in os.environ.items() if k != "WORKBENCH_STORAGE"}
+    missing = subprocess.run([str(exe), "report", str(run_dir), "--no-remeasure"], env=bare,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
+    assert "WORKBENCH_STORAGE" in missing.stderr and password not in missing.stderr
+    ok = subprocess.run([str(exe), "report", str(run_dir), "--no-remeasure"], env=env,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert password not in ok.stdout + ok.stderr
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]

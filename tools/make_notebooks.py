@@ -30,8 +30,8 @@ def save(name: str, cells: list) -> None:
 
 
 def trial() -> None:
-    defaults = TrialParams()
-    lines = [f"{k} = {getattr(defaults, k)!r}" for k in TrialParams.model_fields]
+    # TrialParams' own fields, then every parameter a runtime or variant transform declares
+    lines = [f"{k} = {v!r}" for k, v in TrialParams().model_dump().items()]
     lines[lines.index("min_seconds = 1.0")] = "min_seconds = 0.2  # the quickstart default; sweeps pass the experiment's"
     save("trial.ipynb", [
         new_markdown_cell(
@@ -45,19 +45,14 @@ def trial() -> None:
             "`metrics.json` beside itself."),
         params_cell("\n".join(lines + ['metrics_path = "metrics.json"'])),
         new_code_cell(
-            "from workbench import trial\n\n"
-            "params = dict(\n" + "".join(f"    {k}={k},\n" for k in TrialParams.model_fields) + ")\n"
-            "metrics = trial.run(params)\n"
+            "from workbench import notebook, trial\n"
+            "from workbench.params import TrialParams\n\n"
+            "# The parameters above, by name: TrialParams' fields and every parameter a runtime or\n"
+            "# variant declares (one of a plug-in not in the cell above keeps its default).\n"
+            "names = TrialParams().model_dump()\n"
+            "metrics = trial.run({name: value for name, value in globals().items() if name in names})\n"
             "trial.write_metrics(metrics, metrics_path)\n"
-            "print(metrics['label'], '->', metrics['status'], metrics.get('reason', ''))"),
-        new_code_cell(
-            "# Plain text on purpose: importing pandas here would add ~0.5 s to every trial of a sweep.\n"
-            "shown = ['accuracy', 'accuracy_drop', 'latency_p50_ms', 'latency_p90_ms', 'latency_p99_ms',\n"
-            "         'latency_p50_ci_low_ms', 'latency_p50_ci_high_ms', 'latency_cv', 'throughput_sps',\n"
-            "         'size_bytes', 'size_gzip_bytes', 'max_abs_diff', 'top1_agreement', 'load_ms', 'peak_rss_mb']\n"
-            "for key in shown:\n"
-            "    if key in metrics:\n"
-            "        print(f'{key:>24}  {metrics[key]:.6g}')"),
+            "notebook.Summary(metrics)  # the metrics as a table, or why the trial was pruned"),
     ])
 
 
@@ -118,7 +113,76 @@ def report_nb() -> None:
     ])
 
 
+def serving_nb() -> None:
+    save("serving.ipynb", [
+        new_markdown_cell(
+            "# Serving a model under load\n\n"
+            "Serves one variant with the builtin engine (Starlette/uvicorn + dynamic batcher, Open\n"
+            "Inference Protocol v2 on 127.0.0.1), drives it with the open-loop load generator at a few\n"
+            "offered rates while the 1 Hz monitor samples the server, and plots latency against load\n"
+            "and the time series on one time axis. The same as\n\n"
+            "```\nworkbench serve BUNDLE --max-batch-size 8 &\n"
+            "workbench load http://127.0.0.1:8000/v2/models/model/infer --rate 200 --duration 3\n```\n\n"
+            "The server runs in its own process group and is always stopped at the end of the cell\n"
+            "(and exits by itself if this kernel dies)."),
+        params_cell("model = 'digits_cnn'\ndata = 'digits'\nmax_batch_size = 8\nmax_queue_delay_ms = 2.0\n"
+                    "batch_policy = 'idle'\nrates = [50.0, 200.0, 800.0]\nseconds = 2.0"),
+        new_code_cell(
+            "import tempfile\nfrom pathlib import Path\n\n"
+            "from workbench import load\nfrom workbench.monitor import Monitor\n"
+            "from workbench.params import TrialParams\n"
+            "from workbench.serve import ServeOptions, engine, free_port\n"
+            "from workbench.serve.model import write_bundle\nfrom workbench.trial import artifact_for\n\n"
+            "p = TrialParams.parse({'model': model, 'data': data})\n"
+            "ds, _, artifact = artifact_for(p)\n"
+            "work = Path(tempfile.mkdtemp(prefix='serving-'))\n"
+            "bundle = write_bundle(p, artifact, work / 'bundle', ds.inputs)\n"
+            "items = load.payloads(ds.x_eval, ds.y_eval)\n"
+            "eng = engine('builtin', bundle, ServeOptions(port=free_port(), max_batch_size=max_batch_size,\n"
+            "                                             max_queue_delay_ms=max_queue_delay_ms,\n"
+            "                                             batch_policy=batch_policy))\n"
+            "eng.start(log=work / 'server.log')\n"
+            "results = []\n"
+            "try:\n"
+            "    eng.wait_ready(120)\n"
+            "    with Monitor(work / 'monitor.csv', eng.proc.pid, eng.metrics) as mon:\n"
+            "        for rate in rates:\n"
+            "            mon.offered = rate\n"
+            "            results.append(load.run(eng.infer_url, rate=rate, duration=seconds, items=items))\n"
+            "            print(load.render(results[-1]), end='\\n\\n')\n"
+            "    server_metrics = eng.metrics()\n"
+            "finally:\n"
+            "    eng.stop()\n"
+            "mean_batch = server_metrics['workbench_batch_size_sum'] / server_metrics['workbench_batch_size_count']\n"
+            "print(f'mean batch size {mean_batch:.2f}; accuracy of the answers '\n"
+            "      f\"{results[-1].get('accuracy', float('nan')):.2f}% (offline: the same answers, exactly)\")"),
+        new_markdown_cell("## Latency against offered load\n\nMeasured from each request's scheduled "
+                          "send time, so queueing in the server *and* in the client counts."),
+        new_code_cell(
+            "import matplotlib.pyplot as plt\n\n"
+            "fig, ax = plt.subplots(figsize=(6, 3.5))\n"
+            "for q in ('p50', 'p90', 'p99'):\n"
+            "    ax.plot([r['offered_qps'] for r in results], [r[f'{q}_ms'] for r in results], 'o-', label=q)\n"
+            "ax.set_xlabel('offered QPS'); ax.set_ylabel('latency (ms)'); ax.set_yscale('log'); ax.legend()\n"
+            "ax.set_title(f'{p.describe()}, max batch {max_batch_size}, policy {batch_policy}')\n"
+            "plt.show()"),
+        new_markdown_cell("## The monitor's time series (`monitor.csv`, 1 Hz)"),
+        new_code_cell(
+            "import pandas as pd\n\n"
+            "mon_df = pd.read_csv(work / 'monitor.csv')\n"
+            "cols = ['offered_qps', 'answered_qps', 'p99_ms', 'server_cpu_pct', 'queue_depth', 'batch_mean']\n"
+            "fig, axes = plt.subplots(len(cols), 1, sharex=True, figsize=(7, 1.4 * len(cols)))\n"
+            "for ax, c in zip(axes, cols):\n"
+            "    ax.plot(mon_df['t_s'], pd.to_numeric(mon_df[c], errors='coerce'), '.-')\n"
+            "    ax.set_ylabel(c, rotation=0, ha='right')\n"
+            "axes[-1].set_xlabel('seconds')\n"
+            "plt.show()\n"
+            "mon_df.tail()"),
+    ])
+
+
 if __name__ == "__main__":
     trial()
     quickstart()
     report_nb()
+    serving_nb()

@@ -43,8 +43,15 @@ def run(exp: Experiment, run_dir: Path, log=print, kernels: notebook.Kernels | N
             continue
         log(f"baseline {point['runtime']} fp32 batch {point['batch_size']} ...")
         try:
-            results.append(notebook.execute({**trial_settings(exp), **point}, out,
+            results.append(notebook.execute({**trial_settings(exp), **point, **_in_process(exp)}, out,
                                             timeout_s=exp.trial_timeout_s, kernels=kernels))
         except TrialFailed as err:
             log(f"baseline {out.name} failed: {err.reason} (see {err.notebook})")
     return results
+
+
+def _in_process(exp: Experiment) -> dict[str, Any]:
+    """Baselines are always timed in-process. In a server sweep they stay the references for
+    size and accuracy (the fp32 Keras model and its ONNX export, at batch 1); their latency is
+    of one call, not of a served request, so no QPS or speed-up is derived from them."""
+    return {"scenario": "single_stream"} if exp.scenario == "server" else {}

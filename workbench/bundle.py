@@ -1,8 +1,9 @@
 """``workbench export``: the chosen trial as a directory someone can deploy from.
 
 A bundle holds the artifact, the trial's parameters (``config.json``), its metrics
-(``metrics.json``), a sample input (``sample_input.npy``), a small labelled eval sample
-(``check_inputs.npy``, ``check_targets.npy``, ``check.json``) and a ``predict.py`` that needs
+(``metrics.json``), a sample input (``sample_input.npy``; ``.npz`` of named arrays for a model
+with several inputs), a small labelled eval sample (``check_inputs.np[yz]``,
+``check_targets.npy``, ``check.json``) and a ``predict.py`` that needs
 only the runtime's own package and numpy. ``predict.py`` opens the artifact with exactly the
 session options the trial was measured with: the dict its runtime plug-in's
 ``session_options`` returned for the trial (written into ``predict.py`` and ``bundle.json``), so
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from workbench.errors import WorkbenchError
 
@@ -41,18 +42,34 @@ or re-measure it on the bundled sample: python predict.py --check [--json]
 
 Trial {trial} of {experiment}/{study}: {label}.
 Runtime {runtime}, opened with the session options the trial was measured with (OPTIONS below,
-also in bundle.json).
+also in bundle.json). Inputs: an .npy array, or an .npz of named arrays for a model with several.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OPTIONS = {options}
+SAMPLE_NDIM = {sample_ndim}  # dimensions of one sample (per input)
+
+
+# The input helpers of workbench.inputs, copied here so that this file needs only numpy.
+{helpers}
+
+def read_inputs(path):
+    """An .npy array, or an .npz of named arrays; float inputs as float32."""
+    if str(path).endswith(".npz"):
+        with np.load(path) as z:
+            return cast_float32({{k: z[k] for k in z.files}})
+    return cast_float32(np.load(path))
 
 
 def load():
@@ -63,16 +80,16 @@ def load():
 def check(run, as_json=False):
     """Quality on the bundled sample, and p50 latency at the trial's batch size."""
     info = json.loads((HERE / "check.json").read_text())
-    x = np.load(HERE / "check_inputs.npy").astype(np.float32)
+    x = read_inputs(HERE / info["inputs"])
     y = np.load(HERE / "check_targets.npy")
-    b = info["batch_size"]
-    out = np.concatenate([np.asarray(run(np.ascontiguousarray(x[i:i + b]))) for i in range(0, len(x), b)])
+    b, n = info["batch_size"], rows(x)
+    out = np.concatenate([np.asarray(run(take(x, i, i + b))) for i in range(0, n, b)])
     if info["task"] == "regression":
         err = out.astype(np.float64).reshape(len(y), -1) - y.astype(np.float64).reshape(len(y), -1)
         quality = {{"mae": float(np.mean(np.abs(err)))}}
     else:
         quality = {{"accuracy": float(np.mean(np.argmax(out, axis=-1) == y) * 100.0)}}
-    batch = np.ascontiguousarray(np.concatenate([x] * -(-b // len(x)))[:b])
+    batch = repeat_to(x, b)
     m = info["measurement"]
     for _ in range(m["warmup"]):
         run(batch)
@@ -83,14 +100,14 @@ def check(run, as_json=False):
         run(batch)
         times.append(time.perf_counter_ns() - t0)
     p50 = float(np.percentile(times, 50)) / 1e6
-    result = {{**quality, "expected": info["expected"], "samples": int(len(x)), "runs": len(times),
+    result = {{**quality, "expected": info["expected"], "samples": n, "runs": len(times),
               "p50_ms": p50, "trial_p50_ms": info["trial_p50_ms"],
               "p50_ratio": p50 / info["trial_p50_ms"] if info["trial_p50_ms"] else None}}
     if as_json:
         print(json.dumps(result))
         return result
     name = next(iter(quality))
-    print(f"{{name}} {{quality[name]:.4f}} on {{len(x)}} bundled samples "
+    print(f"{{name}} {{quality[name]:.4f}} on {{n}} bundled samples "
           f"(workbench measured {{info['expected'][name]:.4f}} on the same samples)")
     print(f"p50 {{p50:.4f}} ms at batch {{b}} over {{len(times)}} calls; trial p50 "
           f"{{info['trial_p50_ms']:.4f}} ms; ratio {{result['p50_ratio']:.2f}}")
@@ -99,7 +116,7 @@ def check(run, as_json=False):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("input", nargs="?", help=".npy array: a batch (or a single sample) of model inputs")
+    ap.add_argument("input", nargs="?", help=".npy array (.npz of named arrays): a batch, or one sample")
     ap.add_argument("--out", help="write the outputs here (.npy)")
     ap.add_argument("--check", action="store_true", help="re-measure quality and p50 on the bundled sample")
     ap.add_argument("--json", action="store_true", help="with --check: print one JSON line")
@@ -109,10 +126,13 @@ def main():
         return
     if not args.input:
         ap.error("give an INPUT.npy, or --check")
-    x = np.load(args.input).astype(np.float32)
-    if x.ndim == {sample_ndim}:
-        x = x[None]  # a single sample
-    y = np.asarray(load()(np.ascontiguousarray(x)))
+    x = read_inputs(args.input)
+    if isinstance(x, Mapping):
+        if all(v.ndim == SAMPLE_NDIM.get(k, -1) for k, v in x.items()):
+            x = {{k: v[None] for k, v in x.items()}}  # a single sample
+    elif x.ndim == SAMPLE_NDIM:
+        x = x[None]
+    y = np.asarray(load()(take(x, 0, rows(x))))
     if args.out:
         np.save(args.out, y)
     print(f"outputs {{y.shape}}, top-1: {{y.argmax(-1).tolist()}}")
@@ -152,19 +172,18 @@ def export(run_dir: str | Path, trial: str | int | None = None, out: str | Path 
         if trial is None:
             raise ExportError(f"{run_dir}: best.json recommends no trial (pass --trial)")
     out = Path(out) if out else run_dir / "export" / f"trial-{trial}"
-    prepare_out(out)  # before any work: a refused --out costs nothing
+    check_out(out)  # before any work: a refused --out costs nothing
     metrics = _trial_metrics(run_dir, str(trial))
     info = json.loads((run_dir / "run.json").read_text())
     return write_bundle(metrics, out, title=dict(trial=trial, experiment=info["experiment"],
                                                  study=info["study"]))
 
 
-def prepare_out(out: Path) -> None:
-    """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
-    or empty directory is used; a previous bundle loses only the files its marker lists;
-    anything else is refused."""
+def check_out(out: Path) -> list[str]:
+    """The files of the previous bundle in ``out`` (none: missing or empty); refuses anything
+    else (a file, a directory export did not write, a marker it did not write)."""
     if not out.exists():
-        return
+        return []
     if not out.is_dir():
         raise ExportError(f"--out {out}: is a file, not a directory (choose a directory)")
     marker = out / MARKER
@@ -172,7 +191,7 @@ def prepare_out(out: Path) -> None:
         if any(out.iterdir()):
             raise ExportError(f"--out {out}: exists and is not a bundle written by workbench export "
                               f"(no {MARKER}); choose a new or empty directory")
-        return
+        return []
     try:
         files = json.loads(marker.read_text())["files"]
         ok = isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and "\\" not in f
@@ -182,13 +201,31 @@ def prepare_out(out: Path) -> None:
     if not ok:
         raise ExportError(f"--out {out}: {MARKER} is not a marker workbench wrote (unreadable "
                           "file list); remove the directory yourself or choose another")
+    return files
+
+
+def record(out: Path, name: str) -> None:
+    """Add ``name`` (a file another part of workbench wrote into the bundle ``out``, e.g. a
+    KServe manifest) to the marker, so that a re-export replaces it too."""
+    marker = out / MARKER
+    info = json.loads(marker.read_text())
+    if name not in info["files"]:
+        info["files"].append(name)
+        marker.write_text(json.dumps(info, indent=2))
+
+
+def prepare_out(out: Path) -> None:
+    """Make ``out`` ready for a bundle without deleting anything export did not write: a missing
+    or empty directory is used; a previous bundle loses only the files its marker lists;
+    anything else is refused."""
+    files = check_out(out)
     for name in files:
         path = out / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    marker.unlink()
+    (out / MARKER).unlink(missing_ok=True)  # checked above: one export wrote
 
 
 def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | None = None) -> Path:
@@ -197,7 +234,7 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     import numpy as np
 
     from workbench import data as data_mod
-    from workbench import runtimes
+    from workbench import inputs, runtimes
     from workbench.params import TrialParams
     from workbench.trial import timing_batch
 
@@ -211,8 +248,11 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     name = artifact.name if artifact.is_dir() else f"model{artifact.suffix}"
     options = runtime.session_options(p)
     data = data_mod.load(p.data, p.task)
-    n = min(CHECK_ROWS, len(data.x_eval))
-    x_check, y_check = data.x_eval[:n].astype(np.float32), np.asarray(data.y_eval[:n])
+    n = min(CHECK_ROWS, inputs.rows(data.x_eval))
+    x_check = inputs.cast_float32(inputs.take(data.x_eval, 0, n))
+    y_check = np.asarray(data.y_eval[:n])
+    several = isinstance(data.x_eval, Mapping)
+    ext = ".npz" if several else ".npy"
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -229,12 +269,13 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
         shutil.copy2(artifact, wrote(name))
     wrote("config.json").write_text(json.dumps(params, indent=2, sort_keys=True))
     wrote("metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    np.save(wrote("sample_input.npy"), timing_batch(data.x_eval, p.batch_size))
-    np.save(wrote("check_inputs.npy"), x_check)
+    _save_inputs(wrote("sample_input" + ext), timing_batch(data.x_eval, p.batch_size))
+    _save_inputs(wrote("check_inputs" + ext), x_check)
     np.save(wrote("check_targets.npy"), y_check)
-    expected = _expected_quality(out, params, artifact, p.task)
+    fmt = metrics.get("artifact_format") or ("savedmodel" if artifact.is_dir() else artifact.suffix.lstrip("."))
+    expected = _expected_quality(out, params, artifact, fmt)
     wrote("check.json").write_text(json.dumps({
-        "task": p.task, "batch_size": p.batch_size, "expected": expected,
+        "task": p.task, "batch_size": p.batch_size, "expected": expected, "inputs": "check_inputs" + ext,
         "trial_p50_ms": metrics.get("latency_p50_ms"),
         "measurement": {k: getattr(p, k) for k in ("warmup", "min_runs", "min_seconds", "max_seconds")},
     }, indent=2))
@@ -243,17 +284,39 @@ def write_bundle(metrics: dict[str, Any], out: Path, title: dict[str, Any] | Non
     title = title or {"trial": "-", "experiment": "-", "study": "-"}
     wrote("predict.py").write_text(PREDICT.format(
         **title, label=metrics.get("label", ""), runtime=p.runtime, options=repr(options),
-        load=runtime.bundle_loader(name), sample_ndim=data.x_eval.ndim - 1))
+        load=runtime.bundle_loader(name), helpers=_helpers(),
+        sample_ndim=({k: v.ndim - 1 for k, v in data.x_eval.items()} if several else data.x_eval.ndim - 1)))
     return out
 
 
-def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, task: str) -> dict[str, float]:
+def _save_inputs(path: Path, x) -> None:
+    import numpy as np
+
+    if isinstance(x, Mapping):
+        np.savez(path, **x)
+    else:
+        np.save(path, x)
+
+
+def _helpers() -> str:
+    """The source of the input helpers predict.py shares with the workbench (numpy and re only)."""
+    import inspect
+
+    from workbench import inputs
+
+    fns = (inputs.rows, inputs.take, inputs.repeat_to, inputs.cast_float32, inputs.base_name,
+           inputs.by_runtime_names)
+    return "\n\n".join(inspect.getsource(f) for f in fns)
+
+
+def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, fmt: str) -> dict[str, float]:
     """The quality workbench measures on the bundled sample, through its own session of the
     trial's runtime with the trial's options. In a fresh process, as a trial runs: a runtime may
     only take its thread settings before its first use in a process (TensorFlow)."""
     code = ("import json, sys; from workbench import bundle; "
             "print(json.dumps(bundle.measure_quality(*json.loads(sys.argv[1]))))")
-    args = json.dumps([params, str(artifact), str(out / "check_inputs.npy"), str(out / "check_targets.npy")])
+    check = next(out.glob("check_inputs.np[yz]"))
+    args = json.dumps([params, str(artifact), fmt, str(check), str(out / "check_targets.npy")])
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
     if res.returncode != 0:
@@ -262,8 +325,10 @@ def _expected_quality(out: Path, params: dict[str, Any], artifact: Path, task: s
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: str) -> dict[str, float]:
-    """Quality of ``artifact`` opened as ``params`` say, on the arrays at ``x_path``/``y_path``."""
+def measure_quality(params: dict[str, Any], artifact: str, fmt: str, x_path: str,
+                    y_path: str) -> dict[str, float]:
+    """Quality of ``artifact`` (format ``fmt``) opened as ``params`` say, on the arrays at
+    ``x_path``/``y_path``."""
     import numpy as np
 
     from workbench import runtimes, variants
@@ -272,16 +337,19 @@ def measure_quality(params: dict[str, Any], artifact: str, x_path: str, y_path: 
     from workbench.trial import evaluate
 
     p = TrialParams.parse(params)
-    path = Path(artifact)
-    fmt = runtimes.get(p.runtime).formats
-    art = variants.Artifact(path, "savedmodel" if path.is_dir() else path.suffix.lstrip(".") or fmt[0], "", ())
+    art = variants.Artifact(Path(artifact), fmt, "", ())
     try:
         session = runtimes.load(p, art)
     except TrialPruned as err:
         raise ExportError(f"the runtime refuses the trial's own options: {err}") from None
     try:
-        x, y = np.load(x_path).astype(np.float32), np.load(y_path)
+        if x_path.endswith(".npz"):
+            with np.load(x_path) as z:
+                x = {k: z[k] for k in z.files}
+        else:
+            x = np.load(x_path)
         outputs = evaluate(session, x, p.batch_size)
+        y = np.load(y_path)
     finally:
         session.close()
     if p.task == "regression":

@@ -8,13 +8,13 @@ under a per-key file lock: concurrent workers never see a half-written entry.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 def root() -> Path:
     """The cache root: ``$WORKBENCH_CACHE_DIR`` or ``~/.cache/workbench``."""
-    path = Path(os.environ.get("WORKBENCH_CACHE_DIR") or Path.home() / ".cache" / "workbench")
+    path = Path(os.environ.get("WORKBENCH_CACHE_DIR") or Path.home() / ".cache" / "workbench").resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -44,7 +44,7 @@ def key(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-@contextmanager
+@contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock held while the block runs (released if the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,12 +65,18 @@ def entry(kind: str, entry_key: str, build: Callable[[Path], None]) -> Path:
         if (final / ".complete").exists():  # built by another worker while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry_key}-", dir=final.parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{entry_key}-cwd-", dir=final.parent))
         try:
-            build(tmp)
+            # Converters and quantizers may write side files (ONNX external data named by
+            # uuid, TF logs) into the working directory: give them a scratch one, so nothing
+            # lands in the user's folder or the trial's.
+            with contextlib.chdir(scratch):
+                build(tmp)
             (tmp / ".complete").touch()
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     return final

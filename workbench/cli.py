@@ -109,9 +109,18 @@ def _plan(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from workbench import bundle, preflight
 
+    if args.engine not in ("builtin", "kserve"):
+        raise WorkbenchError(f"--engine: builtin or kserve (got {args.engine})")
     preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
     out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
-    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {out / 'sample_input.npy'}")
+    sample = next(out.glob("sample_input.np[yz]"), out / "sample_input.npy")
+    print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {sample}"
+          f"\nre-measure it: python {out / 'predict.py'} --check")
+    if args.engine == "kserve":
+        from workbench.serve.kserve import write_inferenceservice
+
+        print(f"KServe InferenceService: {write_inferenceservice(out, name=f'trial-{out.name}')}")
+    print(f"serve it: workbench serve {out}" + (" --engine kserve" if args.engine == "kserve" else ""))
     return 0
 
 
@@ -229,6 +238,8 @@ def parser() -> argparse.ArgumentParser:
     ep.add_argument("run_dir")
     ep.add_argument("--trial", help="trial number (default: the recommended one in best.json)")
     ep.add_argument("--out", help="bundle directory (default: RUN_DIR/export/trial-N)")
+    ep.add_argument("--engine", default="builtin",
+                    help="kserve: also write inferenceservice.yaml (KServe on Kubernetes)")
     ep.set_defaults(func=_export)
 
     bp = sub.add_parser("bench", help="p50 of the workbench's timing loop vs a bare loop (onnxruntime)")
@@ -291,8 +302,8 @@ def _internal_error(err: BaseException) -> int:
         where = str(log)
     except OSError:
         where = "unavailable: the log could not be written"
-    print(f"error: internal error: {type(err).__name__}: {first_line(err)} "
-          f"(please report; details in {where})", file=sys.stderr)
+    what = f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
+    print(f"error: internal error: {what} (please report; details in {where})", file=sys.stderr)
     return 1
 
 

@@ -24,6 +24,7 @@ OBJECTIVES = {
     "throughput_sps": "maximize",
     "size_bytes": "minimize",
     "size_gzip_bytes": "minimize",
+    "max_qps_at_slo": "maximize",  # scenario server
     "mae": "minimize",  # regression tasks
     "rmse": "minimize",
 }
@@ -145,6 +146,13 @@ class SearchSpace(BaseModel):
     execution_mode: Param = "sequential"
     ov_hint: Param = "LATENCY"
     ov_streams: Param = 0
+    # scenario server only (not sampled otherwise); declared here so that the engine is always
+    # chosen before the options that depend on it (workbench.parameters.serving)
+    serving_engine: Param = "builtin"
+    max_batch_size: Param = 8
+    max_queue_delay_ms: Param = 2.0
+    batch_policy: Param = "delay"
+    instances: Param = 1
 
     @field_validator("*", mode="after")
     @classmethod
@@ -234,6 +242,12 @@ class Experiment(BaseModel):
     task: Literal["classification", "regression"] = "classification"
     # let a .keras file with Python code in it (Lambda layers) be loaded (safe_mode=False)
     trust_model_code: bool = False
+    # --- models (issue 14) ---
+    # the scored output of a model with several: its name or index (default the first)
+    output: Union[int, str] = 0
+    # an untrained student .keras file for distillation (default: the teacher scaled by
+    # search_space.distill_width); relative to the experiment file
+    distill_student: str | None = None
 
     # --- scenario: which deployment question the sweep answers (issue 12; workbench.decide) ---
     # single_stream: lowest latency_percentile at batch 1 (optional latency_budget_ms);
@@ -242,6 +256,9 @@ class Experiment(BaseModel):
     scenario: str = "single_stream"
     latency_percentile: Literal[50, 90, 95, 99] = 90
     latency_budget_ms: float | None = Field(None, gt=0)
+    # server: the highest QPS whose slo_percentile-th latency is within slo_ms (required there)
+    slo_ms: float | None = Field(None, gt=0)
+    slo_percentile: float = Field(99.0, gt=0, lt=100)
 
     @field_validator("scenario")
     @classmethod
@@ -266,6 +283,11 @@ class Experiment(BaseModel):
         # the experiment leaves it out) is a candidate (workbench.decide.candidates)
         if self.latency_budget_ms is not None and sc.name != "single_stream":
             raise ValueError("latency_budget_ms: only for scenario single_stream")
+        if sc.name == "server" and self.slo_ms is None:
+            raise ValueError("slo_ms: required for scenario server (the latency objective, e.g. slo_ms: 10)")
+        if sc.name != "server" and ("slo_ms" in self.model_fields_set or "slo_percentile" in self.model_fields_set):
+            raise ValueError(f"{'slo_ms' if 'slo_ms' in self.model_fields_set else 'slo_percentile'}: "
+                             "only for scenario server")
         return self
 
     @property

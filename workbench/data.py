@@ -7,7 +7,14 @@ scikit-learn.
 
 A user ``.npz`` holds ``x_eval`` and ``y_eval``, optionally ``x_calib`` (default: the first
 fifth of ``x_eval``, which is then *not* used for accuracy) and ``x_train``/``y_train`` (only
-pruning fine-tune needs them). Its cache key is the hash of the file's content, so a copied or
+pruning fine-tune and distillation need them).
+
+Several inputs: instead of ``x_eval`` the archive holds one array per model input, named
+``x_eval.<input name>`` (for example ``x_eval.tokens`` and ``x_eval.mask``), and the same for
+``x_calib.<name>`` and ``x_train.<name>``. The split is then a dict ``{input name: array}``;
+:class:`Dataset` and :mod:`workbench.inputs` handle both forms. Inputs may be float32 (float64
+is cast), float16, int32, int64 or bool; they are checked against the model's own inputs at
+preflight. Its cache key is the hash of the file's content, so a copied or
 re-generated identical file reuses every cached artifact and a changed one never does.
 """
 
@@ -21,6 +28,8 @@ import numpy as np
 
 from workbench import cache
 from workbench.errors import DataError, first_line
+from workbench import inputs as inputs_mod
+from workbench.inputs import Inputs
 
 DIGITS_SEED = 0
 DIGITS_EVAL = 360
@@ -32,16 +41,38 @@ TASKS = ("classification", "regression")
 class Dataset:
     name: str
     key: str
-    x_eval: np.ndarray
+    x_eval: Inputs
     y_eval: np.ndarray
-    x_calib: np.ndarray
-    x_train: np.ndarray | None = None
+    x_calib: Inputs
+    x_train: Inputs | None = None
     y_train: np.ndarray | None = None
     task: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_eval.shape[1:])
+        """Sample shape of a single-input data set (of the first input when there are several)."""
+        return self.inputs[0][1]
+
+    @property
+    def inputs(self) -> list[tuple[str | None, tuple[int, ...], str]]:
+        """(name, sample shape, dtype) of each input; name None for a single unnamed input."""
+        return inputs_mod.specs(self.x_eval)
+
+    @property
+    def multi_input(self) -> bool:
+        return isinstance(self.x_eval, dict)
+
+    @property
+    def n_eval(self) -> int:
+        return inputs_mod.rows(self.x_eval)
+
+    def split(self, name: str) -> Inputs | None:
+        """``x_eval`` | ``x_calib`` | ``x_train`` by its short name (eval, calib, train)."""
+        return getattr(self, f"x_{name}")
+
+    def take(self, split: str, i: int, j: int) -> Inputs:
+        """Samples ``i:j`` of a split, as an array or a dict of arrays like the split itself."""
+        return inputs_mod.take(self.split(split), i, j)
 
 
 def _build_digits(out: Path) -> None:
@@ -90,6 +121,58 @@ def _digits32(task: str) -> Dataset:
         return Dataset("digits32", k, z["x_eval"], z["y_eval"], z["x_calib"], z["x_train"], z["y_train"])
 
 
+# The builtin text data set: token-id sequences generated in code (no download). Each class owns
+# a few keyword tokens; a sequence holds KEYWORDS of its class and DISTRACTORS of other classes
+# at random positions among filler tokens, then padding (id 0, mask 0) up to TEXT_LEN. The label
+# is the class whose keywords occur most: a model has to look at the whole sequence and ignore
+# the padding, which is what the attention layer and the mask are for.
+TEXT_SEED = 1
+TEXT_LEN = 32
+TEXT_VOCAB = 256
+TEXT_CLASSES = 4
+TEXT_KEYWORDS = 8  # keyword tokens per class: ids 1 + 8c .. 8 + 8c
+TEXT_ROWS = {"eval": 1000, "calib": 200, "train": 4000}
+
+
+def _text_split(rng: np.random.Generator, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    tokens = np.zeros((n, TEXT_LEN), np.int32)
+    mask = np.zeros((n, TEXT_LEN), np.int32)
+    labels = rng.integers(0, TEXT_CLASSES, n)
+    first_filler = 1 + TEXT_CLASSES * TEXT_KEYWORDS
+    for i, c in enumerate(labels):
+        length = int(rng.integers(TEXT_LEN // 4, TEXT_LEN + 1))
+        seq = rng.integers(first_filler, TEXT_VOCAB, length)
+        n_kw = int(rng.integers(2, 5))
+        n_other = int(rng.integers(0, n_kw - 1))  # strictly fewer distractors than keywords
+        other = (c + rng.integers(1, TEXT_CLASSES)) % TEXT_CLASSES
+        words = np.concatenate([1 + c * TEXT_KEYWORDS + rng.integers(0, TEXT_KEYWORDS, n_kw),
+                                1 + other * TEXT_KEYWORDS + rng.integers(0, TEXT_KEYWORDS, n_other)])
+        seq[rng.choice(length, len(words), replace=False)] = words
+        tokens[i, :length] = seq
+        mask[i, :length] = 1
+    return {"tokens": tokens, "mask": mask}, labels.astype(np.int64)
+
+
+def _build_text(out: Path) -> None:
+    rng = np.random.default_rng(TEXT_SEED)
+    arrays = {}
+    for split, n in TEXT_ROWS.items():
+        x, y = _text_split(rng, n)
+        arrays.update({f"x_{split}.{k}": v for k, v in x.items()}, **{f"y_{split}": y})
+    np.savez(out / "text.npz", **arrays)
+
+
+def _text(task: str) -> Dataset:
+    if task != "classification":
+        raise DataError(f"data text: is a classification data set (task is {task!r})")
+    k = cache.key("text", 1, TEXT_SEED, TEXT_LEN, TEXT_VOCAB, TEXT_CLASSES, TEXT_KEYWORDS, TEXT_ROWS)
+    path = cache.entry("data", k, _build_text) / "text.npz"
+    with np.load(path) as npz:
+        z = dict(npz)
+    return Dataset("text", k, _split_inputs(path, z, "eval"), z["y_eval"], _split_inputs(path, z, "calib"),
+                   _split_inputs(path, z, "train"), z["y_train"])
+
+
 def file_hash(path: Path) -> str:
     """sha256 of a file's content (not its name), or of every file under a directory (relative
     names and contents)."""
@@ -105,14 +188,34 @@ def file_hash(path: Path) -> str:
 
 
 def _features(path: Path, name: str, x: np.ndarray) -> np.ndarray:
-    """Model inputs as float32. Float data is cast (float64 is what numpy saves by default);
-    integer data is refused: feeding raw uint8 pixels to a float model is a classic silent bug."""
+    """One input array. float64 (what numpy saves by default) is cast to float32; other dtypes
+    must be one a model input can have, and are kept: whether they fit the model's input (a
+    uint8 image given to a float model is a classic silent bug) is checked at preflight."""
     if x.ndim < 2 or len(x) == 0:
         raise DataError(f"{path}: {name} must be a non-empty array of samples (got shape {x.shape})")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{path}: {name} has dtype {x.dtype}; workbench models take float32 inputs "
-                        "(convert and normalise the data first)")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype == np.float64:
+        x = x.astype(np.float32)
+    if str(x.dtype) not in inputs_mod.DTYPES:
+        raise DataError(f"{path}: {name} has dtype {x.dtype}; model inputs may be "
+                        f"{', '.join(inputs_mod.DTYPES)} (convert the data first)")
+    return np.ascontiguousarray(x)
+
+
+def _split_inputs(path: Path, z: dict[str, np.ndarray], split: str) -> Inputs | None:
+    """``x_<split>`` as one array, or ``x_<split>.<name>`` arrays as a dict (None if absent)."""
+    prefix = f"x_{split}."
+    named = {k[len(prefix):]: _features(path, k, v) for k, v in z.items() if k.startswith(prefix)}
+    if f"x_{split}" in z:
+        if named:
+            raise DataError(f"{path}: has both x_{split} and x_{split}.<name> arrays; use one layout")
+        return _features(path, f"x_{split}", z[f"x_{split}"])
+    if not named:
+        return None
+    counts = {k: len(v) for k, v in named.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{path}: the x_{split}.<name> arrays have different numbers of rows "
+                        f"({', '.join(f'{k}: {n}' for k, n in counts.items())})")
+    return named
 
 
 def _targets(path: Path, name: str, y: np.ndarray, n: int, task: str) -> np.ndarray:
@@ -139,29 +242,40 @@ def _npz(path: Path, task: str) -> Dataset:
     except Exception as err:  # numpy raises several types for a bad archive
         msg = first_line(err)
         raise DataError(f"{path}: not a readable .npz archive ({msg})") from None
-    for name in ("x_eval", "y_eval"):
-        if name not in z:
-            raise DataError(f"{path}: missing array {name!r} (has {', '.join(sorted(z)) or 'none'})")
-    x_eval = _features(path, "x_eval", z["x_eval"])
-    y_eval = _targets(path, "y_eval", z["y_eval"], len(x_eval), task)
-    if "x_calib" in z:
-        x_calib = _features(path, "x_calib", z["x_calib"])
-    else:  # hold out a slice of eval for calibration so accuracy is not measured on it
-        if len(x_eval) < 2:
+    x_eval = _split_inputs(path, z, "eval")
+    for name, present in (("x_eval", x_eval is not None), ("y_eval", "y_eval" in z)):
+        if not present:
+            raise DataError(f"{path}: missing array {name!r} (has {', '.join(sorted(z)) or 'none'}; "
+                            "several inputs: x_eval.<input name>)")
+    n_eval = inputs_mod.rows(x_eval)
+    y_eval = _targets(path, "y_eval", z["y_eval"], n_eval, task)
+    x_calib = _split_inputs(path, z, "calib")
+    if x_calib is None:  # hold out a slice of eval for calibration so accuracy is not measured on it
+        if n_eval < 2:
             raise DataError(f"{path}: x_eval needs at least 2 rows when there is no x_calib")
-        n = max(1, len(x_eval) // 5)
-        x_calib, x_eval, y_eval = x_eval[:n], x_eval[n:], y_eval[n:]
-    x_train = y_train = None
-    if "x_train" in z:
-        x_train = _features(path, "x_train", z["x_train"])
+        n = max(1, n_eval // 5)
+        x_calib, x_eval, y_eval = (inputs_mod.take(x_eval, 0, n), inputs_mod.take(x_eval, n, n_eval),
+                                   y_eval[n:])
+    y_train = None
+    x_train = _split_inputs(path, z, "train")
+    if x_train is not None:
         if "y_train" not in z:
             raise DataError(f"{path}: x_train is given without y_train")
-        y_train = _targets(path, "y_train", z["y_train"], len(x_train), task)
-    for name, x in (("x_calib", x_calib), ("x_train", x_train)):
-        if x is not None and x.shape[1:] != x_eval.shape[1:]:
-            raise DataError(f"{path}: {name} has sample shape {x.shape[1:]} but x_eval has "
-                            f"{x_eval.shape[1:]}")
-    k = cache.key("npz", 2, file_hash(path), task)
+        y_train = _targets(path, "y_train", z["y_train"], inputs_mod.rows(x_train), task)
+    expected = inputs_mod.specs(x_eval)
+    for split, x in (("calib", x_calib), ("train", x_train)):
+        if x is None:
+            continue
+        found = inputs_mod.specs(x)
+        if [n for n, _, _ in found] != [n for n, _, _ in expected]:
+            raise DataError(f"{path}: x_{split} has inputs {[n for n, _, _ in found]} but x_eval has "
+                            f"{[n for n, _, _ in expected]}")
+        for (name, shape, dtype), (_, eshape, edtype) in zip(found, expected):
+            label = f"x_{split}" + (f".{name}" if name else "")
+            if shape != eshape or dtype != edtype:
+                raise DataError(f"{path}: {label} has sample shape {shape} {dtype} but x_eval "
+                                f"has {eshape} {edtype}")
+    k = cache.key("npz", 3, file_hash(path), task)
     return Dataset(path.stem, k, x_eval, y_eval, x_calib, x_train, y_train, task)
 
 
@@ -173,6 +287,8 @@ def load(spec: str, task: str = "classification") -> Dataset:
         return _digits(task)
     if spec == "digits32":
         return _digits32(task)
+    if spec == "text":
+        return _text(task)
     if spec.endswith(".npz"):
         return _npz(Path(spec), task)
-    raise DataError(f"data: unknown data set {spec!r} (builtin: digits, digits32; or a path to a .npz file)")
+    raise DataError(f"data: unknown data set {spec!r} (builtin: digits, digits32, text; or a path to a .npz file)")

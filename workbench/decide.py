@@ -4,9 +4,10 @@ re-measurement of the leading candidates, and the choice written to ``best.json`
 The one place a recommendation is made (``report.py`` only renders it). The rules:
 
 * A *scenario* (MLPerf vocabulary) says which question is answered: ``single_stream`` (one
-  sample at a time: the lowest latency percentile at batch 1) or ``offline`` (the whole set:
-  the highest throughput, batch size searched). Each scenario is one entry of
-  :data:`SCENARIOS`; a new one (``server``) is one more entry.
+  sample at a time: the lowest latency percentile at batch 1), ``offline`` (the whole set:
+  the highest throughput, batch size searched) or ``server`` (Poisson arrivals to an
+  endpoint: the highest QPS whose ``slo_percentile``-th latency is within ``slo_ms``). Each
+  scenario is one entry of :data:`SCENARIOS`.
 * Candidates are completed, feasible trials (accuracy drop within bounds, latency budget met)
   on one hardware (``hardware_id``), on the Pareto front of the declared objectives computed
   on that hardware, that answer the scenario's question (single_stream: batch 1).
@@ -16,7 +17,10 @@ The one place a recommendation is made (``report.py`` only renders it). The rule
   are always re-measured together in one fresh process over R >= 5 rounds in rotating order,
   and compared by paired per-round ratios: A beats B only when the CI of the ratio across
   rounds excludes 1 *and* the difference is over :data:`TIE_MARGIN`. Otherwise it is a tie and
-  the smallest, simplest artifact wins.
+  the smallest, simplest artifact wins. Server trials are not re-measured (``remeasure`` is
+  False for that scenario): their number is a served process under load, not a call that can
+  be interleaved in-process; they are compared on the sweep's numbers, within
+  :data:`TIE_MARGIN` a tie.
 
 This module never imports ``trial``: the re-measurement runs in ``python -m
 workbench.remeasure``.
@@ -57,7 +61,9 @@ class Scenario:
     ``primary(percentile)`` names the metrics column; ``direction`` is ``minimize`` or
     ``maximize``; ``batch_one`` restricts candidates to batch-1 rows (a single stream sends one
     sample at a time; an experiment that fixes only larger sizes gets its smallest); ``searched`` lists the parameters an automatic space varies;
-    ``objectives(percentile)`` the default objectives; ``question`` is printed in the report.
+    ``objectives(percentile)`` the default objectives; ``question(percentile, info)`` is printed
+    in the report (``info``: the run's settings, e.g. the server's SLO); ``remeasure``: whether
+    the leaders are re-measured interleaved in-process (``remeasure_why`` says why not).
     """
 
     name: str
@@ -65,8 +71,10 @@ class Scenario:
     direction: str
     searched: tuple[str, ...]
     objectives: Callable[[int], list[str]]
-    question: Callable[[int], str]
+    question: Callable[[int, dict], str]
     batch_one: bool = False
+    remeasure: bool = True
+    remeasure_why: str = ""
     implemented: bool = True
     not_yet: str = ""
     # Per-round statistic of the interleaved re-measurement, from per-call ms and batch size.
@@ -85,7 +93,7 @@ SCENARIOS: dict[str, Scenario] = {
         direction="minimize",
         searched=("bits", "int8_mode", "per_channel", "sparsity", "prune_structure", "runtime", "threads"),
         objectives=lambda pct: ["accuracy", f"latency_p{pct}_ms", "size_bytes"],
-        question=lambda pct: f"lowest p{pct} latency at batch 1",
+        question=lambda pct, info: f"lowest p{pct} latency at batch 1",
         batch_one=True,
     ),
     "offline": Scenario(
@@ -95,20 +103,24 @@ SCENARIOS: dict[str, Scenario] = {
         searched=("bits", "int8_mode", "per_channel", "sparsity", "prune_structure", "runtime", "threads",
                   "batch_size"),
         objectives=lambda pct: ["accuracy", "throughput_sps", "size_bytes"],
-        question=lambda pct: "highest throughput (samples/s), any batch size",
+        question=lambda pct, info: "highest throughput (samples/s), any batch size",
         round_stat=_throughput,
     ),
-    # Reserved: the serving helper adds slo_ms, slo_percentile and max_qps_at_slo.
+    # workbench.serve.trial: each trial serves its variant and ramps an open-loop load
     "server": Scenario(
         name="server",
         primary=lambda pct: "max_qps_at_slo",
         direction="maximize",
-        searched=("bits", "runtime", "threads", "max_batch_size", "max_queue_delay_ms", "instances"),
+        searched=("bits", "runtime", "threads", "serving_engine", "max_batch_size", "max_queue_delay_ms",
+                  "batch_policy", "instances"),
         objectives=lambda pct: ["accuracy", "max_qps_at_slo", "size_bytes"],
-        question=lambda pct: f"highest QPS whose p{pct} is within the SLO",
-        implemented=False,
-        not_yet="server is not implemented yet (it comes with `workbench serve`); "
-                "use single_stream or offline",
+        question=lambda pct, info: (f"highest QPS with p{float(info.get('slo_percentile') or 99):g} <= "
+                                    f"{float(info.get('slo_ms') or float('nan')):g} ms"),
+        remeasure=False,
+        remeasure_why=("server trials are not re-measured interleaved in-process: their metric is the "
+                       "highest rate a served process sustained under an open-loop load within the SLO, "
+                       "which an in-process timing loop does not measure; compared on the sweep's own "
+                       f"measurements, within {TIE_MARGIN:.0%} a tie"),
     ),
 }
 LATENCY_PERCENTILES = (50, 90, 95, 99)
@@ -133,7 +145,7 @@ def question(info: dict[str, Any], batch: int | None = None) -> str:
     regression = info.get("task") == "regression"
     quality = (f"MAE increase <= {info['max_accuracy_drop']:g}" if regression else
                f"accuracy drop <= {info['max_accuracy_drop']:g} pt")
-    text = f"{sc.name}: {sc.question(pct)}, {quality}"
+    text = f"{sc.name}: {sc.question(pct, info)}, {quality}"
     if sc.batch_one and batch not in (None, 1):
         text = text.replace("at batch 1", f"at batch {batch} (the smallest measured)")
     if info.get("latency_budget_ms"):
@@ -324,7 +336,7 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
         decided_by = "sweep measurements"
     winner = pick_simplest(tied)
     others = [str(t) for t in tied.trial if str(t) != str(winner.trial)]
-    unit = "samples/s" if col == "throughput_sps" else "ms"
+    unit = {"throughput_sps": "samples/s", "max_qps_at_slo": "QPS"}.get(col, "ms")
     if decided_by == "interleaved re-measurement":
         value = detail["geomean"][str(winner.trial)]
         how = (f"{len(lead)} leading candidates re-measured together in one fresh process over "
@@ -335,7 +347,8 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
     else:
         value = float(winner[col])
         how = "decided on the sweep's own measurements (no interleaved re-measurement"
-        how += f": {detail['error']})" if detail and detail.get("error") else ")"
+        why_not = (detail or {}).get("error") or (detail or {}).get("skipped")
+        how += f": {why_not})" if why_not else ")"
     if len(tied) == 1:
         why = f"best {col} ({value:.4g} {unit}) among {len(cands)} candidate(s); {how}"
         if len(lead) > 1 and decided_by == "interleaved re-measurement":
@@ -415,7 +428,10 @@ def decide(run_dir: str | Path, remeasure: bool = True, log=None, df=None) -> di
     info = report.run_info(run_dir)
     df = report.load_table(run_dir, extras=True) if df is None else df
     interleaved = None
-    best = choose(df, info)
+    sc = scenario(info.get("scenario", "single_stream"))
+    if not sc.remeasure:  # e.g. server: said in best.json
+        interleaved, remeasure = {"skipped": sc.remeasure_why}, False
+    best = choose(df, info, interleaved)
     if best and remeasure and len(best["candidates"]) > 1:
         cands, _, col = candidates(df, info)
         lead = cands[cands.trial.astype(str).isin(best["candidates"])]
@@ -432,6 +448,8 @@ def decide(run_dir: str | Path, remeasure: bool = True, log=None, df=None) -> di
         doc["summary"] = headline(df, best)
     else:
         doc.update(trial=None, reason="no completed feasible trial")
+    if not sc.remeasure:
+        doc["remeasure_skipped"] = sc.remeasure_why
     (run_dir / BEST_FILE).write_text(json.dumps(clean_json(doc), indent=2))
     return doc
 
@@ -475,6 +493,8 @@ def headline(df, best: dict | None) -> dict[str, Any]:
     if not best:
         return {}
     row = df[(df.kind == "trial") & (df.trial.astype(str) == str(best["trial"]))].iloc[0]
+    if best.get("scenario") == "server":
+        return _server_headline(df, row)
     out: dict[str, Any] = {"trial": best["trial"], "label": row.label, "batch_size": int(row.batch_size),
                            "latency_p50_ms": [float(row.latency_p50_ms), float(row.latency_p50_ci_low_ms),
                                               float(row.latency_p50_ci_high_ms)],
@@ -506,6 +526,34 @@ def headline(df, best: dict | None) -> dict[str, Any]:
     return clean(out)
 
 
+def _server_headline(df, row) -> dict[str, Any]:
+    """A server trial's figures at its chosen rate, and the in-process fp32 baselines (batch 1)
+    as references for size and accuracy only: their latency is of one call in-process, not of a
+    request to a served endpoint under load, so no speed-up is derived from it."""
+    def num(name):
+        v = row.get(name)
+        return None if v is None or v != v else float(v)
+
+    out: dict[str, Any] = {"trial": str(row.trial), "label": row.label, "batch_size": 1,
+                           "max_qps_at_slo": num("max_qps_at_slo"),
+                           **{k: num(k) for k in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+                                                  "latency_p999_ms", "mean_batch_size", "server_cpu_pct",
+                                                  "peak_rss_mb", "rejected_requests")},
+                           "size_bytes": int(row.size_bytes), "accuracy": _nan(row.accuracy),
+                           "mae": _nan(row.get("mae")), "accuracy_drop": [float(row.accuracy_drop), math.nan,
+                                                                           math.nan]}
+    for runtime, name in (("tensorflow", "keras_fp32"), ("onnxruntime", "onnx_fp32")):
+        base = df[(df.kind == "baseline") & (df.runtime == runtime) & (df.hardware_id == row.hardware_id)]
+        if base.empty:
+            continue
+        b = base.sort_values("batch_size").iloc[0]
+        out[f"size_reduction_vs_{name}"] = float(b.size_bytes / row.size_bytes)
+        out[f"baseline_{name}"] = {"trial": b.trial, "latency_p50_ms": float(b.latency_p50_ms),
+                                   "size_bytes": int(b.size_bytes), "accuracy": _nan(b.accuracy),
+                                   "mae": _nan(b.get("mae"))}
+    return clean(out)
+
+
 def load_or_choose(run_dir: Path, df, info: dict[str, Any]) -> dict[str, Any]:
     """``best.json`` when it was decided on this table; else a decision without re-measurement
     (never times: for a report of a run nobody decided yet, e.g. a sweep stopped early)."""
@@ -514,7 +562,8 @@ def load_or_choose(run_dir: Path, df, info: dict[str, Any]) -> dict[str, Any]:
         doc = json.loads(path.read_text())
         if doc.get("table") == table_key(df):
             return doc
-    best = choose(df, info)
+    sc = scenario(info.get("scenario", "single_stream"))
+    best = choose(df, info, None if sc.remeasure else {"skipped": sc.remeasure_why})
     doc = {"experiment": info["experiment"], "study": info["study"], "question": question(info)}
     if best:
         from workbench.report import PARAM_COLUMNS

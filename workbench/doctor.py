@@ -17,10 +17,11 @@ from typing import Any
 
 from workbench import fingerprint
 from workbench.cache import versions
+from workbench.errors import first_line
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+    line = first_line(err, 200)
+    return line if line == type(err).__name__ else f"{type(err).__name__}: {line}"
 
 
 def gpu() -> dict[str, Any]:
@@ -38,7 +39,8 @@ def gpu() -> dict[str, Any]:
                 out["gpus"] = [line.strip() for line in res.stdout.splitlines() if line.strip()]
                 out["nvidia_smi"] = "ok"
             else:
-                out["nvidia_smi"] = (res.stderr or res.stdout).strip().splitlines()[0][:200]
+                out["nvidia_smi"] = (first_line(res.stderr, 200) or first_line(res.stdout, 200)
+                                     or f"exit code {res.returncode}")
         except (OSError, subprocess.SubprocessError) as err:
             out["nvidia_smi"] = _first_line(err)
     out["present"] = bool(out["gpus"] or out["dev_nvidia"])

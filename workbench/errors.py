@@ -42,8 +42,9 @@ class TrialFailed(WorkbenchError):
 
 def first_line(err: BaseException | str, limit: int = 300) -> str:
     """The first non-empty line of ``err``'s message (at most ``limit`` characters), or its type
-    name when the message is empty: ``str(err).splitlines()[0]`` raises IndexError on ``""``."""
+    name when the message is empty (a plain string: ""). ``str(err).splitlines()[0]`` raises
+    IndexError on an empty message, which turns one bad input into a traceback."""
     for line in str(err).splitlines():
         if line.strip():
             return line.strip()[:limit]
-    return type(err).__name__
+    return "" if isinstance(err, str) else type(err).__name__

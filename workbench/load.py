@@ -12,7 +12,8 @@ describe the client, not the server).
 Closed loop (``concurrency``): N clients each send the next request when the previous answer
 arrived; latency from the send.
 
-Requests carry real samples (``--data D.npz``: ``x_eval`` and optionally ``y_eval``) when given,
+Requests carry real samples (``--data D.npz``: ``x_eval``, or ``x_eval.<name>`` per input of a
+model with several, and optionally ``y_eval``) when given,
 and the answers are scored: ``accuracy`` over the distinct samples answered, and whether every
 answer to the same sample was identical (``answers_consistent``).
 """
@@ -50,13 +51,17 @@ class Payload:
     label: int | None = None
 
 
-def payloads(x: np.ndarray, y: np.ndarray | None = None, binary: bool = False) -> list[Payload]:
-    """One request per sample of ``x`` (JSON tensors, or ``.npy`` bodies with ``binary``)."""
+def payloads(x, y: np.ndarray | None = None, binary: bool = False) -> list[Payload]:
+    """One request per sample of ``x`` (an array, or a dict of named arrays for a model with
+    several inputs): JSON tensors, or ``.npy`` bodies with ``binary`` (single input only)."""
+    from workbench import inputs as inputs_mod
     from workbench.serve import protocol
 
+    if binary and isinstance(x, dict):
+        raise LoadError("--binary: a .npy body holds one array; this data has several inputs")
     out = []
-    for i in range(len(x)):
-        row = np.ascontiguousarray(x[i:i + 1], dtype=np.float32)
+    for i in range(inputs_mod.rows(x)):
+        row = inputs_mod.take(x, i, i + 1)
         body = protocol.request_npy(row) if binary else protocol.request_json(row)
         out.append(Payload(body, protocol.NPY if binary else "application/json", i,
                            None if y is None else int(y[i])))
@@ -72,17 +77,27 @@ def payloads_for(url: str, data: str | Path | None = None, seed: int = 0, binary
         if not path.is_file():
             raise LoadError(f"--data: no such file {path}")
         with np.load(path) as npz:
-            if "x_eval" not in npz:
+            named = {k.removeprefix("x_eval."): npz[k] for k in npz.files if k.startswith("x_eval.")}
+            if "x_eval" not in npz and not named:
                 raise LoadError(f"--data {path}: no x_eval array (has {', '.join(npz.files)})")
-            return payloads(npz["x_eval"], npz["y_eval"] if "y_eval" in npz else None, binary)
+            x = npz["x_eval"] if "x_eval" in npz else named
+            return payloads(x, npz["y_eval"] if "y_eval" in npz else None, binary)
     meta_url = url.rsplit("/infer", 1)[0]
     try:
         with urllib.request.urlopen(meta_url, timeout=5) as r:
             meta = json.loads(r.read())
     except (OSError, ValueError) as err:
         raise LoadError(f"{meta_url}: cannot read the model's metadata ({err}); pass --data") from None
-    shape = [abs(int(s)) for s in meta["inputs"][0]["shape"][1:]]
-    x = np.random.default_rng(seed).random((n_synthetic, *shape), dtype=np.float32)
+    from workbench.serve import protocol
+
+    rng = np.random.default_rng(seed)
+    x = {}
+    for t in meta["inputs"]:
+        shape = (n_synthetic, *[abs(int(s)) for s in t["shape"][1:]])
+        dtype = np.dtype(protocol.DATATYPES.get(t["datatype"], np.float32))
+        x[t["name"]] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
+                        else rng.integers(0, 2, shape).astype(dtype))
+    x = next(iter(x.values())) if len(x) == 1 else x
     return [Payload(p.body, p.content_type, -1) for p in payloads(x, None, binary)]
 
 
@@ -244,6 +259,25 @@ def _loop():
         return asyncio.new_event_loop()
 
 
+def run_async(coro):
+    """Run ``coro`` to completion on a fresh (uvloop) event loop; in a thread of its own when this
+    thread already runs a loop (a Jupyter kernel, papermill), so it works from a notebook too."""
+    def go():
+        loop = _loop()
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            loop.close()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return go()
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load") as ex:
+        return ex.submit(go).result()
+
+
 def run(url: str, rate: float | None = None, duration: float | None = None, concurrency: int | None = None,
         requests: int | None = None, data: str | Path | None = None, seed: int = 0, binary: bool = False,
         items: list[Payload] | None = None, timeout: float = 30.0) -> dict[str, Any]:
@@ -255,17 +289,13 @@ def run(url: str, rate: float | None = None, duration: float | None = None, conc
     if concurrency is not None and (concurrency < 1 or not requests or requests < 1):
         raise LoadError(f"--concurrency {concurrency} --requests {requests}: both must be at least 1")
     items = items or payloads_for(url, data, seed, binary)
-    loop = _loop()
-    try:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        if rate is not None:
-            rec = loop.run_until_complete(open_loop(url, items, rate, duration, seed, timeout=timeout))
-        else:
-            rec = loop.run_until_complete(closed_loop(url, items, concurrency, requests, timeout=timeout))
-        elapsed = time.perf_counter() - t0
-        cpu = (time.process_time() - cpu0) / elapsed
-    finally:
-        loop.close()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if rate is not None:
+        rec = run_async(open_loop(url, items, rate, duration, seed, timeout=timeout))
+    else:
+        rec = run_async(closed_loop(url, items, concurrency, requests, timeout=timeout))
+    elapsed = time.perf_counter() - t0
+    cpu = (time.process_time() - cpu0) / elapsed
     out = summarize(rec, elapsed, cpu, rate)
     out["mode"] = "open" if rate is not None else "closed"
     if concurrency is not None:

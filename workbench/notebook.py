@@ -3,8 +3,10 @@
 Every trial runs in a fresh kernel (so imports, threads and memory are those of a clean
 deployment process) whose working directory is the trial's directory. Starting a kernel costs
 about a second, so a sweep keeps one kernel booting ahead (:class:`Kernels`): the kernel of
-the next trial starts while the current trial runs, and is used by exactly one notebook. While
-it boots it also imports the trial code (``workbench.trial``: numpy, pydantic), so a cached
+the next trial starts while the current trial runs, and is used by exactly one notebook. It
+boots under the machine-wide measurement lock, so its burst of CPU never overlaps a trial's
+timed calls (on a 2-core machine it would show in every threads=2 latency). While it boots it
+also imports the trial code (``workbench.trial``: numpy, pydantic), so a cached
 trial waits for neither.
 
 How a pre-started kernel gets the trial's directory: it is started in a neutral directory (the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -84,6 +87,15 @@ class Kernel:
             os.replace(self.log, target)
             self.log = target
 
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until the kernel answers (its start-up imports, ``KERNEL_ARGS``, are done)."""
+        kc = self.km.blocking_client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=timeout_s)
+        finally:
+            kc.stop_channels()
+
     def shutdown(self) -> None:
         if self.km.has_kernel:
             self.km.shutdown_kernel(now=True)
@@ -101,21 +113,48 @@ class Kernels:
         self.spare_dir = Path(spare_dir).resolve()
         self.ahead = ahead
         self._spare: Kernel | None = None
+        self._booting: threading.Thread | None = None
 
     def _start(self) -> Kernel:
         self.spare_dir.mkdir(parents=True, exist_ok=True)
         return Kernel(self.spare_dir, self.spare_dir / f".kernel-{uuid.uuid4().hex[:8]}.log")
 
+    def _boot_spare(self) -> None:
+        """Start the spare kernel and wait for its imports while holding the machine-wide
+        measurement lock: a booting kernel is a burst of CPU on a small machine, so the running
+        trial's timed calls wait for it (or it waits for them), never overlap it."""
+        from workbench import measure
+
+        try:
+            with measure.exclusive():
+                kernel = self._start()
+                self._spare = kernel
+                kernel.wait_ready()
+        except Exception:  # noqa: BLE001 - the next take() starts a kernel of its own
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                spare.shutdown()
+                spare.log.unlink(missing_ok=True)
+
+    def _join(self) -> None:
+        if self._booting is not None:
+            self._booting.join()
+            self._booting = None
+
     def take(self, out_dir: Path) -> Kernel:
         """A kernel for the notebook going to ``out_dir``; the next one starts booting now."""
+        self._join()
         kernel = self._spare or self._start()
         self._spare = None
         kernel.move_log(out_dir)
         if self.ahead:
-            self._spare = self._start()
+            self._booting = threading.Thread(target=self._boot_spare, name="workbench-kernel-ahead",
+                                             daemon=True)
+            self._booting.start()
         return kernel
 
     def close(self) -> None:
+        self._join()
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.shutdown()
@@ -176,6 +215,22 @@ def _register_engine() -> None:
     papermill_engines.register(ENGINE, Engine)
 
 
+def _cancel_pending() -> None:
+    """Cancel what Ctrl-C left half-done in nbclient's event loop (its cell task would report
+    "Kernel died" as a traceback at exit, once the kernel is shut down)."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_event_loop()
+    except RuntimeError:
+        return
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending and not loop.is_running():
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
 def execute(params: Mapping[str, Any], out_dir: str | Path, *, timeout_s: float | None = None,
             notebook: str | Path | None = None, kernels: Kernels | None = None) -> dict[str, Any]:
     """Run ``notebook`` with ``params`` into ``out_dir`` and return its ``metrics.json``.
@@ -204,6 +259,9 @@ def execute(params: Mapping[str, Any], out_dir: str | Path, *, timeout_s: float 
             kernel_name="python3", progress_bar=False, log_output=False,
             execution_timeout=int(timeout_s) if timeout_s else None,
         )
+    except KeyboardInterrupt:
+        _cancel_pending()
+        raise
     except PapermillExecutionError as err:
         raise TrialFailed(f"{err.ename}: {_last_line(err.evalue)}", str(output)) from None
     except TimeoutError:  # nbclient's CellTimeoutError is a TimeoutError
@@ -220,3 +278,45 @@ def execute(params: Mapping[str, Any], out_dir: str | Path, *, timeout_s: float 
     metrics["notebook"] = str(output)
     metrics["notebook_seconds"] = time.perf_counter() - t0
     return metrics
+
+
+SHOWN = ("accuracy", "accuracy_drop", "mae", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
+         "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_cv", "throughput_sps",
+         "size_bytes", "size_gzip_bytes", "max_abs_diff", "top1_agreement", "load_ms", "peak_rss_mb",
+         "max_qps_at_slo", "latency_p999_ms", "mean_batch_size", "server_cpu_pct", "rejected_requests")  # server
+
+
+class Summary:
+    """What a trial notebook shows of its metrics: the label and status, then the reason if
+    pruned, or a small table (HTML in Jupyter, plain text elsewhere). No pandas: importing it
+    would add about 0.5 s to every trial of a sweep."""
+
+    def __init__(self, metrics: Mapping[str, Any]):
+        self.metrics = metrics
+
+    def _title(self) -> str:
+        m = self.metrics
+        return f"{m.get('label', '?')}: {m.get('status', '?')}"
+
+    def _rows(self) -> list[tuple[str, str]]:
+        return [(k, f"{self.metrics[k]:.6g}") for k in SHOWN
+                if isinstance(self.metrics.get(k), (int, float))]
+
+    def __repr__(self) -> str:
+        lines = [self._title()]
+        if self.metrics.get("reason"):
+            lines.append(f"reason: {self.metrics['reason']}")
+        lines += [f"{k:>24}  {v}" for k, v in self._rows()]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        out = [f"<p><b>{escape(self._title())}</b></p>"]
+        if self.metrics.get("reason"):
+            out.append(f"<p>reason: {escape(str(self.metrics['reason']))}</p>")
+        rows = self._rows()
+        if rows:
+            out.append("<table><tr><th>metric</th><th>value</th></tr>" + "".join(
+                f"<tr><td>{escape(k)}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
+        return "".join(out)

@@ -70,6 +70,45 @@ def _runtime_has_choice_of_provider(p: Mapping[str, Any]) -> bool:
     return rt is not None and len(rt.providers) > 1
 
 
+def _serving(option: str | None = None) -> Callable[[Mapping[str, Any]], bool]:
+    """Applies in the server scenario only, and (``option``) only to an engine that takes it
+    (``workbench.serve.ENGINE_OPTIONS``; kserve has no batcher). The batching delay and policy
+    mean nothing when a batch holds one request (it is full as soon as it is made)."""
+
+    def applies(p: Mapping[str, Any]) -> bool:
+        if p.get("scenario") != "server":
+            return False
+        if option is None:
+            return True
+        from workbench.serve import ENGINE_OPTIONS
+
+        if option not in ENGINE_OPTIONS.get(p.get("serving_engine", "builtin"), ()):
+            return False
+        if option in ("max_queue_delay_ms", "batch_policy") and p.get("max_batch_size", 2) == 1:
+            return False
+        return True
+
+    return applies
+
+
+def serving() -> list[Parameter]:
+    """The server scenario's own parameters (read by ``workbench.serve.trial``)."""
+    from workbench.serve import ENGINES
+
+    return [
+        Parameter("serving_engine", "builtin", str, choices=tuple(ENGINES), applies=_serving(),
+                  help="the serving engine (workbench.serve)"),
+        Parameter("max_batch_size", 8, int, ge=1, applies=_serving("max_batch_size"),
+                  help="largest batch the server's batcher forms"),
+        Parameter("max_queue_delay_ms", 2.0, float, ge=0, applies=_serving("max_queue_delay_ms"),
+                  help="longest a queued request waits for a batch to fill"),
+        Parameter("batch_policy", "delay", str, choices=("delay", "idle"), applies=_serving("batch_policy"),
+                  help="delay: wait up to the delay; idle: send what is queued when an instance is free"),
+        Parameter("instances", 1, int, ge=1, applies=_serving("instances"),
+                  help="model instances serving in parallel"),
+    ]
+
+
 def core() -> list[Parameter]:
     """The parameters every trial has, whatever its runtime and variant."""
     from workbench import runtimes
@@ -90,7 +129,7 @@ def parameters() -> dict[str, Parameter]:
     """Every parameter, by name: core, then the variant transforms', then the runtimes' options."""
     from workbench import runtimes, variants
 
-    out = {p.name: p for p in core()}
+    out = {p.name: p for p in core() + serving()}
     for t in variants.registered():
         for p in t.parameters:
             _add(out, p, f"transform {t.name}")

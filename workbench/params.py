@@ -19,7 +19,7 @@ class TrialParams(BaseModel):
     The fields below are the same for every trial. The deployment parameters (``runtime``,
     ``provider``, and every parameter a variant transform or a runtime declares, such as
     ``bits`` or ``graph_optimization``) are checked against, and defaulted from, the plug-in
-    registries (``workbench.space``): their allowed values are written down once, by the module
+    registries (``workbench.parameters``): their allowed values are written down once, by the module
     that reads them. Read them as attributes like any field (``params.bits``).
     """
 
@@ -41,6 +41,23 @@ class TrialParams(BaseModel):
     max_seconds: float = Field(10.0, gt=0)
     max_accuracy_drop: float = Field(1.0, ge=0)
     seed: int = 0
+    # --- models (issue 14): the scored output of a model with several; a student file for
+    # distillation (distill_width & co. are declared by workbench.variants.distill) ---
+    output: int | str = 0  # an output name or index
+    distill_student: str | None = None  # an untrained student .keras file (else: scaled teacher)
+
+    # which question the trial answers (workbench.decide.SCENARIOS): "server" runs it behind a
+    # served endpoint under load (workbench.serve.trial), the others in-process
+    scenario: str = "single_stream"
+    # --- scenario "server" (workbench.serve.trial; ignored by the in-process scenarios) ---
+    # the serving engine and its batching, and the latency objective the search holds to.
+    serving_engine: Literal["builtin", "kserve"] = "builtin"
+    max_batch_size: int = Field(8, ge=1)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    batch_policy: Literal["delay", "idle"] = "delay"
+    instances: int = Field(1, ge=1)
+    slo_ms: float = Field(10.0, gt=0)
+    slo_percentile: float = Field(99.0, gt=0, lt=100)
 
     @model_validator(mode="before")
     @classmethod
@@ -90,6 +107,8 @@ class TrialParams(BaseModel):
         """A short human label, e.g. ``onnxruntime int8-static b1 t1``."""
         bits = {32: "fp32", 16: "fp16", 8: f"int8-{self.int8_mode}", 4: "int4"}[self.bits]
         sp = f" sp{self.sparsity:g}-{self.prune_structure}" if self.sparsity else ""
+        if self.distill_width < 1.0:
+            sp = (" distill-student" if self.distill_student else f" distill{self.distill_width:g}") + sp
         return f"{self.runtime} {bits}{sp} b{self.batch_size} t{self.threads}"
 
 

@@ -53,6 +53,36 @@ def _quality(df) -> tuple[str, str, float]:
     return "accuracy", "accuracy on the eval split (%)", -1.0
 
 
+def qps_pareto(df, path: Path, max_drop: float) -> None:
+    """A server run's trade-off: accuracy vs ``max_qps_at_slo`` (feasible, infeasible, the
+    Pareto front). Baselines are in-process and have no QPS, so they give only the max-drop line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    q, qlabel, sign = _quality(df)
+    done = _done(df)
+    trials = done[(done.kind == "trial") & done.max_qps_at_slo.notna()]
+    for feasible, marker, name in ((True, "o", "feasible"), (False, "x", "infeasible")):
+        sel = trials[trials.feasible == feasible]  # noqa: E712
+        ax.scatter(sel.max_qps_at_slo, sel[q], marker=marker, s=40,
+                   c=["tab:blue" if feasible else "tab:red"] * len(sel), label=name)
+    front = trials[trials.pareto == True].sort_values("max_qps_at_slo")  # noqa: E712
+    if len(front):
+        ax.plot(front.max_qps_at_slo, front[q], "-", color="tab:blue", alpha=0.5, label="Pareto front")
+    for _, r in trials.iterrows():
+        ax.annotate(r.trial, (r.max_qps_at_slo, r[q]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    base = done[done.kind == "baseline"]
+    ref = (base[q].max() if sign < 0 else base[q].min()) if len(base) else None
+    if ref is not None and not math.isnan(ref):
+        ax.axhline(ref + sign * max_drop, ls="--", color="grey", lw=1, label=f"max drop {max_drop:g}")
+    if trials.empty:
+        _empty(ax, "no completed server trials yet")
+    ax.set_xlabel("max QPS within the SLO (achieved)")
+    ax.set_ylabel(qlabel)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy vs max QPS at the SLO")
+    _save(fig, path)
+
+
 def pareto(df, path: Path, max_drop: float) -> None:
     """Accuracy vs p90 latency: feasible, infeasible, the Pareto front and the baselines."""
     plt = _plt()

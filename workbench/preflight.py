@@ -80,7 +80,11 @@ def _check(exp: Experiment) -> None:
             raise DataError(f"data {data_spec}: the builtin model {model_spec} is trained on the "
                             "data's x_train/y_train, which it lacks (add them, or give a trained "
                             "model file)")
-    model = zoo.resolve(model_spec, data, exp.trust_model_code)
+    model = zoo.resolve(model_spec, data, exp.trust_model_code, exp.output)
+    if exp.distill_student:  # models (issue 14): a student file must exist before any trial
+        student = Path(exp.resolve(exp.distill_student))
+        if not student.is_file() or student.suffix != ".keras":
+            raise ModelError(f"distill_student: {student} is not a .keras file")
     if model.task != exp.task:
         raise ModelError(f"model {model.name}: prepared for task {model.task}, the experiment's "
                          f"task is {exp.task}")

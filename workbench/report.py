@@ -15,17 +15,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from workbench.errors import WorkbenchError, first_line
 
 PARAM_COLUMNS = ["bits", "int8_mode", "sparsity", "prune_structure", "batch_size", "runtime",
                  "provider", "threads"]
+# scenario server only (empty in the other scenarios' rows)
+SERVER_PARAMS = ["serving_engine", "max_batch_size", "max_queue_delay_ms", "batch_policy", "instances"]
+PARAM_COLUMNS += SERVER_PARAMS
 METRIC_COLUMNS = ["accuracy", "accuracy_drop", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms",
                   "latency_p99_ms",
                   "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_cv", "unstable",
                   "throughput_sps", "size_bytes", "size_gzip_bytes", "max_abs_diff",
-                  "top1_agreement", "peak_rss_mb", "load_ms", "mae", "rmse"]  # mae/rmse: regression
+                  "top1_agreement", "peak_rss_mb", "load_ms", "mae", "rmse",  # mae/rmse: regression
+                  # scenario server: the highest rate within the SLO and the figures at that rate
+                  "max_qps_at_slo", "latency_p999_ms", "mean_batch_size", "server_cpu_pct",
+                  "rejected_requests"]
 COLUMNS = (["trial", "kind", "state", "label"] + PARAM_COLUMNS + METRIC_COLUMNS +
            ["speedup_vs_baseline", "speedup_vs_onnx_fp32", "feasible", "pareto", "reason",
             "reused_from", "notebook", "hardware_id"])
@@ -34,6 +38,10 @@ EXTRA_COLUMNS = ["latency_quantiles_ms", "artifact", "artifact_format", "params_
 SUMMARY_COLUMNS = ["trial", "state", "label", "accuracy", "accuracy_drop", "latency_p50_ms",
                    "latency_p90_ms", "throughput_sps", "size_bytes", "speedup_vs_baseline",
                    "feasible", "pareto", "reason"]
+# A server run's table: the highest QPS within the SLO and the latency at that rate.
+SERVER_SUMMARY_COLUMNS = ["trial", "state", "label", "accuracy", "accuracy_drop", "max_qps_at_slo",
+                          "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "mean_batch_size",
+                          "size_bytes", "feasible", "pareto", "reason"]
 
 
 def run_info(run_dir: Path) -> dict[str, Any]:
@@ -47,7 +55,7 @@ def run_info(run_dir: Path) -> dict[str, Any]:
         import yaml
 
         exp = yaml.safe_load(snap.read_text()) or {}
-        for k in ("scenario", "latency_percentile", "latency_budget_ms", "task"):
+        for k in ("scenario", "latency_percentile", "latency_budget_ms", "task", "slo_ms", "slo_percentile"):
             if k in exp:
                 info.setdefault(k, exp[k])
     info.setdefault("scenario", "single_stream")
@@ -62,7 +70,9 @@ _run_info = run_info  # bundle.py's name for it
 # the reason, and is not feasible.
 NEEDED = ["batch_size", "latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms",
           "latency_p90_ms", "size_bytes", "accuracy_drop"]
-NUMERIC_PARAMS = ("bits", "sparsity", "batch_size", "threads")
+# A server trial's row needs these (its latency is at the chosen rate, with no in-process CI).
+SERVER_NEEDED = ["size_bytes", "accuracy_drop", "max_qps_at_slo"]
+NUMERIC_PARAMS = ("bits", "sparsity", "batch_size", "threads", "max_batch_size", "max_queue_delay_ms", "instances")
 
 
 def _number(value: Any, name: str, problems: list[str]) -> float | int | None:
@@ -98,6 +108,11 @@ def _row(kind: str, trial: str, state: str, params: dict, metrics: dict | None,
         row["int8_mode"] = None
     if not p.get("sparsity"):
         row["prune_structure"] = None
+    from workbench import parameters
+
+    for k in SERVER_PARAMS:  # empty where it does not apply (not server; kserve; a batch of one)
+        if not parameters.applies(k, p):
+            row[k] = None
     row.update({k: _number(m.get(k), k, problems) for k in METRIC_COLUMNS if k != "unstable"})
     row["unstable"] = m.get("unstable") if isinstance(m.get("unstable"), bool) else None
     row["feasible"] = m.get("feasible") if isinstance(m.get("feasible"), bool) else None
@@ -134,7 +149,8 @@ def _trial_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
 
     study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
     rows = []
-    needed = NEEDED + [o for o in info.get("objectives", []) if o not in NEEDED]
+    needed = SERVER_NEEDED if info.get("scenario") == "server" else NEEDED
+    needed = needed + [o for o in info.get("objectives", []) if o not in needed]
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "WAITING" or "duplicate_of" in t.user_attrs:
             continue  # enqueued and not started, or a skipped repeat of a measured trial
@@ -203,14 +219,27 @@ def load_table(run_dir: str | Path, extras: bool = False):
 
 
 def _speedup(df, runtime: str):
-    """p50 of the baseline in ``runtime`` at the same batch size and hardware / this row's p50."""
+    """p50 of the baseline in ``runtime`` at the same batch size and hardware / this row's p50
+    (none for a server trial: its p50 is of a request under load, not of an in-process call)."""
     base = df[(df.kind == "baseline") & (df.runtime == runtime)]
     out = []
     for _, r in df.iterrows():
         match = base[(base.batch_size == r.batch_size) & (base.hardware_id == r.hardware_id)]
         ok = len(match) and r.latency_p50_ms and not math.isnan(r.latency_p50_ms or math.nan)
+        ok = ok and not _served(r)
         out.append(float(match.latency_p50_ms.iloc[0] / r.latency_p50_ms) if ok else math.nan)
     return out
+
+
+def _served(r) -> bool:
+    """A row measured by a server trial (it has a max_qps_at_slo)."""
+    v = r.get("max_qps_at_slo") if isinstance(r, dict) else getattr(r, "max_qps_at_slo", None)
+    return v is not None and v == v
+
+
+def server_run(df) -> bool:
+    """A run with server trials (``scenario: server``)."""
+    return "max_qps_at_slo" in df and df["max_qps_at_slo"].notna().any()
 
 
 def _nan(v) -> float:
@@ -275,15 +304,19 @@ def feasibility_text(info: dict, df) -> str:
 
 
 def summary_columns(df) -> list[str]:
-    """SUMMARY_COLUMNS, with MAE in place of accuracy for a regression run."""
+    """SUMMARY_COLUMNS (a server run's: SERVER_SUMMARY_COLUMNS), with MAE in place of accuracy
+    for a regression run."""
+    cols = SERVER_SUMMARY_COLUMNS if server_run(df) else SUMMARY_COLUMNS
     if _regression_run(df):
-        return [("mae" if c == "accuracy" else c) for c in SUMMARY_COLUMNS]
-    return SUMMARY_COLUMNS
+        return [("mae" if c == "accuracy" else c) for c in cols]
+    return cols
 
 
 def _summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
     if not best or best.get("trial") is None:
         return [("recommendation", "no completed feasible trial yet")]
+    if best.get("scenario") == "server":
+        return _server_summary_items(head, best)
     items = [("recommended", f"trial {best['trial']}: {best['label']}"),
              ("question", best.get("question", "?")),
              ("p50 per batch", f"{_interval(head.get('latency_p50_ms'), ' ms')} at batch {head.get('batch_size')} "
@@ -305,6 +338,38 @@ def _summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
                                   + (f" (paired, {n} eval samples)" if n else "")))
     items.append(("why", best["reason"]))
     items += _interleaved_items(best)
+    return items
+
+
+def _ms(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.4g} ms"
+
+
+def _server_summary_items(head: dict, best: dict) -> list[tuple[str, str]]:
+    """A server recommendation: its QPS within the SLO, the latency at that rate, and the
+    in-process fp32 baselines as size/accuracy references."""
+    items = [("recommended", f"trial {best['trial']}: {best['label']}"),
+             ("question", best.get("question", "?")),
+             ("max QPS at SLO", f"{_nan(head.get('max_qps_at_slo')):.4g} QPS (achieved, Poisson arrivals; "
+                                f"latency at that rate: p50 {_ms(head.get('latency_p50_ms'))}, p99 "
+                                f"{_ms(head.get('latency_p99_ms'))}, p99.9 {_ms(head.get('latency_p999_ms'))}; "
+                                f"mean batch {_nan(head.get('mean_batch_size')):.3g})")]
+    for name, title in (("keras_fp32", "Keras fp32 (TensorFlow)"), ("onnx_fp32", "ONNX fp32 (onnxruntime)")):
+        b = head.get(f"baseline_{name}")
+        if b:
+            items.append((f"vs {title}", f"size {head[f'size_reduction_vs_{name}']:.2f}x smaller "
+                                         f"({b['size_bytes']:,} -> {head['size_bytes']:,} bytes), baseline "
+                                         f"{quality_text(b)} (in-process baselines: references for size and "
+                                         "accuracy; their latency is of one call, not a served request)"))
+    if _is_regression_value(head):
+        items.append(("quality", f"{quality_text(head)}, MAE increase {_nan(head['accuracy_drop'][0]):.4g}"))
+    else:
+        items.append(("accuracy", f"{_nan(head.get('accuracy')):.2f}% (scored on the answers served under "
+                                  f"load), drop {_nan(head['accuracy_drop'][0]):.3g} pt"))
+    items.append(("why", best["reason"]))
+    skipped = (best.get("interleaved") or {}).get("skipped")
+    if skipped and skipped not in best["reason"]:
+        items.append(("re-measurement", skipped))
     return items
 
 
@@ -350,10 +415,63 @@ def build(run_dir: str | Path, progress: bool = False) -> dict[str, Path]:
     head = best.get("summary") or {}
     best = best if best.get("trial") is not None else None
     images = plots.draw_all(full, run_dir, info["objectives"], info["max_accuracy_drop"])
+    if server_run(full):  # the in-process latency plots do not describe served trials
+        images = {k: v for k, v in images.items() if k not in SERVER_SKIPPED_PLOTS}
+        images.update(_serving_plots(full, run_dir, info, best))
     paths.update({name.removesuffix(".png"): p for name, p in images.items()})
     paths["report.md"].write_text(_markdown(info, df, best, head))
     paths["report.html"].write_text(_html(info, run_dir, df, best, head, images))
     return paths
+
+
+# Monitor time series drawn per report: the recommended trial's first, then others.
+MAX_TIMESERIES = 6
+# In-process latency plots left out of a server run's report (its latencies are under load).
+SERVER_SKIPPED_PLOTS = ("pareto.png", "latency_batch.png", "latency_dist.png")
+
+
+def _serving_plots(full, run_dir: Path, info: dict, best: dict | None) -> dict[str, Path]:
+    """Latency vs offered load per configuration, throughput vs p99, and the monitor time
+    series, from each completed server trial's metrics.json and monitor.csv (beside its
+    notebook)."""
+    from workbench.serve import plots as splots
+
+    rows = full[(full.kind == "trial") & (full.state == "COMPLETE") & full.notebook.notna()]
+    trials: dict[str, dict] = {}
+    monitors: list[tuple[str, Path]] = []
+    for _, r in rows.iterrows():
+        folder = Path(r.notebook).parent
+        try:
+            m = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if "points" not in m:
+            continue
+        trials[f"{r.trial}: {r.label}"] = m
+        if (folder / "monitor.csv").exists():
+            monitors.append((str(r.trial), folder / "monitor.csv"))
+    from workbench import plots
+
+    plots.qps_pareto(full, run_dir / "serve_pareto.png", info["max_accuracy_drop"])
+    out = {"serve_pareto.png": run_dir / "serve_pareto.png",
+           "serve_latency_load.png": splots.latency_vs_load(trials, run_dir / "serve_latency_load.png",
+                                                             info.get("slo_ms")),
+           "serve_throughput_p99.png": splots.throughput_vs_p99(trials, run_dir / "serve_throughput_p99.png")}
+    chosen = str(best["trial"]) if best else None
+    monitors.sort(key=lambda tm: tm[0] != chosen)
+    for t, csv_path in monitors[:MAX_TIMESERIES]:
+        out[f"serve_monitor_{t}.png"] = splots.timeseries(csv_path, run_dir / f"serve_monitor_{t}.png")
+    return out
+
+
+def serving_titles(images: dict[str, Path]) -> list[tuple[str, str]]:
+    """(image name, title) of the serving figures in ``images``."""
+    titles = [("serve_pareto.png", "Accuracy vs max QPS at the SLO (Pareto front)"),
+              ("serve_latency_load.png", "Latency at the SLO percentile vs offered load, per configuration"),
+              ("serve_throughput_p99.png", "Achieved throughput vs p99, every measured rate")]
+    titles += [(n, f"Monitor of trial {n.removeprefix('serve_monitor_').removesuffix('.png')} (1 Hz, shared "
+                   "time axis)") for n in images if n.startswith("serve_monitor_")]
+    return [(n, t) for n, t in titles if n in images]
 
 
 def _intro(info: dict, df) -> str:
@@ -361,6 +479,15 @@ def _intro(info: dict, df) -> str:
 
     counts = df[df.kind == "trial"].state.value_counts().to_dict()
     reused = int(df.reused_from.notna().sum()) if "reused_from" in df else 0
+    if server_run(df):
+        return (f"Question: {decide.question(info)}. "
+                "Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "none") +
+                f". Objectives: {', '.join(info['objectives'])}; {feasibility_text(info, df)}, and some "
+                "offered rate met the SLO. Each trial served its configuration and ramped an open-loop "
+                "Poisson load (latency from the scheduled send); max_qps_at_slo is the achieved rate at "
+                "the highest offered rate whose percentile was within the SLO with < 0.1% errors, and "
+                "the latency columns are at that rate. Baselines are in-process (batch 1): references "
+                "for size and accuracy.")
     return (f"Question: {decide.question(info)}. "
             "Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "none") +
             (f" ({reused} reused an identical measurement)" if reused else "") +
@@ -377,7 +504,8 @@ def _html(info: dict, run_dir: Path, df, best: dict | None, head: dict, images: 
     cls = "rec tie" if best and best.get("tie") else "rec"
     base = df[df.kind == "baseline"][["trial", summary_columns(df)[3], "latency_p50_ms", "latency_p50_ci_low_ms",
                                       "latency_p50_ci_high_ms", "latency_p90_ms", "size_bytes"]]
-    figs = "".join(html.image(images[name], title) for name, title in plots.PLOTS if name in images)
+    figs = "".join(html.image(images[name], title) for name, title in plots.PLOTS + serving_titles(images)
+                   if name in images)
     sections = [
         ("", intro),
         ("Recommendation", f"<div class='{cls}'>{html.definition_list(_summary_items(head, best))}</div>"),
@@ -391,7 +519,15 @@ def _html(info: dict, run_dir: Path, df, best: dict | None, head: dict, images: 
 
 def _markdown(info: dict, df, best: dict | None, head: dict | None = None) -> str:
     lines = [f"# {info['experiment']} / {info['study']}", "", _intro(info, df), ""]
-    if best:
+    if best and best.get("scenario") == "server":
+        r = best["row"]
+        lines += ["## Recommendation", "",
+                  f"**{best.get('question', '')}: trial {best['trial']}: {best['label']}**: "
+                  f"{_nan(r.get('max_qps_at_slo')):.4g} QPS within the SLO (p50 {_ms(r.get('latency_p50_ms'))}, "
+                  f"p99 {_ms(r.get('latency_p99_ms'))} at that rate), {quality_text(r)} "
+                  f"(drop {_nan(r['accuracy_drop']):.3g}), {r['size_bytes']:,} bytes.", ""]
+        lines += [f"- {k}: {v}" for k, v in _summary_items(head or {}, best)[2:]] + [""]
+    elif best:
         r = best["row"]
         lines += ["## Recommendation", "",
                   f"**{best.get('question', '')}: trial {best['trial']}: {best['label']}**: {quality_text(r)} "

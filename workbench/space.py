@@ -10,7 +10,8 @@ this machine allow: every installed runtime that can run the model's format, bit
 4, plus dynamic int8, only where MatMul weights dominate: ``quantize.INT4_MIN_SHARE``), int8
 static with and without per-channel scales, threads 1..cores, channel pruning 0/0.25/0.5 for a
 Keras model whose data has a training split, and the batch sizes of the scenario
-(single_stream: 1; offline: 1, 8, 32, 128). TensorFlow is left out: it runs only the fp32 Keras
+(single_stream: 1; offline: 1, 8, 32, 128); for ``server`` a small serving space instead
+(:func:`_server_space`). TensorFlow is left out: it runs only the fp32 Keras
 model, which is already the baseline. ``workbench plan`` prints the resolved space
 (:func:`plan`) without running anything.
 """
@@ -36,7 +37,7 @@ PRUNE_SPARSITIES = [0.0, 0.25, 0.5]
 def grid_points(exp: Experiment) -> list[dict[str, Any]]:
     """Every distinct combination of the searched values, conditional parameters respected."""
     points: list[dict[str, Any]] = [{}]
-    fixed = exp.search_space.fixed()
+    fixed = {**exp.search_space.fixed(), "scenario": exp.scenario}
     for name, spec in exp.search_space:
         if not isinstance(spec, (list, Range)):
             continue
@@ -54,7 +55,10 @@ def grid_points(exp: Experiment) -> list[dict[str, Any]]:
 
 def enqueue_next_grid_point(study, exp: Experiment) -> bool:
     """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
-    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state.name == "WAITING" for t in trials):
+        return True  # a point already enqueued (e.g. an interrupted trial's, again) is asked first
+    seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials]
     for point in grid_points(exp):
         if point not in seen:
             study.enqueue_trial(point)
@@ -66,7 +70,8 @@ def suggest(trial, exp: Experiment) -> dict[str, Any]:
     """Trial parameters: searched ones from the sampler, fixed ones as written, all builtins."""
     params: dict[str, Any] = {}
     for name, spec in exp.search_space:
-        if name in CONDITIONS and not CONDITIONS[name](params):
+        # the scenario is a trial setting, not searched, but conditions read it (serving options)
+        if name in CONDITIONS and not CONDITIONS[name]({"scenario": exp.scenario, **params}):
             continue
         if isinstance(spec, Range):
             if spec.is_int:
@@ -144,8 +149,20 @@ def auto(exp: Experiment, facts: dict[str, Any] | None = None) -> SearchSpace:
     if facts["format"] == "keras" and facts["trainable"]:
         space["sparsity"] = PRUNE_SPARSITIES
         space["prune_structure"] = "channels"
+    if sc.name == "server":
+        space.update(_server_space(space))
     space = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in space.items()}
     return SearchSpace(**space)
+
+
+def _server_space(space: dict[str, Any]) -> dict[str, Any]:
+    """The automatic space of ``scenario: server``, kept small (each trial serves and ramps a
+    load for many seconds): fp32 and static int8 in every installed runtime, one thread, the
+    builtin engine, batching off (max_batch_size 1) or on (8, with no or a 2 ms delay, waiting
+    for the delay or not): 5 serving configurations per variant, at most 30 in all."""
+    return {"bits": [32, 8], "int8_mode": "static", "per_channel": False, "sparsity": 0.0,
+            "threads": 1, "batch_size": 1, "serving_engine": "builtin", "max_batch_size": [1, 8],
+            "max_queue_delay_ms": [0.0, 2.0], "batch_policy": ["idle", "delay"], "instances": 1}
 
 
 def default_n_trials(exp: Experiment) -> int:
@@ -178,7 +195,7 @@ def plan(exp: Experiment) -> str:
     exp = resolve(exp)
     info = {"scenario": exp.scenario, "latency_percentile": exp.latency_percentile,
             "latency_budget_ms": exp.latency_budget_ms, "max_accuracy_drop": exp.max_accuracy_drop,
-            "task": exp.task}
+            "task": exp.task, "slo_ms": exp.slo_ms, "slo_percentile": exp.slo_percentile}
     lines = [f"experiment {exp.name}: {decide.question(info)}",
              f"objectives: {', '.join(exp.objectives)}",
              f"search space ({'as given' if given else 'automatic: this model on this machine'}):"]
@@ -190,7 +207,12 @@ def plan(exp: Experiment) -> str:
         else:
             continue
         lines.append(f"  {name}: {text}")
-    fixed = {k: v for k, v in exp.search_space.fixed().items()}
+    from workbench.parameters import serving
+
+    # the serving options are shown only where they apply (scenario server)
+    context = {**exp.search_space.fixed(), "scenario": exp.scenario}
+    hidden = {p.name for p in serving() if not p.applies(context)}
+    fixed = {k: v for k, v in exp.search_space.fixed().items() if k not in hidden}
     lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
     n = len(distinct(exp))
     lines.append(f"distinct configurations: {n}")

@@ -122,11 +122,15 @@ def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
 
 
 def trial_settings(exp: Experiment) -> dict[str, Any]:
-    """What every trial of the experiment shares: model, data, measurement protocol."""
-    return dict(model=exp.resolve(exp.model), data=exp.resolve(exp.data),
+    """What every trial of the experiment shares: model, data, measurement protocol, and the
+    scenario (the search space's conditions read it: serving options only apply to server)."""
+    server = dict(slo_ms=exp.slo_ms, slo_percentile=exp.slo_percentile) if exp.scenario == "server" else {}
+    return dict(model=exp.resolve(exp.model), data=exp.resolve(exp.data), scenario=exp.scenario, **server,
                 calibration_samples=exp.calibration_samples,
                 max_accuracy_drop=exp.max_accuracy_drop, seed=exp.seed,
                 task=exp.task, trust_model_code=exp.trust_model_code,
+                output=exp.output,  # models (issue 14)
+                distill_student=exp.resolve(exp.distill_student) if exp.distill_student else None,
                 **exp.measurement.model_dump())
 
 

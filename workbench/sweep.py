@@ -61,10 +61,10 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     """
     from workbench.storage import resolve_url
 
+    study_name = exp.name if study_name is None else study_name
+    run_dir = run_dir_of(exp, study_name, runs_dir)  # names checked before anything is loaded
     preflight.check(exp)  # model + data loaded once and checked: nothing is created before this
     exp = space.resolve(exp)  # the automatic search space and default n_trials, when omitted
-    study_name = study_name or exp.name
-    run_dir = run_dir_of(exp, study_name, runs_dir)
     create_run_dir(run_dir, fresh=fresh and not (resolve_url(storage) or exp.storage))
     url = storage_url(exp, run_dir, storage, workers)
     study = open_study(exp, study_name, url)

@@ -1,6 +1,8 @@
 """One trial: build the variant, open it in its runtime, measure it. The one place a trial is defined.
 
-``run(params)`` is what ``notebooks/trial.ipynb`` calls and what the tests call directly. It
+``run(params)`` is what ``notebooks/trial.ipynb`` calls and what the tests call directly
+(``scenario: server`` goes to :func:`workbench.serve.trial.run_server_trial`, in the current
+directory, which is the trial's under a sweep). It
 returns a JSON-serialisable metrics dict whose ``status`` is ``complete`` or ``pruned`` (with
 its ``reason``); anything else is an exception, which the sweep records as a failed trial.
 """
@@ -16,21 +18,22 @@ from typing import Any, Mapping
 import numpy as np
 
 from workbench import data as data_mod
-from workbench import decide, fingerprint, measure, runtimes, variants, zoo
+from workbench import decide, fingerprint, inputs, measure, runtimes, variants, zoo
 from workbench.errors import TrialPruned
 from workbench.params import TrialParams
 
 
-def evaluate(session: runtimes.Session, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Outputs of ``session`` on all of ``x``, fed in batches of ``batch_size``."""
-    return np.concatenate([np.asarray(session.run(np.ascontiguousarray(x[i:i + batch_size])))
-                           for i in range(0, len(x), batch_size)])
+def evaluate(session: runtimes.Session, x: inputs.Inputs, batch_size: int) -> np.ndarray:
+    """Outputs of ``session`` on all of ``x`` (an array, or a dict of named arrays for a model
+    with several inputs), fed in batches of ``batch_size``."""
+    return np.concatenate([np.asarray(session.run(inputs.take(x, i, i + batch_size)))
+                           for i in range(0, inputs.rows(x), batch_size)])
 
 
-def timing_batch(x: np.ndarray, batch_size: int) -> np.ndarray:
-    """A fixed batch of real samples, prepared before timing (repeated if the split is small)."""
-    reps = -(-batch_size // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size].astype(np.float32))
+def timing_batch(x: inputs.Inputs, batch_size: int) -> inputs.Inputs:
+    """A fixed batch of real samples, prepared before timing (repeated if the split is small);
+    float inputs as float32, integer and bool inputs as they are."""
+    return inputs.cast_float32(inputs.repeat_to(x, batch_size))
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -57,7 +60,7 @@ def artifact_for(p: TrialParams) -> tuple[data_mod.Dataset, zoo.ModelRef, varian
     """Data, source model and the (cached) artifact of a trial's parameters: how a report,
     a re-measurement or an export bundle re-opens what a trial measured."""
     data = data_mod.load(p.data, p.task)
-    model = zoo.resolve(p.model, data, p.trust_model_code)
+    model = zoo.resolve(p.model, data, p.trust_model_code, p.output)
     return data, model, variants.build(model, data, p, p.calibration_samples)
 
 
@@ -65,9 +68,13 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
     """Build, load and measure one deployment configuration."""
     t_start = time.perf_counter()
     p = params if isinstance(params, TrialParams) else TrialParams.parse(params)
+    if p.scenario == "server":  # served under load; monitor.csv and server.log go beside metrics.json
+        from workbench.serve.trial import run_server_trial
+
+        return run_server_trial(p, Path.cwd())
     out: dict[str, Any] = {"status": "complete", "label": p.describe(), "params": p.model_dump()}
     data = data_mod.load(p.data, p.task)
-    model = zoo.resolve(p.model, data, p.trust_model_code)
+    model = zoo.resolve(p.model, data, p.trust_model_code, p.output)
     regression = p.task == "regression"
     if regression:  # quality is MAE/RMSE; "accuracy_drop" is the MAE increase over fp32
         out.update(baseline_mae=model.meta["mae"], baseline_rmse=model.meta["rmse"])

@@ -6,6 +6,11 @@ the model copied in (so the cache never points at a file the user may change), `
 ``"format"``, the quality on the eval split and the input shape. Everything a user can get wrong
 (missing or corrupt file, code in a ``.keras`` file, a model that does not fit the data) is a
 one-line :class:`~workbench.errors.WorkbenchError` naming the file.
+
+Several inputs (float32/float16/int32/int64/bool) are matched to the data by name (see
+:mod:`workbench.data` for the ``x_eval.<name>`` layout). A model with several outputs is scored
+on the one the experiment's ``output:`` names (a name or an index, default the first); the cache
+entry keeps only that output's subgraph, which is then what every variant deploys and measures.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from workbench import inputs as inputs_mod
 from workbench.data import Dataset
-from workbench.errors import DataError, ModelError
+from workbench.errors import DataError, ModelError, first_line
+from workbench.modeldir import keras_inputs, quality
 
-RECIPE = 1  # bump when what build() writes changes
+RECIPE = 2  # bump when what build() writes changes
 PACKAGES = {"keras": ("tensorflow", "keras"), "savedmodel": ("tensorflow", "keras"),
             "onnx": ("onnx", "onnxruntime")}
 EVAL_BATCH = 256
@@ -45,30 +52,73 @@ def detect(path: Path) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+    return first_line(err)
+
+
+def _dims(shape) -> str:
+    return "(batch, " + ", ".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in shape) + ")"
+
+
+def check_inputs(name: str, model_inputs: list[dict[str, Any]], data: Dataset) -> None:
+    """Refuse a model whose inputs do not take the data's samples: one line naming the input,
+    the expected and the found shape or dtype. ``model_inputs`` are ``{"name", "shape" (without
+    the batch dimension), "dtype"}``; a single data array fits a single input of any name."""
+    found = data.inputs
+    if len(model_inputs) != len(found) or (data.multi_input and
+                                           {i["name"] for i in model_inputs} != {n for n, _, _ in found}):
+        want = ", ".join(str(i["name"]) for i in model_inputs)
+        have = ", ".join(str(n) for n, _, _ in found) if data.multi_input else "one array x_eval"
+        hint = (f" (several inputs: give x_eval.<name> arrays for {want})"
+                if len(model_inputs) > 1 and not data.multi_input else "")
+        raise DataError(f"model {name} has {len(model_inputs)} input(s) ({want}) but data "
+                        f"{data.name} has {have}{hint}")
+    by_name = {n: (s, d) for n, s, d in found}
+    for spec in model_inputs:
+        shape, dtype = by_name[spec["name"]] if data.multi_input else found[0][1:]
+        label = f"model {name} input {spec['name']}" if spec["name"] else f"model {name}"
+        dims = list(spec["shape"])
+        fits = len(dims) == len(shape) and all(
+            d is None or isinstance(d, str) or d < 0 or d == e for d, e in zip(dims, shape))
+        if not fits:
+            raise DataError(f"{label} expects shape {_dims(dims)} but data {data.name} has samples "
+                            f"of shape {tuple(shape)}")
+        if spec["dtype"] != dtype:
+            raise DataError(f"{label} expects dtype {spec['dtype']} but data {data.name} has {dtype} "
+                            "(convert the data: workbench feeds it as given)")
 
 
 def check_input(name: str, shape: list, dtype: str, data: Dataset) -> None:
-    """Refuse a model whose (single) input does not take the data's samples, naming both."""
-    dims = list(shape)[1:]
-    fits = len(dims) == len(data.input_shape) and all(
-        d is None or isinstance(d, str) or d < 0 or d == e for d, e in zip(dims, data.input_shape))
-    if not fits:
-        dims = [str(d) if isinstance(d, int) and d >= 0 else "?" for d in shape[1:]]
-        raise DataError(f"model {name} expects inputs of shape (batch, {', '.join(dims)}) but data "
-                        f"{data.name} has samples of shape {data.input_shape}")
-    if dtype != "float32":
-        raise DataError(f"model {name} takes {dtype} inputs but data {data.name} is float32 "
-                        "(workbench feeds float32 samples)")
+    """:func:`check_inputs` for a model with one input (``shape`` with its batch dimension)."""
+    check_inputs(name, [{"name": None, "shape": list(shape)[1:], "dtype": dtype}], data)
 
 
-def _batches(fn, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + EVAL_BATCH]), dtype=np.float32)
-                           for i in range(0, len(x), EVAL_BATCH)])
+def select_output(path: Path, output: str | int, names: list[str]) -> int:
+    """The index of the scored output among ``names`` (``output``: a name or an index)."""
+    if isinstance(output, str) and not output.isdigit():
+        if output not in names:
+            raise ModelError(f"output: {path.name} has no output {output!r} "
+                             f"(outputs: {', '.join(names)})")
+        return names.index(output)
+    index = int(output)
+    if not 0 <= index < len(names):
+        raise ModelError(f"output: {path.name} has {len(names)} output(s) ({', '.join(names)}); "
+                         f"index {index} is out of range")
+    return index
 
 
-def _keras(path: Path, data: Dataset, out: Path, trust: bool) -> dict[str, Any]:
+def _batches(fn, x) -> np.ndarray:
+    n = inputs_mod.rows(x)
+    return np.concatenate([np.asarray(fn(inputs_mod.take(x, i, i + EVAL_BATCH)), dtype=np.float32)
+                           for i in range(0, n, EVAL_BATCH)])
+
+
+def _output_names(model) -> list[str]:
+    """A Keras model's output names (Sequential models have no ``output_names``)."""
+    return list(getattr(model, "output_names", None) or
+                [t._keras_history[0].name for t in model.outputs])
+
+
+def _keras(path: Path, data: Dataset, out: Path, trust: bool, output: str | int) -> dict[str, Any]:
     import keras
 
     extra: dict[str, Any] = {}
@@ -86,18 +136,27 @@ def _keras(path: Path, data: Dataset, out: Path, trust: bool) -> dict[str, Any]:
         extra["unsafe"] = what
     except Exception as err:  # zip, h5 or deserialisation errors of every kind
         raise ModelError(f"{path}: cannot load the Keras model ({_first_line(err)})") from None
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelError(f"{path}: models with one input and one output are supported "
-                         f"(this one has {len(model.inputs)} and {len(model.outputs)})")
-    check_input(path.name, list(model.inputs[0].shape), str(model.inputs[0].dtype), data)
-    shutil.copyfile(path, out / "model.keras")
+    inputs = keras_inputs(model)
+    check_inputs(path.name, inputs, data)
+    if len(model.outputs) > 1:  # keep the scored output's subgraph: what is deployed and measured
+        import keras
+
+        names = _output_names(model)
+        index = select_output(path, output, names)
+        extra.update(output=names[index], outputs=names)
+        model = keras.Model(model.inputs, model.outputs[index], name=model.name)
+        model.save(out / "model.keras")
+    else:
+        select_output(path, output, _output_names(model))
+        shutil.copyfile(path, out / "model.keras")
     reference = model.predict(data.x_eval, batch_size=EVAL_BATCH, verbose=0)
     return {"reference": reference, "params": int(model.count_params()), "name": model.name,
-            "model_input_shape": list(model.inputs[0].shape), **extra}
+            "model_input_shape": list(model.inputs[0].shape), "inputs": inputs, **extra}
 
 
-def saved_model_signature(path: Path):
-    """(loaded object, serving function, input name, output name) of a SavedModel."""
+def saved_model_signature(path: Path, output: str | int = 0):
+    """(loaded object, serving function, input names, scored output name) of a SavedModel.
+    With one input, the third item is that input's name (a str), otherwise the list of names."""
     import tensorflow as tf
 
     try:
@@ -107,29 +166,35 @@ def saved_model_signature(path: Path):
     sig = loaded.signatures.get("serving_default")
     if sig is None:
         raise ModelError(f"{path}: the SavedModel has no serving_default signature")
-    inputs = sig.structured_input_signature[1]
-    outputs = sig.structured_outputs
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelError(f"{path}: signatures with one input and one output are supported "
-                         f"(serving_default has {len(inputs)} and {len(outputs)})")
-    return loaded, sig, next(iter(inputs)), next(iter(outputs))
+    inputs = list(sig.structured_input_signature[1])
+    outputs = sorted(sig.structured_outputs)
+    out_name = outputs[select_output(path, output, outputs)]
+    return loaded, sig, inputs[0] if len(inputs) == 1 else inputs, out_name
 
 
-def _savedmodel(path: Path, data: Dataset, out: Path, trust: bool) -> dict[str, Any]:
-    loaded, sig, in_name, out_name = saved_model_signature(path)
-    spec = sig.structured_input_signature[1][in_name]
-    check_input(path.name, spec.shape.as_list(), spec.dtype.name, data)
+def _savedmodel(path: Path, data: Dataset, out: Path, trust: bool, output: str | int) -> dict[str, Any]:
+    loaded, sig, in_names, out_name = saved_model_signature(path, output)
+    specs = sig.structured_input_signature[1]
+    names = [in_names] if isinstance(in_names, str) else in_names
+    inputs = [{"name": n, "shape": specs[n].shape.as_list()[1:], "dtype": specs[n].dtype.name}
+              for n in names]
+    check_inputs(path.name, inputs, data)
     shutil.copytree(path, out / "saved_model")
-    reference = _batches(lambda b: sig(**{in_name: b})[out_name].numpy(), data.x_eval)
+
+    def run(b):
+        feed = dict(zip(names, inputs_mod.by_runtime_names(b, names)))
+        return sig(**feed)[out_name].numpy()
+
+    reference = _batches(run, data.x_eval)
     params = int(sum(np.prod(v.shape) for v in getattr(loaded, "variables", [])))
     return {"reference": reference, "params": params, "name": path.name,
-            "model_input_shape": spec.shape.as_list(), "signature_input": in_name,
-            "signature_output": out_name}
+            "model_input_shape": specs[names[0]].shape.as_list(), "inputs": inputs,
+            "signature_input": in_names, "signature_output": out_name}
 
 
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8",
-               "tensor(int8)": "int8"}
+               "tensor(int8)": "int8", "tensor(bool)": "bool"}
 
 
 def check_onnx(path: Path):
@@ -144,46 +209,61 @@ def check_onnx(path: Path):
     return proto
 
 
-def _onnx(path: Path, data: Dataset, out: Path, trust: bool) -> dict[str, Any]:
+def _onnx(path: Path, data: Dataset, out: Path, trust: bool, output: str | int) -> dict[str, Any]:
     import onnxruntime as ort
 
     proto = check_onnx(path)
+    extra: dict[str, Any] = {}
+    names = [o.name for o in proto.graph.output]
+    index = select_output(path, output, names)
+    if len(names) > 1:  # keep the scored output only; onnxruntime drops the nodes it no longer needs
+        keep = proto.graph.output[index]
+        del proto.graph.output[:]
+        proto.graph.output.append(keep)
+        extra.update(output=names[index], outputs=names)
+    target = out / "model.onnx"
+    if len(names) > 1:
+        target.write_bytes(proto.SerializeToString())
+    else:
+        shutil.copyfile(path, target)
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     except Exception as err:
         raise ModelError(f"{path}: onnxruntime cannot load it ({_first_line(err)})") from None
-    if len(sess.get_inputs()) != 1:
-        raise ModelError(f"{path}: models with one input are supported "
-                         f"(this one has {len(sess.get_inputs())})")
-    inp = sess.get_inputs()[0]
-    shape = [d if isinstance(d, int) else None for d in inp.shape]
-    check_input(path.name, shape, ONNX_DTYPES.get(inp.type, inp.type), data)
-    batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+    inputs = [{"name": i.name, "shape": [d if isinstance(d, int) else None for d in i.shape[1:]],
+               "dtype": ONNX_DTYPES.get(i.type, i.type)} for i in sess.get_inputs()]
+    check_inputs(path.name, inputs, data)
+    first = sess.get_inputs()[0].shape
+    batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
     if batch is not None and batch != 1:
         raise ModelError(f"{path}: the batch dimension is fixed to {batch}; export it with a "
                          "dynamic (or size-1) batch dimension")
-    shutil.copyfile(path, out / "model.onnx")
-    run = lambda b: sess.run(None, {inp.name: b})[0]  # noqa: E731
-    reference = (np.concatenate([run(data.x_eval[i:i + 1]) for i in range(len(data.x_eval))])
+    in_names = [i["name"] for i in inputs]
+
+    def run(b):
+        return sess.run(None, dict(zip(in_names, inputs_mod.by_runtime_names(b, in_names))))[0]
+
+    n = data.n_eval
+    reference = (np.concatenate([run(data.take("eval", i, i + 1)) for i in range(n)])
                  if batch == 1 else _batches(run, data.x_eval))
     params = int(sum(np.prod(t.dims) for t in proto.graph.initializer))
     return {"reference": reference, "params": params, "name": proto.graph.name or path.stem,
-            "model_input_shape": shape, "fixed_batch": batch}
+            "model_input_shape": [batch, *inputs[0]["shape"]], "inputs": inputs,
+            "fixed_batch": batch, **extra}
 
 
-def build(path: Path, fmt: str, data: Dataset, out: Path, trust: bool) -> None:
-    """Write the model cache entry of the user model ``path`` (format ``fmt``) for ``data``."""
-    from workbench import zoo
-
-    info = {"keras": _keras, "savedmodel": _savedmodel, "onnx": _onnx}[fmt](path, data, out, trust)
+def build(path: Path, fmt: str, data: Dataset, out: Path, trust: bool, output: str | int = 0) -> None:
+    """Write the model cache entry of the user model ``path`` (format ``fmt``) for ``data``,
+    scoring its output ``output`` (a name or an index; models with one output ignore 0)."""
+    info = {"keras": _keras, "savedmodel": _savedmodel, "onnx": _onnx}[fmt](path, data, out, trust, output)
     reference = np.asarray(info.pop("reference"), dtype=np.float32)
-    if len(reference) != len(data.x_eval):
-        raise ModelError(f"{path}: returned {len(reference)} outputs for {len(data.x_eval)} samples")
+    if len(reference) != data.n_eval:
+        raise ModelError(f"{path}: returned {len(reference)} outputs for {data.n_eval} samples")
     if data.task == "classification" and (reference.ndim != 2 or reference.shape[1] <= int(data.y_eval.max())):
         raise DataError(f"model {path.name} outputs shape {reference.shape[1:]} per sample but data "
                         f"{data.name} has class labels up to {int(data.y_eval.max())} "
                         "(task classification needs one score per class)")
     np.save(out / "reference.npy", reference)
-    meta = {**zoo.quality(reference, data), "task": data.task, "format": fmt,
+    meta = {**quality(reference, data), "task": data.task, "format": fmt,
             "input_shape": list(data.input_shape), "source": str(path.resolve()), **info}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -1,10 +1,8 @@
 """Models: builtin Keras 3 models trained on first use, and user model files.
 
-A model is resolved to a :class:`ModelRef` without importing TensorFlow when it is already in
-the cache; its directory holds the model (``model.keras``, ``saved_model/`` or ``model.onnx``,
-see ``meta["format"]``), ``meta.json`` (fp32 quality on the eval split, input shape, format) and
-``reference.npy`` (the fp32 outputs on the eval split, used for agreement and for the export
-equivalence check).
+A model is resolved to a :class:`~workbench.modeldir.ModelRef` without importing TensorFlow
+when it is already in the cache; what its directory holds is described in
+:mod:`workbench.modeldir`.
 
 User models (``model:`` a ``.keras`` file, a SavedModel directory or an ``.onnx`` file) are
 copied into a cache entry keyed by the hash of their content and of the data, so editing the
@@ -14,60 +12,15 @@ file in place can never serve stale numbers.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
-
-from workbench import cache
-from workbench.data import Dataset, file_hash
-from workbench.errors import DataError, ModelError
+from workbench import cache, usermodel
+from workbench.data import TEXT_VOCAB, Dataset, file_hash
+from workbench.errors import ModelError
+from workbench.modeldir import ModelRef, accuracy, quality, save  # noqa: F401  (the zoo's API)
 
 TF_PACKAGES = ("tensorflow", "keras")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    key: str
-    dir: Path
-    meta: dict[str, Any]
-
-    @property
-    def format(self) -> str:
-        """How the fp32 model is stored: "keras" | "savedmodel" | "onnx"."""
-        return self.meta.get("format", "keras")
-
-    @property
-    def keras_path(self) -> Path:
-        return self.dir / "model.keras"
-
-    @property
-    def saved_model_path(self) -> Path:
-        return self.dir / "saved_model"
-
-    @property
-    def onnx_path(self) -> Path:
-        return self.dir / "model.onnx"
-
-    @property
-    def task(self) -> str:
-        return self.meta.get("task", "classification")
-
-    @property
-    def accuracy(self) -> float:
-        """fp32 accuracy (percent) of the unmodified model on the eval split (classification)."""
-        return float(self.meta["accuracy"])
-
-    def reference(self) -> np.ndarray:
-        return np.load(self.dir / "reference.npy")
-
-    def load_keras(self):
-        import keras
-
-        # A model that needed trust_model_code was accepted by resolve() under that flag.
-        return keras.saving.load_model(self.keras_path, safe_mode=not self.meta.get("unsafe", False))
 
 
 def _digits_cnn(input_shape: tuple[int, ...], n_classes: int):
@@ -118,29 +71,46 @@ def _cnn32(input_shape: tuple[int, ...], n_classes: int):
                              layers.Dense(n_classes, activation="softmax")], name="cnn32")
 
 
+def _text_transformer(input_shape: tuple[int, ...], n_classes: int):
+    """A small transformer classifier on token ids with a padding mask (two int32 inputs):
+    embedding + learned positions, one pre-norm self-attention block (MultiHeadAttention with
+    the padding mask) and feed-forward, masked mean pooling, softmax head. Its time goes into
+    MatMuls (attention projections, feed-forward), unlike the CNNs, which are Conv-bound."""
+    import keras
+    from keras import layers, ops
+
+    seq_len, width, heads = int(input_shape[0]), 64, 4
+    tokens = keras.Input((seq_len,), dtype="int32", name="tokens")
+    mask = keras.Input((seq_len,), dtype="int32", name="mask")
+    # positions computed from the input (a constant arange would be captured by the exported
+    # graph as an extra input)
+    positions = ops.cumsum(ops.ones_like(tokens), axis=1) - 1
+    h = layers.Embedding(TEXT_VOCAB, width)(tokens) + layers.Embedding(seq_len, width)(positions)
+    fmask = ops.cast(mask, "float32")
+    attend = ops.cast(ops.expand_dims(fmask, 1) * ops.expand_dims(fmask, 2), "bool")
+    a = layers.LayerNormalization()(h)
+    h = h + layers.MultiHeadAttention(heads, width // heads)(a, a, attention_mask=attend)
+    f = layers.LayerNormalization()(h)
+    h = h + layers.Dense(width)(layers.Dense(4 * width, activation="relu")(f))
+    w = ops.expand_dims(fmask, -1)
+    pooled = ops.sum(h * w, axis=1) / ops.maximum(ops.sum(w, axis=1), 1.0)
+    x = layers.Dense(width, activation="relu")(pooled)
+    out = layers.Dense(n_classes, activation="softmax")(x)
+    return keras.Model([tokens, mask], out, name="text_transformer")
+
+
 # name -> (builder, epochs, data set it is trained on). Bump RECIPE_VERSION when a builder changes.
 BUILTIN: dict[str, tuple[Callable, int, str]] = {
     "digits_cnn": (_digits_cnn, 20, "digits"),
     "digits_mlp": (_digits_mlp, 15, "digits"),
     "cnn32": (_cnn32, 6, "digits32"),
+    "text_transformer": (_text_transformer, 8, "text"),
 }
 RECIPE_VERSION = 1
+# Per-model recipe versions, appended to that model's cache key only (bumping RECIPE_VERSION
+# would retrain every builtin model).
+MODEL_RECIPES: dict[str, int] = {"text_transformer": 3}
 TRAIN_SEED = 0
-
-
-def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in percent."""
-    return float(np.mean(np.argmax(outputs, axis=-1) == labels) * 100.0)
-
-
-def quality(outputs: np.ndarray, data: Dataset) -> dict[str, float]:
-    """The task's quality metrics: top-1 ``accuracy`` (percent) for classification, ``mae`` and
-    ``rmse`` (in the target's units) for regression."""
-    if data.task == "regression":
-        err = np.asarray(outputs, np.float64).reshape(len(data.y_eval), -1) - \
-            np.asarray(data.y_eval, np.float64).reshape(len(data.y_eval), -1)
-        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
-    return {"accuracy": accuracy(outputs, data.y_eval)}
 
 
 def _train_builtin(name: str, data: Dataset) -> Callable[[Path], None]:
@@ -159,41 +129,29 @@ def _train_builtin(name: str, data: Dataset) -> Callable[[Path], None]:
     return build
 
 
-def save(model, data: Dataset, out: Path, **extra: Any) -> None:
-    """Write a model directory: model.keras, its eval outputs (reference.npy) and meta.json."""
-    model.save(out / "model.keras")
-    reference = model.predict(data.x_eval, batch_size=256, verbose=0).astype(np.float32)
-    np.save(out / "reference.npy", reference)
-    meta = {
-        **quality(reference, data),
-        "task": data.task,
-        "input_shape": list(data.input_shape),
-        "params": int(model.count_params()),
-        "name": model.name,
-        **extra,
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-
-
-def resolve(spec: str, data: Dataset, trust_model_code: bool = False) -> ModelRef:
+def resolve(spec: str, data: Dataset, trust_model_code: bool = False,
+            output: str | int = 0) -> ModelRef:
     """Find (or train, once) the builtin model ``spec``, or load the user model file ``spec``.
 
     ``trust_model_code`` lets a ``.keras`` file with Python code in it (a ``Lambda`` layer) be
     deserialised; without it such a model is refused, since loading it runs arbitrary code.
+    ``output`` (name or index) chooses the scored output of a model with several.
     """
     if spec in BUILTIN:
+        if output not in (0, "0"):
+            raise ModelError(f"output: the builtin model {spec} has one output (index 0), "
+                             f"got {output!r}")
         k = cache.key("builtin", spec, RECIPE_VERSION, TRAIN_SEED, data.key, data.task,
-                      cache.versions(*TF_PACKAGES))
+                      cache.versions(*TF_PACKAGES), *([MODEL_RECIPES[spec]] if spec in MODEL_RECIPES else []))
         d = cache.entry("models", k, _train_builtin(spec, data))
         name = spec
     elif Path(spec).suffix in (".keras", ".onnx", ".h5") or Path(spec).is_dir() or "/" in spec:
-        from workbench import usermodel
-
-        path = Path(spec)
+        path = Path(spec).absolute()  # cache builders run in a scratch working directory
         fmt = usermodel.detect(path)
         k = cache.key("user", usermodel.RECIPE, fmt, file_hash(path), data.key, data.task,
-                      cache.versions(*usermodel.PACKAGES[fmt]))
-        d = cache.entry("models", k, lambda out: usermodel.build(path, fmt, data, out, trust_model_code))
+                      str(output), cache.versions(*usermodel.PACKAGES[fmt]))
+        d = cache.entry("models", k, lambda out: usermodel.build(path, fmt, data, out, trust_model_code,
+                                                                 output))
         name = path.name
     else:
         raise ModelError(f"model: unknown model {spec!r} (builtin: {', '.join(BUILTIN)}; or a path "
@@ -202,7 +160,6 @@ def resolve(spec: str, data: Dataset, trust_model_code: bool = False) -> ModelRe
     if meta.get("unsafe") and not trust_model_code:
         raise ModelError(f"{spec}: {meta['unsafe']}; refusing to load it "
                          "(set trust_model_code: true in the experiment if you trust this file)")
-    if tuple(meta["input_shape"]) != data.input_shape:
-        raise DataError(f"model {name} expects inputs of shape {tuple(meta['input_shape'])} "
-                        f"but data {data.name} has {data.input_shape}")
-    return ModelRef(name, k, d, meta)
+    ref = ModelRef(name, k, d, meta)
+    usermodel.check_inputs(name, ref.inputs, data)
+    return ref

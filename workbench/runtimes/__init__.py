@@ -69,8 +69,10 @@ class Runtime:
 
     def bundle_loader(self, artifact: str) -> str:
         """The body of ``predict.py``'s ``load()``: open ``HERE / artifact`` with the dict
-        ``OPTIONS`` (= :meth:`session_options`) and return a function batch -> outputs. It may
-        import only this runtime's own packages and numpy."""
+        ``OPTIONS`` (= :meth:`session_options`) and return a function batch -> outputs, the
+        batch being one array or a dict of named arrays (match them to the model's inputs with
+        ``by_runtime_names(x, names)``, which predict.py has). It may import only this
+        runtime's own packages and numpy."""
         raise NotImplementedError
 
     def check_provider(self, params) -> str:

@@ -12,8 +12,8 @@ The input is resized to the trial's batch size (``resize_tensor_input`` + ``allo
 once at load, and again only when a batch of another size arrives (the last, partial batch of
 the eval split), never inside the timed loop.
 
-Callers always pass float32 and get float32 back: for a fully integer model (int8/uint8 input
-or output tensors) the session quantizes the batch with the input tensor's scale/zero point and
+Callers pass their inputs as they are (float32, or integer token ids) and get float32 back: for
+a fully integer model (int8/uint8 input or output tensors) the session quantizes a float batch with the input tensor's scale/zero point and
 dequantizes the output, as a deployed service would have to.
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 from workbench.errors import TrialPruned, first_line
 from workbench.runtimes import Runtime, register
 from workbench.parameters import CPU_ALIASES
+from workbench.inputs import by_runtime_names
 
 
 def delegated_ops(interpreter) -> tuple[int, int]:
@@ -48,7 +49,8 @@ class LitertSession:
                                                                              options["op_resolver"]))
         except (ValueError, RuntimeError) as err:
             raise TrialPruned(f"litert cannot load this artifact: {first_line(err)}") from None
-        self._in = self._interp.get_input_details()[0]
+        self._ins = self._interp.get_input_details()
+        self._names = [d["name"] for d in self._ins]
         self._out = self._interp.get_output_details()[0]
         self._batch = None
         self._resize(params.batch_size)
@@ -61,20 +63,24 @@ class LitertSession:
         self.options = {**options, "delegate_nodes": delegates, "undelegated_ops": others}
 
     def _resize(self, n: int) -> None:
-        shape = list(self._in["shape"])
-        shape[0] = n
         try:
-            self._interp.resize_tensor_input(self._in["index"], shape, strict=False)
+            for d in self._ins:
+                shape = list(d["shape"])
+                shape[0] = n
+                self._interp.resize_tensor_input(d["index"], shape, strict=False)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise TrialPruned(f"litert cannot run this model at batch size {n}: "
                               f"{first_line(err)}") from None
         self._batch = n
 
-    def _quantize(self, batch: np.ndarray) -> np.ndarray:
-        dtype = self._in["dtype"]
-        if dtype in (np.int8, np.uint8):
-            scale, zero = self._in["quantization"]
+    @staticmethod
+    def _quantize(detail: dict, batch: np.ndarray) -> np.ndarray:
+        """A float batch quantized for an int8/uint8 input; integer inputs (token ids) are fed
+        as they are (cast to the tensor's integer type), never quantized."""
+        dtype = detail["dtype"]
+        if dtype in (np.int8, np.uint8) and np.issubdtype(batch.dtype, np.floating):
+            scale, zero = detail["quantization"]
             info = np.iinfo(dtype)
             return np.clip(np.round(batch / scale + zero), info.min, info.max).astype(dtype)
         return batch.astype(dtype, copy=False)
@@ -85,10 +91,13 @@ class LitertSession:
             return ((out.astype(np.float32) - zero) * scale).astype(np.float32)
         return out.astype(np.float32, copy=False)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if batch.shape[0] != self._batch:
-            self._resize(batch.shape[0])
-        self._interp.set_tensor(self._in["index"], self._quantize(batch))
+    def run(self, batch) -> np.ndarray:
+        """``batch``: one array, or a dict of named arrays for a model with several inputs."""
+        arrays = by_runtime_names(batch, self._names)
+        if arrays[0].shape[0] != self._batch:
+            self._resize(arrays[0].shape[0])
+        for detail, x in zip(self._ins, arrays):
+            self._interp.set_tensor(detail["index"], self._quantize(detail, x))
         self._interp.invoke()
         return self._dequantize(self._interp.get_tensor(self._out["index"]))
 
@@ -120,19 +129,23 @@ class LitertRuntime(Runtime):
 
     interp = Interpreter(model_path=str(HERE / "{artifact}"), num_threads=OPTIONS["num_threads"],
                          experimental_op_resolver_type=getattr(OpResolverType, OPTIONS["op_resolver"]))
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    ins, out = interp.get_input_details(), interp.get_output_details()[0]
+    names = [d["name"] for d in ins]
     state = {{"n": None}}
 
     def run(x):
-        if x.shape[0] != state["n"]:
-            interp.resize_tensor_input(inp["index"], [x.shape[0], *inp["shape"][1:]], strict=False)
+        arrays = by_runtime_names(x, names)
+        if arrays[0].shape[0] != state["n"]:
+            for d in ins:
+                interp.resize_tensor_input(d["index"], [arrays[0].shape[0], *d["shape"][1:]], strict=False)
             interp.allocate_tensors()
-            state["n"] = x.shape[0]
-        if inp["dtype"] in (np.int8, np.uint8):  # a fully integer model: quantize the input
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], x.astype(inp["dtype"], copy=False))
+            state["n"] = arrays[0].shape[0]
+        for d, a in zip(ins, arrays):
+            if d["dtype"] in (np.int8, np.uint8) and np.issubdtype(a.dtype, np.floating):
+                scale, zero = d["quantization"]  # a fully integer model: quantize a float input
+                info = np.iinfo(d["dtype"])
+                a = np.clip(np.round(a / scale + zero), info.min, info.max)
+            interp.set_tensor(d["index"], a.astype(d["dtype"], copy=False))
         interp.invoke()
         y = interp.get_tensor(out["index"])
         if out["dtype"] in (np.int8, np.uint8):

@@ -22,6 +22,7 @@ import numpy as np
 from workbench.errors import TrialPruned
 from workbench.runtimes import Runtime, first_line, register
 from workbench.parameters import CPU_ALIASES, Parameter
+from workbench.inputs import by_runtime_names
 
 DEVICES = ("CPU", "GPU", "NPU")
 
@@ -62,13 +63,15 @@ class OpenvinoSession:
             raise TrialPruned(f"the model's batch dimension is fixed to {batch_dim.get_length()} "
                               f"(asked batch_size={params.batch_size})")
         self._req = compiled.create_infer_request()
+        self._inputs = [i.get_any_name() for i in compiled.inputs]
         self.providers = [f"openvino:{device}"]
         # what OpenVINO actually chose (the hint decides streams and threads unless overridden)
         self.options = {k: str(compiled.get_property(k)) for k in
                         ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")}
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        self._req.infer({0: batch})
+    def run(self, batch) -> np.ndarray:
+        """``batch``: one array, or a dict of named arrays for a model with several inputs."""
+        self._req.infer(dict(enumerate(by_runtime_names(batch, self._inputs))))
         return self._req.get_output_tensor(0).data.copy()
 
     def close(self) -> None:
@@ -107,9 +110,10 @@ class OpenvinoRuntime(Runtime):
     core = ov.Core()
     compiled = core.compile_model(str(HERE / "{artifact}"), OPTIONS["device"], OPTIONS["config"])
     req = compiled.create_infer_request()
+    names = [i.get_any_name() for i in compiled.inputs]
 
     def run(x):
-        req.infer({{0: x}})
+        req.infer(dict(enumerate(by_runtime_names(x, names))))
         return req.get_output_tensor(0).data.copy()
     return run'''
 

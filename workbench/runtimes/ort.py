@@ -17,6 +17,7 @@ import numpy as np
 from workbench.errors import TrialPruned, first_line
 from workbench.runtimes import Runtime, register
 from workbench.parameters import CPU_ALIASES, Parameter
+from workbench.inputs import by_runtime_names
 
 GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
                       "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
@@ -86,11 +87,12 @@ class OrtSession:
         if fixed is not None and fixed != params.batch_size:
             raise TrialPruned(f"the model's batch dimension is fixed to {fixed} "
                               f"(asked batch_size={params.batch_size})")
-        self._input = inp.name
+        self._inputs = [i.name for i in self._sess.get_inputs()]
         self._outputs = [self._sess.get_outputs()[0].name]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._sess.run(self._outputs, {self._input: batch})[0]
+    def run(self, batch) -> np.ndarray:
+        """``batch``: one array, or a dict of named arrays for a model with several inputs."""
+        return self._sess.run(self._outputs, dict(zip(self._inputs, by_runtime_names(batch, self._inputs))))[0]
 
     def close(self) -> None:
         del self._sess
@@ -135,9 +137,9 @@ class OnnxRuntime(Runtime):
     sess = ort.InferenceSession(str(HERE / "{artifact}"), sess_options=opts, providers=OPTIONS["providers"])
     if sess.get_providers()[0] != OPTIONS["providers"][0]:
         raise SystemExit(f"onnxruntime activated {{sess.get_providers()}}, not {{OPTIONS['providers']}}")
-    name = sess.get_inputs()[0].name
+    names = [i.name for i in sess.get_inputs()]
     output = sess.get_outputs()[0].name
-    return lambda x: sess.run([output], {{name: x}})[0]'''
+    return lambda x: sess.run([output], dict(zip(names, by_runtime_names(x, names))))[0]'''
 
     def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
         info = super().doctor(context)

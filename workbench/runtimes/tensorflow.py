@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import TrialPruned
+from workbench.inputs import by_runtime_names
 from workbench.runtimes import Runtime, register
 
 
@@ -61,22 +62,28 @@ class TensorflowSession:
         if Path(path).is_dir():  # SavedModel
             from workbench.usermodel import saved_model_signature
 
-            self._loaded, sig, in_name, out_name = saved_model_signature(Path(path))
-            spec = sig.structured_input_signature[1][in_name]
-            self._fn = tf.function(lambda x: sig(**{in_name: x})[out_name],
-                                   input_signature=(tf.TensorSpec(spec.shape, tf.float32),))
+            self._loaded, sig, in_names, out_name = saved_model_signature(Path(path), options["output"])
+            self._names = [in_names] if isinstance(in_names, str) else list(in_names)
+            specs = sig.structured_input_signature[1]
+            self._fn = tf.function(lambda *xs: sig(**dict(zip(self._names, xs)))[out_name],
+                                   input_signature=tuple(tf.TensorSpec(specs[n].shape, specs[n].dtype)
+                                                         for n in self._names))
         else:
             import keras
 
             model = keras.saving.load_model(path, safe_mode=options["safe_mode"])
-            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-            self._fn = tf.function(lambda x: model(x, training=False), input_signature=(spec,))
+            self._names = [t.name for t in model.inputs]
+            spec = tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs)
+            self._fn = tf.function(
+                lambda *xs: model(dict(zip(self._names, xs)) if len(xs) > 1 else xs[0], training=False),
+                input_signature=spec)
         self._fn.get_concrete_function()
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.providers = ["tensorflow:CPU"]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._fn(batch).numpy()
+    def run(self, batch) -> np.ndarray:
+        """``batch``: one array, or a dict of named arrays for a model with several inputs."""
+        return self._fn(*by_runtime_names(batch, self._names)).numpy()
 
     def close(self) -> None:
         del self._fn
@@ -97,7 +104,8 @@ class TensorflowRuntime(Runtime):
 
     def session_options(self, params) -> dict[str, Any]:
         return {"device": self.check_provider(params), "intra_op_parallelism_threads": params.threads,
-                "inter_op_parallelism_threads": 1, "safe_mode": not params.trust_model_code}
+                "inter_op_parallelism_threads": 1, "safe_mode": not params.trust_model_code,
+                "output": params.output}
 
     def open_session(self, path: Path, params) -> TensorflowSession:
         return TensorflowSession(path, params, self.session_options(params))
@@ -108,20 +116,24 @@ class TensorflowRuntime(Runtime):
     tf.config.threading.set_intra_op_parallelism_threads(OPTIONS["intra_op_parallelism_threads"])
     tf.config.threading.set_inter_op_parallelism_threads(OPTIONS["inter_op_parallelism_threads"])
     path = HERE / "{artifact}"
-    if path.is_dir():  # SavedModel: its serving_default signature
+    if path.is_dir():  # SavedModel: its serving_default signature, the trial's scored output
         loaded = tf.saved_model.load(str(path))
         sig = loaded.signatures["serving_default"]
-        (in_name, spec), = sig.structured_input_signature[1].items()
-        out_name, = sig.structured_outputs
-        fn = tf.function(lambda x: sig(**{{in_name: x}})[out_name],
-                         input_signature=(tf.TensorSpec(spec.shape, tf.float32),))
+        specs = sig.structured_input_signature[1]
+        names = list(specs)
+        out = OPTIONS["output"]
+        out_name = out if isinstance(out, str) else sorted(sig.structured_outputs)[out]
+        fn = tf.function(lambda *xs: sig(**dict(zip(names, xs)))[out_name],
+                         input_signature=tuple(tf.TensorSpec(specs[n].shape, specs[n].dtype) for n in names))
+        fn._keep_alive = loaded  # the signature's variables live as long as the function
     else:
         import keras
 
         model = keras.saving.load_model(path, safe_mode=OPTIONS["safe_mode"])
-        fn = tf.function(lambda x: model(x, training=False),
-                         input_signature=(tf.TensorSpec((None, *model.input_shape[1:]), tf.float32),))
-    return lambda x: fn(x).numpy()'''
+        names = [t.name for t in model.inputs]
+        fn = tf.function(lambda *xs: model(dict(zip(names, xs)) if len(xs) > 1 else xs[0], training=False),
+                         input_signature=tuple(tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in model.inputs))
+    return lambda x: fn(*by_runtime_names(x, names)).numpy()'''
 
     def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
         from workbench.cache import versions

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -131,12 +130,13 @@ class Engine:
         return ""
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM the process group (the server drains), SIGKILL it after ``timeout``."""
+        """SIGTERM the server (it drains, then stops its instance processes), SIGKILL its whole
+        process group after ``timeout`` and in any case once it is gone."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             with _suppress():
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -178,3 +178,22 @@ def engine(name: str, bundle: str | Path, options: ServeOptions) -> Engine:
     module, cls = ENGINES[name].split(":")
     return getattr(importlib.import_module(module), cls)(bundle, options)
 
+
+def watch_parent(pid: int) -> None:
+    """SIGTERM this process (a graceful drain) once process ``pid`` is gone: a server whose
+    sweep or CLI was SIGKILLed must not be left behind. Standard library only, so the
+    kserve engine's own environment can use it too."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass
+
+    threading.Thread(target=loop, daemon=True, name="parent-watch").start()

@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -25,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from workbench.serve import protocol
+from workbench.serve import protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
 
@@ -60,7 +57,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         first = bundle.session(opts.threads)
-        sample = np.zeros((1, *bundle.sample_shape), np.float32)
+        sample = bundle.zeros(1)
         y = np.asarray(first.run(sample))
         kind = opts.instance_kind
         if kind == "auto":
@@ -103,7 +100,8 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
         p = bundle.params
         return JSONResponse({
             "name": opts.name, "versions": ["1"], "platform": f"{p.runtime}_{bundle.artifact.format}",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *bundle.sample_shape]}],
+            "inputs": [{"name": name or "input", "datatype": protocol.datatype_of(np.dtype(dtype)),
+                        "shape": [-1, *shape]} for name, shape, dtype in bundle.inputs],
             "outputs": [{"name": "output", "datatype": state.get("output_dtype", "FP32"),
                          "shape": [-1, *state.get("output_shape", [])]}],
             "parameters": {"engine": "builtin", "max_batch_size": opts.max_batch_size,
@@ -139,7 +137,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             x, header = protocol.parse(bytes(body), headers.get("content-type", ""), headers,
-                                       bundle.sample_shape, MAX_ROWS)
+                                       bundle.inputs, MAX_ROWS)
         except protocol.BadRequest as err:
             return _error(400, str(err))
         try:
@@ -162,21 +160,6 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _watch_parent(pid: int) -> None:
-    """SIGTERM ourselves (a graceful drain) once ``pid`` is gone."""
-    def loop():
-        while True:
-            time.sleep(0.5)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            except PermissionError:
-                pass
-    threading.Thread(target=loop, daemon=True, name="parent-watch").start()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="workbench.serve.app", description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
@@ -195,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     if args.parent_pid:
-        _watch_parent(args.parent_pid)
+        watch_parent(args.parent_pid)
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
                             log_level="warning", access_log=False, timeout_graceful_shutdown=30,
                             backlog=2048, timeout_keep_alive=30)

@@ -1,10 +1,10 @@
 """A bundle opened for serving: the session exactly as the trial measured it, plus what the
-Open Inference Protocol's model metadata needs (input shape, datatype).
+Open Inference Protocol's model metadata needs (input names, shapes, datatypes).
 
 A bundle is a directory written by ``workbench export``: ``config.json`` holds the trial's
-parameters (runtime, provider, threads, session options), the artifact sits beside it. The
-session is re-created through :func:`workbench.runtimes.load`, the same call the trial used,
-so what is served is what was measured.
+parameters (runtime, provider, threads, session options), ``bundle.json`` names the artifact
+beside it. The session is re-created through :func:`workbench.runtimes.load`, the same call the
+trial used, so what is served is what was measured.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 
-ARTIFACT_NAMES = {"model.onnx": "onnx", "model.keras": "keras", "model.tflite": "tflite",
-                  "saved_model": "savedmodel"}
+SUFFIXES = (".onnx", ".tflite", ".keras", ".xml")
 
 
 class BundleError(WorkbenchError):
@@ -31,7 +30,17 @@ class Bundle:
     path: Path
     params: Any  # workbench.params.TrialParams
     artifact: Any  # workbench.variants.Artifact
-    sample_shape: tuple[int, ...]
+    inputs: list[tuple[str | None, tuple[int, ...], str]]  # (name, sample shape, dtype): inputs.specs
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.inputs[0][1]
+
+    def zeros(self, n: int = 1):
+        """``n`` rows of zeros in the model's input form (an array, or a dict by input name)."""
+        if len(self.inputs) == 1 and self.inputs[0][0] is None:
+            return np.zeros((n, *self.inputs[0][1]), self.inputs[0][2])
+        return {name: np.zeros((n, *shape), dtype) for name, shape, dtype in self.inputs}
 
     def session(self, threads: int | None = None):
         """A fresh session of the bundle's artifact (``threads`` overrides the intra-op threads)."""
@@ -41,15 +50,16 @@ class Bundle:
         return runtimes.load(params, self.artifact)
 
 
-def _artifact_file(path: Path, metrics: dict[str, Any]) -> tuple[Path, str]:
-    fmt = metrics.get("artifact_format")
-    for name, kind in ARTIFACT_NAMES.items():
-        if (path / name).exists():
-            return path / name, fmt or kind
-    for child in sorted(path.iterdir()):
-        if child.suffix in (".onnx", ".tflite", ".keras"):
-            return child, fmt or child.suffix[1:]
-    raise BundleError(f"{path}: no model file in the bundle (expected one of {', '.join(ARTIFACT_NAMES)})")
+def _artifact(path: Path, info: dict[str, Any]) -> Path:
+    """The bundle's model file (named in ``bundle.json``; else the one ``model.*`` beside it)."""
+    if info.get("artifact"):
+        if not (path / info["artifact"]).exists():
+            raise BundleError(f"{path / 'bundle.json'}: its artifact {info['artifact']} is missing")
+        return path / info["artifact"]
+    found = sorted(p for p in path.iterdir() if p.name.startswith("model") and p.suffix in SUFFIXES)
+    if not found:
+        raise BundleError(f"{path}: no model file in the bundle (model.onnx, model.tflite, model.keras)")
+    return found[0]
 
 
 def open_bundle(path: str | Path) -> Bundle:
@@ -60,43 +70,50 @@ def open_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BundleError(f"{path}: not a bundle (no config.json; write one with `workbench export`)")
+    config, info = _json(path / "config.json"), {}
+    if (path / "bundle.json").is_file():
+        info = _json(path / "bundle.json")
+    params = TrialParams.parse(config)
+    file = _artifact(path, info)
+    fmt = "savedmodel" if file.is_dir() else file.suffix.lstrip(".")
+    artifact = Artifact(file, fmt, "bundle", ())
+    specs = info.get("inputs") or _input_specs(path, params)
+    return Bundle(path, params, artifact, [(n, tuple(int(d) for d in shape), str(dt)) for n, shape, dt in specs])
+
+
+def _json(path: Path) -> dict[str, Any]:
     try:
-        config = json.loads((path / "config.json").read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise BundleError(f"{path / 'config.json'}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    metrics = {}
-    if (path / "metrics.json").is_file():
-        metrics = json.loads((path / "metrics.json").read_text())
-    known = set(TrialParams.model_fields)
-    params = TrialParams.parse({k: v for k, v in config.items() if k in known})
-    file, fmt = _artifact_file(path, metrics)
-    artifact = Artifact(file, fmt, "bundle", tuple(metrics.get("transforms", ())))
-    shape = config.get("input_shape") or metrics.get("input_shape")
-    if shape is None:
-        shape = _sample_shape(path, params)
-    return Bundle(path, params, artifact, tuple(int(s) for s in shape))
+        raise BundleError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
-def _sample_shape(path: Path, params) -> tuple[int, ...]:
-    """One sample's shape: from the bundle's sample input, else from the data set."""
-    sample = path / "sample_input.npy"
-    if sample.is_file():
-        return tuple(np.load(sample, mmap_mode="r").shape[1:])
+def _input_specs(path: Path, params) -> list:
+    """The model's inputs: from the data set the trial used (a single-input bundle without it:
+    from its sample input)."""
     from workbench import data as data_mod
 
-    return data_mod.load(params.data, params.task).input_shape
+    try:
+        return data_mod.load(params.data, params.task).inputs
+    except WorkbenchError:
+        if (path / "sample_input.npz").is_file():  # several named inputs
+            with np.load(path / "sample_input.npz") as z:
+                return [(k, tuple(z[k].shape[1:]), str(z[k].dtype)) for k in z.files]
+        if not (path / "sample_input.npy").is_file():
+            raise
+        x = np.load(path / "sample_input.npy", mmap_mode="r")
+        return [(None, tuple(x.shape[1:]), str(x.dtype))]
 
 
-def write_bundle(params, artifact, out: Path, sample_shape: tuple[int, ...]) -> Path:
-    """A minimal bundle for a server trial: the trial's parameters and a link to its artifact."""
+def write_bundle(params, artifact, out: Path, inputs: list) -> Path:
+    """A minimal bundle for a server trial: the trial's parameters and a link to its artifact
+    (``workbench export`` writes the full one; both are read by :func:`open_bundle`)."""
     out.mkdir(parents=True, exist_ok=True)
-    config = {**params.model_dump(), "input_shape": list(sample_shape)}
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (out / "metrics.json").write_text(json.dumps({"artifact_format": artifact.format,
-                                                  "transforms": list(artifact.transforms)}))
-    name = {"onnx": "model.onnx", "keras": "model.keras", "tflite": "model.tflite",
-            "savedmodel": "saved_model"}.get(artifact.format, artifact.path.name)
-    link = out / name
-    if not link.exists():
-        link.symlink_to(Path(artifact.path).resolve())
+    src = Path(artifact.path).resolve()
+    name = src.name if src.is_dir() else f"model{src.suffix}"
+    (out / "config.json").write_text(json.dumps(params.model_dump(), indent=2, sort_keys=True))
+    (out / "bundle.json").write_text(json.dumps({"runtime": params.runtime, "artifact": name,
+                                                 "inputs": [[n, list(s), d] for n, s, d in inputs]}, indent=2))
+    if not (out / name).exists():
+        (out / name).symlink_to(src)
     return out

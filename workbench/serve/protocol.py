@@ -2,7 +2,8 @@
 
 Three request bodies are understood:
 
-* JSON tensors: ``{"inputs": [{"name", "shape", "datatype": "FP32", "data": [...]}]}``;
+* JSON tensors: ``{"inputs": [{"name", "shape", "datatype": "FP32", "data": [...]}]}`` (one per
+  model input; several are matched by name);
 * the v2 binary-data extension: header ``Inference-Header-Content-Length: N``, the first N
   bytes are the JSON header (the input carries ``"parameters": {"binary_data_size": k}``), the
   raw little-endian tensor bytes follow;
@@ -37,26 +38,64 @@ def datatype_of(dtype: np.dtype) -> str:
     return "BYTES"
 
 
-def _check(x: np.ndarray, sample_shape: tuple[int, ...], max_rows: int) -> np.ndarray:
-    if x.dtype != np.float32:
-        raise BadRequest(f"datatype {datatype_of(x.dtype)} is not accepted: the model input is FP32")
+Spec = tuple  # (name or None, sample shape, numpy dtype name): workbench.inputs.specs
+
+
+def _check(x: np.ndarray, spec: Spec, max_rows: int, what: str) -> np.ndarray:
+    name, sample_shape, dtype = spec
+    if x.dtype != np.dtype(dtype):
+        raise BadRequest(f"{what}: datatype {datatype_of(x.dtype)} is not accepted: the model input is "
+                         f"{datatype_of(np.dtype(dtype))}")
     if x.shape[1:] != tuple(sample_shape) or x.ndim != len(sample_shape) + 1:
-        expected = [-1, *sample_shape]
-        raise BadRequest(f"input shape {list(x.shape)} does not match the model's {expected}")
+        raise BadRequest(f"{what}: shape {list(x.shape)} does not match the model's {[-1, *sample_shape]}")
     if not 1 <= x.shape[0] <= max_rows:
-        raise BadRequest(f"input batch of {x.shape[0]} rows: must be 1..{max_rows}")
+        raise BadRequest(f"{what}: batch of {x.shape[0]} rows: must be 1..{max_rows}")
     return np.ascontiguousarray(x)
 
 
-def parse(body: bytes, content_type: str, headers: dict[str, str], sample_shape: tuple[int, ...],
-          max_rows: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """The input batch of a request and its JSON header (``{}`` for ``.npy`` bodies)."""
+def _tensor(tensor: Any, i: int, raw: bytes, at: int) -> tuple[str | None, np.ndarray, int]:
+    """One JSON (or binary-data) input tensor; returns its name, array and the raw bytes used."""
+    if not isinstance(tensor, dict):
+        raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
+    shape, datatype = tensor.get("shape"), tensor.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise BadRequest(f"inputs[{i}].shape must be a list of non-negative integers")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"inputs[{i}].datatype {datatype!r} is not a v2 numeric datatype")
+    dtype = np.dtype(DATATYPES[datatype])
+    size = int(np.prod(shape)) if shape else 1
+    params = tensor.get("parameters") or {}
+    if "binary_data_size" in params:
+        n = params["binary_data_size"]
+        if not isinstance(n, int) or n != size * dtype.itemsize or at + n > len(raw):
+            raise BadRequest(f"inputs[{i}]: binary_data_size {n!r} does not hold shape {shape} of {datatype} "
+                             f"in the {len(raw) - at} bytes left")
+        x = np.frombuffer(raw[at:at + n], dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+        return tensor.get("name"), x, n
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise BadRequest(f"inputs[{i}].data must be a list")
+    try:
+        x = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"inputs[{i}].data is not a list of {datatype} values") from None
+    if x.size != size:
+        raise BadRequest(f"inputs[{i}].data has {x.size} values but shape {shape} needs {size}")
+    return tensor.get("name"), x.reshape(shape), 0
+
+
+def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[Spec],
+          max_rows: int) -> tuple[Any, dict[str, Any]]:
+    """The model inputs of a request (one array; a dict by name for a model with several) and
+    its JSON header (``{"binary": "npy"}`` for ``.npy`` bodies)."""
     if content_type.split(";")[0].strip().lower() == NPY and HEADER_LENGTH not in headers:
+        if len(specs) != 1:
+            raise BadRequest(f"a .npy body holds one array; the model has {len(specs)} inputs (send JSON)")
         try:
             x = np.load(io.BytesIO(body), allow_pickle=False)
         except Exception as err:  # noqa: BLE001 - numpy raises several kinds for a bad file
             raise BadRequest(f"body is not a .npy array ({type(err).__name__})") from None
-        return _check(x, sample_shape, max_rows), {"binary": "npy"}
+        return _check(x, specs[0], max_rows, "input"), {"binary": "npy"}
     raw = b""
     if HEADER_LENGTH in headers:
         try:
@@ -70,35 +109,28 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], sample_shape:
         header = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadRequest(f"body is not valid JSON ({getattr(err, 'msg', type(err).__name__)})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
-        raise BadRequest('body must be {"inputs": [one tensor]}')
-    tensor = header["inputs"][0]
-    if not isinstance(tensor, dict):
-        raise BadRequest("inputs[0] must be an object with name, shape, datatype and data")
-    shape, datatype = tensor.get("shape"), tensor.get("datatype")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise BadRequest("inputs[0].shape must be a list of non-negative integers")
-    if datatype not in DATATYPES:
-        raise BadRequest(f"inputs[0].datatype {datatype!r} is not a v2 numeric datatype")
-    dtype = np.dtype(DATATYPES[datatype])
-    size = int(np.prod(shape)) if shape else 1
-    params = tensor.get("parameters") or {}
-    if "binary_data_size" in params:
-        if params["binary_data_size"] != len(raw) or len(raw) != size * dtype.itemsize:
-            raise BadRequest(f"binary input of {len(raw)} bytes does not hold shape {shape} of {datatype}")
-        x = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    else:
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise BadRequest("inputs[0].data must be a list")
-        try:
-            x = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError):
-            raise BadRequest(f"inputs[0].data is not a list of {datatype} numbers") from None
-        if x.size != size:
-            raise BadRequest(f"inputs[0].data has {x.size} values but shape {shape} needs {size}")
-        x = x.reshape(shape)
-    return _check(x, sample_shape, max_rows), header
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise BadRequest('body must be {"inputs": [tensors]}')
+    tensors = header["inputs"]
+    if len(tensors) != len(specs):
+        raise BadRequest(f"{len(tensors)} input tensors given; the model has {len(specs)}")
+    got, at = {}, 0
+    for i, t in enumerate(tensors):
+        name, x, used = _tensor(t, i, raw, at)
+        at += used
+        got[name if len(specs) > 1 else None] = x
+    if at != len(raw):
+        raise BadRequest(f"{len(raw) - at} bytes of binary data belong to no input")
+    if len(specs) == 1:
+        return _check(got[None], specs[0], max_rows, "input"), header
+    out = {}
+    for spec in specs:
+        if spec[0] not in got:
+            raise BadRequest(f"input {spec[0]!r} is missing (the model's inputs: {', '.join(s[0] for s in specs)})")
+        out[spec[0]] = _check(got[spec[0]], spec, max_rows, f"input {spec[0]!r}")
+    if len({len(v) for v in out.values()}) > 1:
+        raise BadRequest("the input tensors have different numbers of rows")
+    return out, header
 
 
 def wants_binary(header: dict[str, Any]) -> bool:
@@ -128,10 +160,12 @@ def encode(y: np.ndarray, header: dict[str, Any], model: str, output_name: str) 
     return json.dumps(answer, separators=(",", ":")).encode(), {"content-type": "application/json"}
 
 
-def request_json(x: np.ndarray, name: str = "input") -> bytes:
-    """A JSON inference request for batch ``x`` (what the load generator and tests send)."""
-    return json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype_of(x.dtype),
-                                   "data": x.reshape(-1).tolist()}]}, separators=(",", ":")).encode()
+def request_json(x: Any, name: str = "input") -> bytes:
+    """A JSON inference request for batch ``x`` (an array, or a dict of named arrays)."""
+    items = x.items() if isinstance(x, dict) else [(name, x)]
+    return json.dumps({"inputs": [{"name": k, "shape": list(v.shape), "datatype": datatype_of(v.dtype),
+                                   "data": v.reshape(-1).tolist()} for k, v in items]},
+                      separators=(",", ":")).encode()
 
 
 def request_npy(x: np.ndarray) -> bytes:

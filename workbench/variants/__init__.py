@@ -27,6 +27,7 @@ from workbench.zoo import ModelRef
 
 # The transforms shipped with workbench, in the order build() tries them.
 TRANSFORM_MODULES = [
+    "workbench.variants.distill",
     "workbench.variants.sparsity",
     "workbench.variants.native",
     "workbench.variants.tflite",

@@ -17,7 +17,7 @@ class Native(Transform):
     def apply(self, state, data, params, calibration_samples) -> Artifact:
         path = {"keras": lambda: state.keras_path, "savedmodel": lambda: state.saved_model_path,
                 "onnx": lambda: state.onnx_path}[state.format]()
-        return Artifact(path, state.format, state.key, ())
+        return Artifact(path, state.format, state.key, tuple(state.meta.get("transforms", ())))
 
 
 TRANSFORM = register(Native())

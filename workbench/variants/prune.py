@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import TrialPruned
+from workbench.inputs import rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -33,7 +34,10 @@ MAX_SPARSITY = 0.95
 SCOPES = ("global", "layer")
 FINETUNE_LR = 1e-3
 BATCH_SIZE = 32
-LOSS = "sparse_categorical_crossentropy"
+# The fine-tune loss per task: a regression model recovers on its own objective (MSE), never
+# on a classification loss that would be meaningless for real-valued targets.
+LOSSES = {"classification": "sparse_categorical_crossentropy", "regression": "mean_squared_error"}
+LOSS = LOSSES["classification"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,15 +80,16 @@ def _check_train_split(x_train, y_train, finetune_epochs: int) -> None:
     """Fine-tune needs labelled training data; a user .npz may have none."""
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be >= 0 (got {finetune_epochs})")
-    if finetune_epochs and (x_train is None or y_train is None or len(x_train) == 0):
+    if finetune_epochs and (x_train is None or y_train is None or rows(x_train) == 0):
         raise TrialPruned("pruning fine-tune needs a train split (x_train/y_train) in the data set")
 
 
-def _finetune(model, x_train, y_train, epochs: int, callbacks: list | None = None) -> None:
+def _finetune(model, x_train, y_train, epochs: int, callbacks: list | None = None,
+              loss: str = LOSS) -> None:
     """Short recovery training; deterministic because the caller seeded Keras beforehand."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(FINETUNE_LR), loss=LOSS)
+    model.compile(optimizer=keras.optimizers.Adam(FINETUNE_LR), loss=loss)
     model.fit(x_train, y_train, epochs=epochs, batch_size=BATCH_SIZE, shuffle=True, verbose=0,
               callbacks=callbacks or [])
 
@@ -137,7 +142,7 @@ def _apply_masks(layers: list, sparsity: float, scope: str) -> None:
 
 
 def prune_unstructured(model, x_train, y_train, sparsity: float, finetune_epochs: int = 2,
-                       scope: str = "global", seed: int = 0) -> "keras.Model":
+                       scope: str = "global", seed: int = 0, loss: str = LOSS) -> "keras.Model":
     """Magnitude pruning of Conv2D/Dense kernels (not biases) to `sparsity` (0..0.95).
     Sparsity is reached gradually over the fine-tune steps with the polynomial schedule
     s_t = s_final * (1 - (1 - t/T)^3) (Zhu & Gupta 2017), masks recomputed at each step from
@@ -170,7 +175,7 @@ def prune_unstructured(model, x_train, y_train, sparsity: float, finetune_epochs
         raise TrialPruned(f"model {model.name!r} has no Conv2D/Dense kernel to prune")
 
     if finetune_epochs:
-        total = finetune_epochs * math.ceil(len(x_train) / BATCH_SIZE)
+        total = finetune_epochs * math.ceil(rows(x_train) / BATCH_SIZE)
 
         class _Mask(keras.callbacks.Callback):
             """Advance the schedule and re-apply the mask after every optimizer step."""
@@ -183,7 +188,7 @@ def prune_unstructured(model, x_train, y_train, sparsity: float, finetune_epochs
                 self.step += 1
                 _apply_masks(layers, _polynomial_sparsity(sparsity, self.step, total), scope)
 
-        _finetune(work, x_train, y_train, finetune_epochs, [_Mask()])
+        _finetune(work, x_train, y_train, finetune_epochs, [_Mask()], loss=loss)
     # Bake the final mask (at t = T the schedule is already at `sparsity`; this also covers
     # the one-shot case) and hand back a fresh, uncompiled copy.
     _apply_masks(layers, sparsity, scope)
@@ -396,7 +401,7 @@ def _rebuild(model, input_shape: tuple[int, ...], steps: list[_Step]) -> "keras.
 
 
 def prune_channels(model, x_train, y_train, fraction: float, finetune_epochs: int = 2,
-                   seed: int = 0) -> "keras.Model":
+                   seed: int = 0, loss: str = LOSS) -> "keras.Model":
     """Structured pruning: remove `fraction` of the filters of every Conv2D and of the units of
     every hidden Dense layer (never the output layer), choosing those with the smallest L1 norm,
     then rebuild a smaller functional/Sequential Keras model with consistent shapes downstream
@@ -426,6 +431,6 @@ def prune_channels(model, x_train, y_train, fraction: float, finetune_epochs: in
     input_shape, steps = _plan(model, fraction)
     rebuilt = _rebuild(model, input_shape, steps)
     if finetune_epochs:
-        _finetune(rebuilt, x_train, y_train, finetune_epochs)
+        _finetune(rebuilt, x_train, y_train, finetune_epochs, loss=loss)
         rebuilt = _plain_copy(rebuilt)
     return rebuilt

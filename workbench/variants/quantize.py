@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from workbench import cache
+from workbench import inputs
 from workbench.data import Dataset
 from workbench.errors import TrialPruned
 from workbench.parameters import Parameter
@@ -52,7 +54,7 @@ def matmul_weight_share(model) -> float:
 def recipe(params, calibration_samples: int) -> dict[str, Any]:
     """The parameters that determine the quantized artifact (and nothing else)."""
     if params.bits == 16:
-        return {"bits": 16}
+        return {"bits": 16, "integer_inputs_kept": 1}  # recipe v2: index casts stay fp32
     if params.bits == 4:
         return {"bits": 4, "block_size": INT4_BLOCK_SIZE}
     if params.int8_mode == "dynamic":
@@ -87,9 +89,17 @@ def _fp16(src: Path, dst: Path) -> None:
     import onnx
     from onnxconverter_common import float16
 
+    model = onnx.load(str(src))
+    # Integer inputs (token ids) cast to float for index comparisons (an Embedding's bounds
+    # check) must stay float32: the converter would otherwise leave their constants mismatched.
+    to_float = [n.name for n in model.graph.node if n.op_type == "Cast" and
+                any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)]
+    compare = list(float16.DEFAULT_OP_BLOCK_LIST) + ["Less", "Greater", "LessOrEqual",
+                                                     "GreaterOrEqual", "Equal"]
     with warnings.catch_warnings():  # one warning per weight clipped to the fp16 range
         warnings.simplefilter("ignore", UserWarning)
-        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=compare,
+                                                 node_block_list=to_float)
     onnx.save(model, str(dst))
 
 
@@ -114,15 +124,16 @@ def _int4(src: Path, dst: Path, block_size: int) -> None:
 
 
 class _Calibration:
-    """Feeds the calibration split to the calibrator, one sample at a time."""
+    """Feeds the calibration split to the calibrator, one sample at a time, to every input of
+    the model (integer inputs such as token ids as they are: only float tensors are quantized)."""
 
-    def __init__(self, x: np.ndarray, input_name: str):
-        self._it = iter(x[i:i + 1] for i in range(len(x)))
-        self._name = input_name
+    def __init__(self, x: inputs.Inputs, input_names: list[str]):
+        x = inputs.cast_float32(x)
+        self._it = iter(dict(zip(input_names, inputs.by_runtime_names(inputs.take(x, i, i + 1), input_names)))
+                        for i in range(inputs.rows(x)))
 
     def get_next(self):
-        batch = next(self._it, None)
-        return None if batch is None else {self._name: batch.astype(np.float32)}
+        return next(self._it, None)
 
     def rewind(self) -> None:  # pragma: no cover - part of the reader interface
         pass
@@ -136,13 +147,24 @@ def _static(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[r["calibration"]]
-    x = data.x_calib[: r["samples"]]
-    input_name = onnx.load(str(src)).graph.input[0].name
+    x = data.take("calib", 0, r["samples"])
+    graph = onnx.load(str(src)).graph
+    weights = {t.name for t in graph.initializer}  # old exporters list weights as inputs too
+    input_names = [i.name for i in graph.input if i.name not in weights]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared))  # shape inference + fusions, as ORT advises
+        cwd = os.getcwd()
+        try:  # shape inference + fusions, as ORT advises
+            # in the temporary directory: when symbolic shape inference gives up (attention
+            # masks, for example) onnxruntime dumps its partial model into the current directory
+            os.chdir(tmp)
+            quant_pre_process(str(src), str(prepared))
+        except Exception:
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
         # U8 activations with S8 weights: onnxruntime's recommendation for x86 CPUs.
-        quantize_static(str(prepared), str(dst), _Calibration(x, input_name),
+        quantize_static(str(prepared), str(dst), _Calibration(x, input_names),
                         quant_format=QuantFormat.QDQ, per_channel=r["per_channel"],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method)

@@ -47,7 +47,7 @@ def pruned(model: ModelRef, data: Dataset, params) -> ModelRef:
         original = model.load_keras()
         fn = prune.prune_channels if params.prune_structure == "channels" else prune.prune_unstructured
         result = fn(original, data.x_train, data.y_train, params.sparsity, params.finetune_epochs,
-                    seed=params.seed)
+                    seed=params.seed, loss=prune.LOSSES[data.task])  # regression: MSE
         zoo.save(result, data, out, source_params=int(original.count_params()),
                  kernel_sparsity=prune.kernel_sparsity(result), pruning=recipe)
 

@@ -3,8 +3,9 @@
 - 32: fp32. 16: fp16 weights (dequantized to fp32 at load by the runtime).
 - 8 dynamic: dynamic-range int8 (int8 weights, float activations).
 - 8 static: full int8, activations calibrated with a representative dataset drawn from the
-  calibration split; int8 input and output tensors (the runtime session quantizes the float
-  batch with the input's scale and zero point, so callers always pass float32).
+  calibration split; int8 input and output tensors for float inputs (the runtime session
+  quantizes the float batch with the input's scale and zero point, so callers pass float32);
+  integer inputs (token ids, masks) stay integer. Several inputs are calibrated by name.
 - 4: not offered by the TFLite converter: the trial is pruned with that reason.
 
 Converted from a SavedModel export (``model.export``), the route LiteRT documents for Keras 3.
@@ -16,11 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from workbench import cache
+from workbench import cache, inputs
 from workbench.data import Dataset
-from workbench.errors import TrialPruned
+from workbench.errors import TrialPruned, first_line
 from workbench.variants import Artifact, Transform, register
 from workbench.variants.quantize import BITS, INT8_MODE
 from workbench.zoo import ModelRef
@@ -57,12 +56,32 @@ def convert(model: ModelRef, data: Dataset, out: Path, r: dict[str, Any]) -> Non
         elif r["bits"] == 8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             if r["mode"] == "full-int8":
-                x = data.x_calib[: r["samples"]].astype(np.float32)
-                converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+                converter.representative_dataset = _representative(data, r["samples"])
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                # float inputs become int8; integer inputs (token ids, masks) stay integer
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
-        out.write_bytes(converter.convert())
+        try:
+            flatbuffer = converter.convert()
+        except Exception as err:  # an op without an (int8) TFLite kernel, for example
+            text = str(err).strip()
+            line = next((ln for ln in text.splitlines() if "error" in ln.lower()),
+                        first_line(err))
+            raise TrialPruned(f"the TFLite converter refused this model ({describe(r)}): {line[:200]}") from None
+        out.write_bytes(flatbuffer)
+
+
+def _representative(data: Dataset, samples: int):
+    """Calibration samples one at a time: a list for one input, a dict by input name (the
+    SavedModel signature's names, which are the Keras input names) for several."""
+    x = inputs.cast_float32(data.take("calib", 0, samples))
+
+    def gen():
+        for i in range(inputs.rows(x)):
+            one = inputs.take(x, i, i + 1)
+            yield one if isinstance(one, dict) else [one]
+
+    return gen
 
 
 class TFLite(Transform):

@@ -1,0 +1,116 @@
+"""The load generator against the builtin server on loopback (bounded in time and count)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_serve import bundle, group_gone, session, start  # noqa: F401 - shared fixtures
+
+from workbench import load
+
+
+@pytest.fixture(scope="module")
+def slow_server(bundle, tmp_path_factory):  # noqa: F811
+    """Every lone request waits out a 50 ms batching delay: latencies have a known floor."""
+    eng = start(bundle, tmp_path_factory.mktemp("slow"), max_batch_size=64, max_queue_delay_ms=50)
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture
+def npz(tmp_path, digits):
+    path = tmp_path / "eval.npz"
+    np.savez(path, x_eval=digits.x_eval[:40], y_eval=digits.y_eval[:40])
+    return path
+
+
+def test_open_loop_counts_scores_and_measures_from_the_schedule(slow_server, npz, session, digits):  # noqa: F811
+    r = load.run(slow_server.infer_url, rate=40, duration=2.0, data=npz, seed=1)
+    assert r["mode"] == "open" and r["requests"] == r["answered"] > 0 and r["errors"] == {}
+    # Poisson arrivals: the count is random but seeded; 80 expected, far outside [30, 160] is a bug
+    assert 30 <= r["requests"] <= 160
+    # the first request of every batch waits out the 50 ms delay (a batch of 64 never fills here)
+    assert r["p99.9_ms"] >= 50.0
+    assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["p99.9_ms"]
+    offline = session.run(np.ascontiguousarray(digits.x_eval[:40])).argmax(-1)
+    n = r["samples_scored"]
+    assert r["answers_consistent"]
+    assert r["accuracy"] == pytest.approx(100.0 * np.mean(offline[:n] == digits.y_eval[:n]))
+    assert isinstance(r["valid"], bool) and "late_fraction" in r and "client_cpu" in r
+
+
+def test_closed_loop_and_errors_by_status(slow_server, npz):
+    r = load.run(slow_server.infer_url, concurrency=8, requests=40, data=npz)
+    assert r["mode"] == "closed" and r["answered"] == 40
+    wrong = slow_server.infer_url.replace("/model/", "/nope/")
+    r = load.run(wrong, concurrency=2, requests=6, data=npz)
+    assert r["answered"] == 0 and r["errors"] == {"404": 6} and r["error_fraction"] == 1.0
+
+
+def test_synthetic_payloads_from_the_model_metadata(slow_server):
+    items = load.payloads_for(slow_server.infer_url, seed=3)
+    assert items and all(p.index == -1 for p in items)
+    r = load.run(slow_server.infer_url, concurrency=4, requests=8, items=items)
+    assert r["answered"] == 8 and "accuracy" not in r
+
+
+def test_bad_arguments_are_one_line_errors(slow_server, tmp_path):
+    for kwargs in ({}, {"rate": 10, "concurrency": 2}, {"rate": -1, "duration": 1}, {"concurrency": 0, "requests": 1}):
+        with pytest.raises(load.LoadError):
+            load.run(slow_server.infer_url, **kwargs)
+    with pytest.raises(load.LoadError):
+        load.payloads_for(slow_server.infer_url, data=tmp_path / "missing.npz")
+
+
+def test_percentile_bound():
+    from workbench.serve.trial import min_requests
+
+    assert min_requests(99.0) == 459
+    assert min_requests(90.0) < min_requests(99.0) < min_requests(99.9)
+
+
+def test_cli_serve_and_load(bundle, npz, tmp_path):  # noqa: F811
+    """`workbench serve` in the foreground, `workbench load --json` against it, SIGTERM stops it."""
+    import signal
+    import subprocess
+
+    from workbench.serve import free_port
+
+    exe = str(Path(sys.executable).parent / "workbench")
+    port = free_port()
+    proc = subprocess.Popen([exe, "serve", str(bundle), "--port", str(port), "--max-batch-size", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in line, proc.stderr.read() if proc.poll() is not None else line
+        url = f"http://127.0.0.1:{port}/v2/models/model/infer"
+        out = subprocess.run([exe, "load", url, "--concurrency", "4", "--requests", "20", "--data", str(npz),
+                              "--json"], capture_output=True, text=True, timeout=120)
+        result = json.loads(out.stdout)
+        assert result["answered"] == 20, out.stderr
+        out = subprocess.run([exe, "load", url, "--rate", "20", "--duration", "0.5", "--binary"],
+                             capture_output=True, text=True, timeout=120)
+        assert "QPS" in out.stdout and "latency ms" in out.stdout, out.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert group_gone(proc.pid)
+    bad = subprocess.run([exe, "serve", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([exe, "load", "http://127.0.0.1:9/x/infer", "--rate", "5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_runs_where_an_event_loop_is_already_running(slow_server):
+    """As in a notebook kernel (papermill runs the server trial there)."""
+    import asyncio
+
+    async def inside():
+        return load.run(slow_server.infer_url, concurrency=2, requests=4)
+
+    assert asyncio.run(inside())["answered"] == 4

@@ -1,0 +1,101 @@
+"""The kserve engine: KServe's ModelServer in its own environment, and the InferenceService
+manifest that runs a bundle on Kubernetes (``workbench export --engine kserve``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from workbench.serve import Engine, EngineError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def python() -> Path:
+    """The kserve environment's interpreter: ``$WORKBENCH_KSERVE_PYTHON`` or ``.venv-kserve``."""
+    return Path(os.environ.get("WORKBENCH_KSERVE_PYTHON") or ROOT / ".venv-kserve" / "bin" / "python")
+
+
+def unavailable_reason() -> str | None:
+    if not python().exists():
+        return f"the kserve environment is missing ({python()}; `make setup` creates .venv-kserve)"
+    return None
+
+
+def available() -> bool:
+    return unavailable_reason() is None
+
+
+class KServeEngine(Engine):
+    name = "kserve"
+
+    def command(self) -> list[str]:
+        reason = unavailable_reason()
+        if reason:
+            raise EngineError(f"--engine kserve: {reason}")
+        o = self.options
+        cmd = [str(python()), "-m", "workbench.serve.kserve_main", str(self.bundle), "--host", o.host,
+               "--http_port", str(o.port), "--model_name", o.name, "--workers", "1"]
+        if o.threads:
+            cmd += ["--threads", str(o.threads)]
+        return cmd
+
+    def metrics(self) -> dict[str, float]:
+        return {}  # KServe's /metrics has its own names; the monitor reads CPU and RSS from the process
+
+
+MANIFEST = """# KServe InferenceService for this bundle (written by `workbench export --engine kserve`).
+# 1. Build an image with the workbench and .venv-kserve's packages (kserve 0.21, the runtime), e.g.
+#    FROM python:3.11-slim; pip install "kserve>=0.21,<0.22" {runtime_pkg}; COPY workbench /app/workbench
+# 2. Upload this bundle directory to STORAGE_URI; KServe's storage initializer mounts it on /mnt/models.
+# 3. kubectl apply -f inferenceservice.yaml; the endpoint speaks the same v2 protocol as `workbench serve`.
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: {name}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: {max_replicas}
+    containers:
+      - name: kserve-container
+        image: {image}
+        command: ["python", "-m", "workbench.serve.kserve_main", "/mnt/models",
+                  "--host", "0.0.0.0", "--http_port", "8080", "--model_name", "{name}", "--threads", "{threads}"]
+        env:
+          - name: STORAGE_URI
+            value: {storage_uri}
+          - name: PYTHONPATH
+            value: /app
+        ports:
+          - containerPort: 8080
+            protocol: TCP
+        readinessProbe:
+          httpGet:
+            path: /v2/models/{name}/ready
+            port: 8080
+        resources:
+          requests:
+            cpu: "{threads}"
+            memory: 512Mi
+          limits:
+            cpu: "{threads}"
+            memory: 1Gi
+"""
+
+RUNTIME_PACKAGES = {"onnxruntime": '"onnxruntime>=1.32,<1.33"', "openvino": '"openvino>=2026.4,<2026.5"',
+                    "litert": '"ai-edge-litert>=2.3,<2.4"', "tensorflow": '"tensorflow>=2.21,<2.22"'}
+
+
+def write_inferenceservice(bundle: str | Path, name: str = "model", image: str = "workbench-kserve:latest",
+                           storage_uri: str = "s3://YOUR-BUCKET/path/to/this/bundle", max_replicas: int = 4) -> Path:
+    """``inferenceservice.yaml`` in the bundle: how a user who outgrows one machine scales out."""
+    from workbench.serve.model import open_bundle
+
+    b = open_bundle(bundle)
+    k8s_name = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "model"
+    text = MANIFEST.format(name=k8s_name, image=image, storage_uri=storage_uri, max_replicas=max_replicas,
+                           threads=b.params.threads, runtime_pkg=RUNTIME_PACKAGES.get(b.params.runtime, ""))
+    path = Path(bundle) / "inferenceservice.yaml"
+    path.write_text(text)
+    return path
