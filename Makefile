@@ -45,6 +45,9 @@ bench: setup
 	$(BIN)/python benchmarks/runtimes.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/decision.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/distillation.py
 
 clean:
 	rm -rf $(VENV) $(KSERVE_VENV) experiments/runs .pytest_cache

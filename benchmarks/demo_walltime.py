@@ -32,7 +32,9 @@ def sweep_seconds(cache: Path, runs: Path, *options: str) -> float:
 
 
 def main() -> None:
-    exp = config.load(ROOT / "experiments" / "digits.yaml")
+    from workbench import space
+
+    exp = space.resolve(config.load(ROOT / "experiments" / "digits.yaml"))  # default n_trials
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cold = sweep_seconds(tmp / "cache", tmp / "runs-cold")
