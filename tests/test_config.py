@@ -150,3 +150,16 @@ def test_default_storage_follows_workers(tmp_path):
     (tmp_path / "study.db").touch()
     with pytest.raises(ConfigError, match="this study is in SQLite"):
         sweep.storage_url(exp, tmp_path, None, workers=2)
+
+
+@pytest.mark.parametrize("extra", [{}, {"scenario": "offline"}, {"scenario": "server", "slo_ms": 50}])
+def test_a_run_snapshot_of_every_scenario_loads_back(extra, tmp_path):
+    """Workers of `sweep --workers N` read the run's experiment.yaml: every setting written
+    (None and defaults included) must load back to the same experiment."""
+    import yaml
+
+    exp = config.parse({"name": "x", "search_space": {"bits": [32, 8]}, **extra})
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+    again = config.load(path)
+    assert again.model_dump(mode="json") == exp.model_dump(mode="json")

@@ -285,9 +285,14 @@ class Experiment(BaseModel):
             raise ValueError("latency_budget_ms: only for scenario single_stream")
         if sc.name == "server" and self.slo_ms is None:
             raise ValueError("slo_ms: required for scenario server (the latency objective, e.g. slo_ms: 10)")
-        if sc.name != "server" and ("slo_ms" in self.model_fields_set or "slo_percentile" in self.model_fields_set):
-            raise ValueError(f"{'slo_ms' if 'slo_ms' in self.model_fields_set else 'slo_percentile'}: "
-                             "only for scenario server")
+        # a value, not the key, is the mistake: a run's experiment.yaml snapshot lists every
+        # setting (slo_ms: null, slo_percentile: 99.0) and must load back as it was written
+        if sc.name != "server":
+            default_pct = type(self).model_fields["slo_percentile"].default
+            for name, given in (("slo_ms", self.slo_ms is not None),
+                                ("slo_percentile", self.slo_percentile != default_pct)):
+                if given:
+                    raise ValueError(f"{name}: only for scenario server")
         return self
 
     @property
