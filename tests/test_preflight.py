@@ -116,3 +116,17 @@ def test_cli_sweep_of_a_refused_model_prints_exactly_one_line(files, tmp_path, c
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
     assert result.stdout == "" and not runs.exists()
+
+
+def test_framework_start_up_lines_never_reach_the_terminal():
+    """A cold cache trains the builtin model during preflight; TensorFlow's native start-up
+    lines (written before TF_CPP_MIN_LOG_LEVEL applies) are kept out of the sweep's terminal."""
+    from workbench.preflight import _without_framework_noise
+
+    held = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            b"I0000 00:00:1795977196.480829   12325 port.cc:153] oneDNN custom operations are on.\n"
+            b"E0000 00:00:1795977198.595090   12325 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
+            b"To enable the following instructions: AVX2 AVX512F, in other operations, rebuild\n"
+            b"WARNING:tensorflow:5 out of the last 5 calls triggered tf.function retracing.\n"
+            b"something the user must see\n")
+    assert _without_framework_noise(held) == b"something the user must see\n"

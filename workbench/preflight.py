@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -61,9 +62,28 @@ def _native_stderr_held() -> Iterator[None]:
             os.close(saved)
             if not user_error:
                 held.seek(0)
-                text = held.read()
+                text = _without_framework_noise(held.read())
                 if text:
                     os.write(2, text)
+
+
+# TensorFlow's and absl's own log lines (native "I0000 12:00:00.000 123 file.cc:45] ..." and
+# Python "WARNING:tensorflow:..."): start-up chatter that a newcomer reads as errors
+# ("failed call to cuInit"). The sweep's terminal shows progress, the table and the answer.
+_NOISE = re.compile(rb"^([IWEF]\d{4} \d+:\d+:\d+\.\d+ +\d+ \S+:\d+\]|WARNING: All log messages before "
+                    rb"absl|WARNING:(tensorflow|absl):|To enable the following instructions: )")
+
+
+def _without_framework_noise(text: bytes) -> bytes:
+    """``text`` without TensorFlow's and absl's log lines (kept in a log file instead)."""
+    lines = text.splitlines(keepends=True)
+    noise = [ln for ln in lines if _NOISE.match(ln)]
+    if noise:
+        log_dir = Path(tempfile.gettempdir()) / "workbench-logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"preflight-{os.getpid()}.log", "ab") as fh:
+            fh.writelines(noise)
+    return b"".join(ln for ln in lines if not _NOISE.match(ln))
 
 
 def _check(exp: Experiment) -> None:
