@@ -292,16 +292,6 @@ def test_batcher_policies(session, digits):
     assert np.array_equal(asyncio.run(lone("delay", 50)), session.run(x))
 
 
-def test_releases_gil():
-    import re
-
-    from workbench.serve.batcher import releases_gil
-
-    assert releases_gil(lambda: time.sleep(0.005))
-    # the regular-expression engine holds the GIL for the whole match
-    assert not releases_gil(lambda: re.match(r"(a+)+b", "a" * 24))
-
-
 def test_a_model_with_several_named_inputs(tmp_path):
     """text_transformer: int32 ``tokens`` and ``mask``; JSON tensors matched by name.
 
