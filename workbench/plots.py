@@ -53,6 +53,17 @@ def _quality(df) -> tuple[str, str, float]:
     return "accuracy", "accuracy on the eval split (%)", -1.0
 
 
+def _trials_and_front(ax, trials, x: str, q: str) -> None:
+    """Feasible and infeasible trials of ``x`` vs quality ``q``, and the Pareto front as a line."""
+    for feasible, marker, name in ((True, "o", "feasible"), (False, "x", "infeasible")):
+        sel = trials[trials.feasible == feasible]  # noqa: E712
+        ax.scatter(sel[x], sel[q], marker=marker, s=40,
+                   c=["tab:blue" if feasible else "tab:red"] * len(sel), label=name)
+    front = trials[trials.pareto == True].sort_values(x)  # noqa: E712
+    if len(front):
+        ax.plot(front[x], front[q], "-", color="tab:blue", alpha=0.5, label="Pareto front")
+
+
 def qps_pareto(df, path: Path, max_drop: float) -> None:
     """A server run's trade-off: accuracy vs ``max_qps_at_slo`` (feasible, infeasible, the
     Pareto front). Baselines are in-process and have no QPS, so they give only the max-drop line."""
@@ -61,13 +72,7 @@ def qps_pareto(df, path: Path, max_drop: float) -> None:
     q, qlabel, sign = _quality(df)
     done = _done(df)
     trials = done[(done.kind == "trial") & done.max_qps_at_slo.notna()]
-    for feasible, marker, name in ((True, "o", "feasible"), (False, "x", "infeasible")):
-        sel = trials[trials.feasible == feasible]  # noqa: E712
-        ax.scatter(sel.max_qps_at_slo, sel[q], marker=marker, s=40,
-                   c=["tab:blue" if feasible else "tab:red"] * len(sel), label=name)
-    front = trials[trials.pareto == True].sort_values("max_qps_at_slo")  # noqa: E712
-    if len(front):
-        ax.plot(front.max_qps_at_slo, front[q], "-", color="tab:blue", alpha=0.5, label="Pareto front")
+    _trials_and_front(ax, trials, "max_qps_at_slo", q)
     for _, r in trials.iterrows():
         ax.annotate(r.trial, (r.max_qps_at_slo, r[q]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     base = done[done.kind == "baseline"]
@@ -90,13 +95,7 @@ def pareto(df, path: Path, max_drop: float) -> None:
     q, qlabel, sign = _quality(df)
     done = _done(df)
     trials = done[done.kind == "trial"]
-    for feasible, marker, name in ((True, "o", "feasible"), (False, "x", "infeasible")):
-        sel = trials[trials.feasible == feasible]  # noqa: E712
-        ax.scatter(sel.latency_p90_ms, sel[q], marker=marker, s=40,
-                   c=["tab:blue" if feasible else "tab:red"] * len(sel), label=name)
-    front = trials[trials.pareto == True].sort_values("latency_p90_ms")  # noqa: E712
-    if len(front):
-        ax.plot(front.latency_p90_ms, front[q], "-", color="tab:blue", alpha=0.5, label="Pareto front")
+    _trials_and_front(ax, trials, "latency_p90_ms", q)
     base = done[done.kind == "baseline"]
     ax.scatter(base.latency_p90_ms, base[q], marker="*", s=140, c="black", label="baselines")
     for _, r in done.iterrows():
