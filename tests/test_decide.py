@@ -103,10 +103,13 @@ def test_latency_budget_makes_slow_trials_infeasible():
     assert decide.choose(df, {**INFO, "latency_budget_ms": 0.1}) is None
 
 
-def test_leaders_within_ten_percent_at_least_two_at_most_five():
-    vals = [1.0, 1.05, 1.09, 1.2, 1.5]
+def test_leaders_within_the_margin_at_least_two_at_most_five():
+    assert decide.LEAD_MARGIN >= 0.10  # every candidate within 10% is always among them
+    vals = [1.0, 1.05, 1.09, 1.0 + decide.LEAD_MARGIN * 0.99, 1.0 + decide.LEAD_MARGIN * 1.01, 1.5]
     df = _table([dict(latency_p90_ms=v) for v in vals]).sort_values("latency_p90_ms")
-    assert list(decide.leaders(df, "latency_p90_ms", "minimize").trial) == ["0", "1", "2"]
+    assert list(decide.leaders(df, "latency_p90_ms", "minimize").trial) == ["0", "1", "2", "3"]
+    tput = _table([dict(throughput_sps=v) for v in (100.0, 100 / (1 + decide.LEAD_MARGIN * 0.99), 70.0)])
+    assert list(decide.leaders(tput, "throughput_sps", "maximize").trial) == ["0", "1"]
     far = _table([dict(latency_p90_ms=v) for v in (1.0, 3.0)])
     assert len(decide.leaders(far, "latency_p90_ms", "minimize")) == 2
     many = _table([dict(latency_p90_ms=1 + i / 1000) for i in range(9)])
@@ -223,3 +226,56 @@ def test_sweep_measures_an_identical_litert_artifact_once(tmp_path):
     assert pd.isna(trials.loc["0", "reused_from"]) and int(trials.loc["1", "reused_from"]) == 0
     assert trials.loc["1", "latency_p90_ms"] == trials.loc["0", "latency_p90_ms"]
     assert len(list((run_dir / "measured").glob("*.json"))) == 1
+
+
+def test_undecided_only_for_a_gap_over_the_margin_whose_ci_includes_one():
+    base = np.array([1.0, 1.3, 0.9, 1.1, 1.2, 1.0, 0.95])
+    noisy = base * np.array([1.10, 0.98, 1.12, 0.97, 1.09, 1.00, 1.08])  # ~5% slower, noisy
+    assert decide.undecided(decide.settle({"a": base.tolist(), "b": noisy.tolist()}, "minimize"))
+    assert not decide.undecided(decide.settle({"a": base.tolist(), "b": (base * 1.01).tolist()}, "minimize"))
+    assert not decide.undecided(decide.settle({"a": base.tolist(), "b": (base * 1.2).tolist()}, "minimize"))
+
+
+def _fake_rounds(ratios, calls):
+    """A stand-in for the re-measurement process: trial 1 takes ``ratios`` times trial 0's
+    time, round by round, on a machine drifting by 2x."""
+    def fake(cands, rounds, slot_seconds):
+        calls.append(rounds)
+        drift = np.resize([1.0, 2.0, 1.3, 0.8, 1.5], rounds)
+        b = drift * np.resize(ratios, rounds)
+        return {"times_ms": {"0": [[v] * 20 for v in drift], "1": [[v] * 20 for v in b]},
+                "orders": [["0", "1"] if r % 2 == 0 else ["1", "0"] for r in range(rounds)],
+                "batch_size": {"0": 1, "1": 1}}
+    return fake
+
+
+def test_an_undecided_comparison_gets_more_rounds(tmp_path, monkeypatch):
+    from workbench import fingerprint, remeasure
+
+    here = fingerprint.collect()["hardware_id"]
+    lead = _table([dict(latency_p90_ms=1.00, hardware_id=here, params_full={}, artifact="a"),
+                   dict(latency_p90_ms=1.04, hardware_id=here, params_full={}, artifact="b")])
+    calls = []
+    # About 4% slower but noisy: 7 rounds cannot tell (CI includes 1), 14 can.
+    noisy = [1.12, 0.98, 1.10, 0.97, 1.09, 1.00, 1.06]
+    monkeypatch.setattr(remeasure, "rounds_in_subprocess", _fake_rounds(noisy, calls))
+    first7 = decide.settle({"0": [1.0] * 7, "1": noisy}, "minimize")
+    assert decide.undecided(first7) and "1" in first7["tied"]
+    inter = decide.remeasure_leaders(tmp_path, lead, INFO, rounds=7)
+    assert calls == [7, 7] and inter["n_rounds"] == 14 and inter["processes"] == 2
+    assert all(len(v) == 14 for v in inter["rounds"].values()) and len(inter["orders"]) == 14
+    assert decide.settle(inter["rounds"], "minimize")["tied"] == ["0"]  # now 0 beats 1
+
+    # Never more than MAX_ROUNDS: a gap that stays undecided ends as a tie.
+    calls.clear()
+    (tmp_path / "b").mkdir()
+    undecidable = [1.3, 0.8, 1.25, 0.85, 1.2, 0.82, 1.1]
+    monkeypatch.setattr(remeasure, "rounds_in_subprocess", _fake_rounds(undecidable, calls))
+    inter = decide.remeasure_leaders(tmp_path / "b", lead, INFO, rounds=7)
+    assert sum(calls) == inter["n_rounds"] <= decide.MAX_ROUNDS and len(calls) == decide.MAX_ROUNDS // 7
+
+    # Decided at once (2x): one process.
+    calls.clear()
+    (tmp_path / "c").mkdir()
+    monkeypatch.setattr(remeasure, "rounds_in_subprocess", _fake_rounds([2.0], calls))
+    assert decide.remeasure_leaders(tmp_path / "c", lead, INFO, rounds=7)["processes"] == 1 and calls == [7]

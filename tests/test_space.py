@@ -77,3 +77,35 @@ def test_plan_of_an_experiment_without_search_space_explores(tmp_path):
     assert "automatic" in res.stdout and "runtime: [" in res.stdout and "bits: [32, 16, 8" in res.stdout
     n = int(res.stdout.split("distinct configurations: ")[1].split()[0])
     assert n > 10
+
+
+def test_first_points_try_each_runtime_fast_path_at_fewest_and_most_threads():
+    exp = space.resolve(config.parse({"name": "x", "scenario": "offline", "search_space": {
+        "bits": [32, 16, 8], "int8_mode": ["static", "dynamic"], "per_channel": [False, True],
+        "runtime": ["onnxruntime", "litert"], "threads": [1, 2, 3], "batch_size": [1, 8, 32]}}))
+    first = space.first_points(exp, 40)
+    assert [(p["runtime"], p["threads"]) for p in first] == [
+        ("onnxruntime", 1), ("onnxruntime", 3), ("litert", 1), ("litert", 3)]
+    assert all(p["bits"] == 8 and p["int8_mode"] == "static" and p["per_channel"] and p["batch_size"] == 32
+               for p in first)
+    assert all(p in space.grid_points(exp) for p in first)  # real configurations of the space
+    assert len(space.first_points(exp, 8)) == 2  # at most a quarter of the budget
+    # single_stream answers at the smallest batch; a space without int8 still gets its runtimes
+    ss = space.resolve(config.parse({"name": "x", "search_space": {
+        "bits": [32, 16], "runtime": ["onnxruntime", "litert"], "threads": 1, "batch_size": [1, 8]}}))
+    assert space.first_points(ss, 40) == [{"bits": 32, "runtime": "onnxruntime", "batch_size": 1},
+                                          {"bits": 32, "runtime": "litert", "batch_size": 1}]
+    assert space.first_points(exp.model_copy(update={"sampler": "grid"}), 40) == []
+
+
+def test_a_new_sampled_study_measures_the_fast_paths_first(tmp_path):
+    from workbench import study as study_mod
+
+    exp = space.resolve(config.parse({"name": "x", "sampler": "tpe", "search_space": {
+        "bits": [32, 8], "runtime": ["onnxruntime", "litert"], "threads": [1, 2]}}))
+    st = study_mod.open_study(exp, "x", f"sqlite:///{tmp_path / 's.db'}")
+    first = space.enqueue_first_points(st, exp, 16)
+    assert len(first) == 4
+    asked = [space.suggest(st.ask(), exp) for _ in range(len(first))]
+    assert all(a[k] == v for a, p in zip(asked, first) for k, v in p.items())
+    assert space.enqueue_first_points(st, exp, 16) == []  # not again in a study with trials

@@ -66,6 +66,58 @@ def enqueue_next_grid_point(study, exp: Experiment) -> bool:
     return False
 
 
+# What a search tries first (see first_points): the fast path the runtimes document, static
+# QDQ int8 with per-channel scales and no pruning; preferences apply only where the space has them.
+FAST_PATH = (("bits", 8), ("int8_mode", "static"), ("per_channel", True), ("sparsity", 0.0))
+
+
+def first_points(exp: Experiment, n_trials: int) -> list[dict[str, Any]]:
+    """Configurations a sampled search measures before its sampler proposes anything.
+
+    A sampler starts blind: TPE's first ten trials are random, so on a space of a few dozen
+    configurations it finds the best no sooner than random sampling does (benchmarks/decision.md).
+    What is known before measuring is where to look first: static int8 is the fast CPU path of
+    every runtime here, and the thread count is the setting whose best value depends most on
+    the model and the machine. So each runtime of the space is tried first at its fast path
+    with the fewest and the most threads (offline: at the largest batch size), in the order the
+    space lists them; at most a quarter of ``n_trials``. The grid sampler measures everything
+    anyway and gets none. The sampler then learns from these trials like from any other.
+    """
+    if exp.sampler == "grid":
+        return []
+    from workbench import decide
+
+    points = grid_points(exp)
+    spec = dict(exp.search_space)
+    runtimes = spec.get("runtime") if isinstance(spec.get("runtime"), list) else [None]
+    threads = sorted({p["threads"] for p in points if "threads" in p}) or [None]
+    out: list[dict[str, Any]] = []
+    for rt in runtimes:
+        for t in dict.fromkeys([threads[0], threads[-1]]):
+            cands = [p for p in points if p.get("runtime", rt) == rt and p.get("threads", t) == t]
+            for name, value in FAST_PATH:
+                narrowed = [p for p in cands if p.get(name, value) == value]
+                cands = narrowed or cands
+            if "batch_size" in spec and any("batch_size" in p for p in cands):
+                pick = max if "batch_size" in decide.scenario(exp.scenario).searched else min
+                best = pick(p.get("batch_size", 1) for p in cands)
+                cands = [p for p in cands if p.get("batch_size", 1) == best]
+            if cands and cands[0] not in out:
+                out.append(cands[0])
+    return out[:n_trials // 4]
+
+
+def enqueue_first_points(study, exp: Experiment, n_trials: int) -> list[dict[str, Any]]:
+    """Enqueue :func:`first_points` in a study that has no trial yet (a resumed or shared
+    study already has them, or its own history); returns what was enqueued."""
+    if study.get_trials(deepcopy=False):
+        return []
+    points = first_points(exp, n_trials)
+    for point in points:
+        study.enqueue_trial(point)
+    return points
+
+
 def suggest(trial, exp: Experiment) -> dict[str, Any]:
     """Trial parameters: searched ones from the sampler, fixed ones as written, all builtins."""
     params: dict[str, Any] = {}
@@ -218,4 +270,8 @@ def plan(exp: Experiment) -> str:
     lines.append(f"distinct configurations: {n}")
     lines.append(f"trials: {exp.n_trials} ({'as given' if n_given else 'default: all distinct, at most '}"
                  f"{'' if n_given else MAX_DEFAULT_TRIALS}), sampler {exp.sampler}")
+    first = first_points(exp, exp.n_trials)
+    if first:
+        lines.append(f"first {len(first)} trials (the fast paths, before the sampler): "
+                     + "; ".join(", ".join(f"{k}={v}" for k, v in p.items()) for p in first))
     return "\n".join(lines)

@@ -71,6 +71,7 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     write_run_files(exp, study_name, run_dir, url)
     log = _logger(progress)
     target = _target(study, exp, n_trials, add)
+    space.enqueue_first_points(study, exp, target)
     # trial.run reuses the measurement of an identical artifact with identical run options;
     # set before any kernel starts, since kernels inherit this environment
     os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
