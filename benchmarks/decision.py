@@ -6,7 +6,7 @@ Run: ``python benchmarks/decision.py`` (about 30-45 min on 2 cores; ``--quick`` 
 For each case (digits_cnn and cnn32, scenarios single_stream and offline):
 
 1. **Truth.** Every distinct configuration of a small grid (bits 32/16/8, int8 static with and
-   without per-channel scales, onnxruntime and LiteRT, 1 and 2 threads; offline: batch 1 and
+   without per-channel scales on onnxruntime, LiteRT, 1 and 2 threads; offline: batch 1 and
    32) is built and evaluated once (accuracy, size), then all of them are timed together over
    interleaved rounds in rotating order: 15 rounds in each of 3 fresh processes spread over the
    case (before, between and after its decisions), pooled, so that the truth covers the same
@@ -378,8 +378,8 @@ def write(results: list[dict], seconds: float, decisions: int, seeds: int, out: 
               "Ratio: this configuration's metric over the true best's, paired round by round, with "
               "its 95% CI across rounds (latency: above 1 is slower; throughput: below 1 is slower). "
               "Candidate: feasible, on the Pareto front, answers the scenario (single_stream: batch 1). "
-              "Configurations that differ only in per-channel scales on LiteRT are the same artifact "
-              "(the TFLite converter has no per-tensor switch) and share one measurement.", ""]
+              "LiteRT's int8 has no per-tensor variant (the TFLite converter always uses per-channel "
+              "scales), so per_channel is not enumerated there.", ""]
     for r in results:
         lines += [f"### {r['case']} ({r['col']})", "",
                   "| trial | configuration | accuracy | size (bytes) | " + r["col"] + " | ratio to best [95% CI] | candidate | tie set |",

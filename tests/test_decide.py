@@ -207,19 +207,32 @@ def test_identical_artifacts_share_one_measurement(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sweep_measures_an_identical_litert_artifact_once(tmp_path):
-    # per_channel does not change LiteRT's full-int8 artifact: the second trial reuses the first's
-    # measurement instead of timing the same bytes again.
-    from workbench import sweep
+def test_sweep_measures_an_identical_artifact_once(tmp_path, monkeypatch):
+    # A plug-in parameter that changes no byte (tests/plugins/same_bytes.py): the second trial
+    # reuses the first's measurement instead of timing the same bytes again.
+    import shutil
+    import sys
+    from pathlib import Path
 
-    path = tmp_path / "reuse.yaml"
-    path.write_text("\n".join([
-        "name: reuse", "sampler: grid", "max_accuracy_drop: 5.0",
-        "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
-        "search_space:", "  bits: 8", "  int8_mode: static", "  per_channel: [false, true]",
-        "  runtime: litert", "  threads: 1"]) + "\n")
-    exp = config.load(path)
-    run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
+    from workbench import plugins, sweep, variants
+
+    module = "wb_test_same_bytes"
+    shutil.copy(Path(__file__).parent / "plugins" / "same_bytes.py", tmp_path / f"{module}.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv(plugins.ENV, module)
+    try:
+        path = tmp_path / "reuse.yaml"
+        path.write_text("\n".join([
+            "name: reuse", "sampler: grid", "max_accuracy_drop: 5.0",
+            "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
+            "search_space:", "  bits: 8", "  int8_mode: static", "  label_only: [1, 2]",
+            "  runtime: onnxruntime", "  threads: 1"]) + "\n")
+        exp = config.load(path)
+        run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
+    finally:
+        variants._REGISTRY.pop("label-only", None)
+        sys.modules.pop(module, None)
     df = report.load_table(run_dir)
     trials = df[df.kind == "trial"].set_index("trial")
     assert len(trials) == 2 and (trials.state == "COMPLETE").all()

@@ -130,6 +130,8 @@ class SearchSpace(BaseModel):
     """The deployment parameters a sweep varies; a scalar fixes a parameter."""
 
     model_config = ConfigDict(extra="allow")
+    # the runtime first: what applies further down depends on it (workbench.parameters)
+    runtime: Param = "onnxruntime"
     bits: Param = 32
     int8_mode: Param = "static"
     calibration: Param = "minmax"
@@ -138,7 +140,6 @@ class SearchSpace(BaseModel):
     prune_structure: Param = "unstructured"
     finetune_epochs: Param = 2
     batch_size: Param = 1
-    runtime: Param = "onnxruntime"
     provider: Param = "CPUExecutionProvider"
     threads: Param = 1
     inter_op_threads: Param = 1

@@ -34,12 +34,26 @@ BITS = Parameter("bits", 32, int, choices=(32, 16, 8, 4), must_apply=True,
                  help="weight (and activation) precision")
 INT8_MODE = Parameter("int8_mode", "static", str, choices=("static", "dynamic"),
                       applies=lambda p: p.get("bits") == 8)
+
+
+def _onnx_static_int8(p) -> bool:
+    """Calibrated (static) int8 made by this transform: a runtime that reads ONNX. The TFLite
+    converter has no choice of calibration method and always uses per-channel scales, so on
+    the TFLite route these two would only rename the same bytes (identical work is measured
+    once: they are not sampled there)."""
+    if p.get("bits") != 8 or p.get("int8_mode") != "static":
+        return False
+    from workbench import runtimes
+
+    rt = runtimes.registered().get(p.get("runtime", ""))
+    return rt is None or "onnx" in rt.formats
+
+
 CALIBRATION = Parameter("calibration", "minmax", str, choices=("minmax", "entropy", "percentile"),
-                        applies=lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static")
+                        applies=_onnx_static_int8)
 # Per-channel weight scales: a choice of calibrated (static) int8 only, so a dynamic int8 trial
-# never differs from another only by a flag (issue: identical work is measured once).
-PER_CHANNEL = Parameter("per_channel", False, bool, choices=(True, False),
-                        applies=lambda p: p.get("bits") == 8 and p.get("int8_mode") == "static")
+# never differs from another only by a flag.
+PER_CHANNEL = Parameter("per_channel", False, bool, choices=(True, False), applies=_onnx_static_int8)
 
 
 def matmul_weight_share(model) -> float:
