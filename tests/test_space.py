@@ -86,12 +86,13 @@ def test_first_points_try_each_runtime_fast_path_at_fewest_and_most_threads():
         "runtime": ["onnxruntime", "litert"], "threads": [1, 2, 3], "batch_size": [1, 8, 32]}}))
     first = space.first_points(exp, 40)
     assert [(p["runtime"], p["threads"]) for p in first] == [
-        ("onnxruntime", 1), ("onnxruntime", 3), ("litert", 1), ("litert", 3)]
+        ("onnxruntime", 3), ("litert", 3), ("onnxruntime", 1), ("litert", 1)]
     assert all(p["bits"] == 8 and p["int8_mode"] == "static" and p.get("per_channel", True)
                and p["batch_size"] == 32 for p in first)
     assert all(p["per_channel"] for p in first if p["runtime"] == "onnxruntime")
     assert all(p in space.grid_points(exp) for p in first)  # real configurations of the space
-    assert len(space.first_points(exp, 8)) == 2  # at most a quarter of the budget
+    # at most a quarter of the budget, keeping the most threads
+    assert [p["threads"] for p in space.first_points(exp, 8)] == [3, 3]
     # single_stream answers at the smallest batch; a space without int8 still gets its runtimes
     ss = space.resolve(config.parse({"name": "x", "search_space": {
         "bits": [32, 16], "runtime": ["onnxruntime", "litert"], "threads": 1, "batch_size": [1, 8]}}))

@@ -79,9 +79,11 @@ def first_points(exp: Experiment, n_trials: int) -> list[dict[str, Any]]:
     What is known before measuring is where to look first: static int8 is the fast CPU path of
     every runtime here, and the thread count is the setting whose best value depends most on
     the model and the machine. So each runtime of the space is tried first at its fast path
-    with the fewest and the most threads (offline: at the largest batch size), in the order the
-    space lists them; at most a quarter of ``n_trials``. The grid sampler measures everything
-    anyway and gets none. The sampler then learns from these trials like from any other.
+    with the most threads (offline: at the largest batch size), in the order the space lists
+    the runtimes, then each again with the fewest; at most a quarter of ``n_trials``, so a small
+    budget keeps the most-threads points (all cores win for all but the smallest models). The
+    grid sampler measures everything anyway and gets none. The sampler then learns from these
+    trials like from any other.
     """
     if exp.sampler == "grid":
         return []
@@ -92,8 +94,8 @@ def first_points(exp: Experiment, n_trials: int) -> list[dict[str, Any]]:
     runtimes = spec.get("runtime") if isinstance(spec.get("runtime"), list) else [None]
     threads = sorted({p["threads"] for p in points if "threads" in p}) or [None]
     out: list[dict[str, Any]] = []
-    for rt in runtimes:
-        for t in dict.fromkeys([threads[0], threads[-1]]):
+    for t in dict.fromkeys([threads[-1], threads[0]]):
+        for rt in runtimes:
             cands = [p for p in points if p.get("runtime", rt) == rt and p.get("threads", t) == t]
             for name, value in FAST_PATH:
                 narrowed = [p for p in cands if p.get(name, value) == value]
