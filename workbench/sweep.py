@@ -13,6 +13,7 @@ processes on the same study; they receive the storage URL through the environmen
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -72,10 +73,7 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     log = _logger(progress)
     target = _target(study, exp, n_trials, add)
     space.enqueue_first_points(study, exp, target)
-    # trial.run reuses the measurement of an identical artifact with identical run options;
-    # set before any kernel starts, since kernels inherit this environment
-    os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
-    with notebook.Kernels(run_dir / "trials") as kernels:
+    with measured_in(run_dir), notebook.Kernels(run_dir / "trials") as kernels:
         baselines.run(exp, run_dir, log, kernels)
         if workers > 1:
             kernels.close()  # each worker process keeps its own kernel ahead
@@ -87,6 +85,23 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     decide.decide(run_dir, log=log)
     report.build(run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def measured_in(run_dir: Path):
+    """Trials reuse the measurements of this run (``decide.REUSE_ENV``: an identical artifact
+    with identical run options is measured once). Set before any kernel starts, since kernels
+    inherit the environment, and restored after: a sweep run from a notebook or a test must
+    not hand its measurements to whatever that process runs next."""
+    before = os.environ.get(decide.REUSE_ENV)
+    os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(decide.REUSE_ENV, None)
+        else:
+            os.environ[decide.REUSE_ENV] = before
 
 
 def _logger(progress: bool):
@@ -153,8 +168,7 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
     ``kernels`` keeps the next trial's kernel booting; without it the worker keeps its own.
     """
     if kernels is None:
-        os.environ[decide.REUSE_ENV] = str(run_dir / "measured")
-        with notebook.Kernels(run_dir / "trials") as kernels:
+        with measured_in(run_dir), notebook.Kernels(run_dir / "trials") as kernels:
             return work(exp, run_dir, study, url, target, progress, kernels)
     import optuna
     from tqdm.auto import tqdm
