@@ -314,6 +314,12 @@ def undecided(settled: dict[str, Any]) -> bool:
                for t, r in settled["ratios"].items() if t in settled["tied"])
 
 
+def processes_text(interleaved: dict[str, Any]) -> str:
+    """Where a re-measurement's rounds ran: "one fresh process" or "N fresh processes"."""
+    n = int(interleaved.get("processes", 1))
+    return "one fresh process" if n == 1 else f"{n} fresh processes"
+
+
 def pick_simplest(rows) -> Any:
     """Among tied rows, the smallest artifact, then the simplest, then the best listed first."""
     rows = rows.assign(_simplicity=[simplicity(r) for _, r in rows.iterrows()],
@@ -354,10 +360,8 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
     unit = {"throughput_sps": "samples/s", "max_qps_at_slo": "QPS"}.get(col, "ms")
     if decided_by == "interleaved re-measurement":
         value = detail["geomean"][str(winner.trial)]
-        procs = int(detail.get("processes", 1))
         how = (f"{len(lead)} leading candidates re-measured together over {detail['n_rounds']} "
-               f"interleaved rounds in {'one fresh process' if procs == 1 else f'{procs} fresh processes'}; "
-               "compared by paired per-round ratios")
+               f"interleaved rounds in {processes_text(detail)}; compared by paired per-round ratios")
     elif len(lead) == 1:
         value = float(winner[col])
         how = "the only feasible candidate on the Pareto front that answers the question"
@@ -443,9 +447,8 @@ def remeasure_leaders(run_dir: Path, lead, info: dict[str, Any], log=None,
                 f"{rounds} more rounds")
     interleaved = {"n_rounds": len(orders), "slot_seconds": slot_seconds, "orders": orders,
                    "statistic": sc.primary(pct), "rounds": per_round, "hardware_id": here,
-                   "calls": calls, "processes": processes,
-                   "covers": (f"across rounds (rotating order; {processes} fresh process"
-                              f"{'es' if processes > 1 else ''}, {rounds} rounds each)")}
+                   "calls": calls, "processes": processes}
+    interleaved["covers"] = f"across rounds (rotating order; {processes_text(interleaved)}, {rounds} rounds each)"
     path.write_text(json.dumps({"key": key, "interleaved": interleaved}, indent=2))
     return interleaved
 

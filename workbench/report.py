@@ -380,8 +380,9 @@ def _interleaved_items(best: dict) -> list[tuple[str, str]]:
     if "rounds" not in inter:
         return []
     stat = inter.get("statistic", best.get("primary_metric", "?"))
-    procs = int(inter.get("processes", 1))
-    where = "one fresh process" if procs == 1 else f"{procs} fresh processes (more rounds: undecided)"
+    from workbench.decide import processes_text
+
+    where = processes_text(inter) + (" (more rounds: undecided)" if inter.get("processes", 1) > 1 else "")
     items = [("re-measurement", f"{inter['n_rounds']} interleaved rounds in {where}, rotating "
                                 f"order, {inter.get('slot_seconds', '?')} s per candidate per round; "
                                 f"statistic {stat}; hardware {inter.get('hardware_id', '?')}")]
