@@ -127,12 +127,7 @@ def truth_best(exp, truth: dict) -> dict:
     cands, _, _ = decide.candidates(df, info)
     names = [str(t) for t in cands.trial]
     got = decide.settle({t: truth["rounds"][t] for t in names}, sc.direction)
-    # The same artifact run with the same options is the same configuration (per_channel on the
-    # TFLite route): a twin of a tied configuration is tied too.
-    key = lambda r: (r.artifact, r.runtime, r.threads, r.batch_size)  # noqa: E731
-    tied_keys = {key(r) for _, r in df.iterrows() if str(r.trial) in got["tied"]}
-    tied = [str(r.trial) for _, r in df.iterrows() if key(r) in tied_keys]
-    return {"best": got["leader"], "tied": tied, "col": col, "values": gm, "candidates": names,
+    return {"best": got["leader"], "tied": got["tied"], "col": col, "values": gm, "candidates": names,
             "labels": dict(zip(df.trial.astype(str), df.label)), "n": len(df), "df": df,
             "rounds": truth["rounds"], "direction": sc.direction}
 
@@ -203,11 +198,11 @@ def search_efficiency(exp, truth: dict, strategy: str, seed: int) -> tuple[int |
         ok = r.feasible and v is not None and (not sc.batch_one or r.batch_size == 1)
         if ok and (v <= best_val * (1 + WITHIN) if sc.direction == "minimize" else v >= best_val / (1 + WITHIN)):
             good.add(int(r.trial))
-    samplers = {"tpe": optuna.samplers.TPESampler(seed=seed), "nsga2": optuna.samplers.NSGAIISampler(seed=seed),
-                "random": optuna.samplers.RandomSampler(seed=seed)}
+    make = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
+            "random": optuna.samplers.RandomSampler}[sampler]
     directions = [decide._directions([o])[0] for o in exp.objectives]
     study = optuna.create_study(directions=["maximize" if d < 0 else "minimize" for d in directions],
-                                sampler=samplers[sampler])
+                                sampler=make(seed=seed))
     if first:
         space.enqueue_first_points(study, exp.model_copy(update={"sampler": sampler}), len(points))
     seen, measured, found = set(), [], None
