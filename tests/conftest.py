@@ -2,6 +2,7 @@
 from scratch, by the suite itself) and a private measurement lock."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,3 +41,30 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the ``workbench`` console script as a user would."""
     exe = Path(sys.executable).parent / "workbench"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or ROOT)
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """``plugin(file, module)``: tests/plugins/<file> installed as ``module`` in a temporary
+    directory and named in WORKBENCH_PLUGINS (which trial kernels and the bundle's subprocesses
+    inherit, with the directory on PYTHONPATH). At teardown the runtimes and transforms it
+    registered are removed again, so later tests see only the shipped plug-ins."""
+    from workbench import plugins, runtimes, variants
+
+    # the shipped plug-ins, imported now so that only the test's own are removed at teardown
+    before = (set(runtimes.registered()), {t.name for t in variants.registered()})
+    installed = []
+
+    def install(file: str, module: str) -> None:
+        shutil.copy(Path(__file__).parent / "plugins" / file, tmp_path / f"{module}.py")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")
+        monkeypatch.setenv(plugins.ENV, module)
+        installed.append(module)
+
+    yield install
+    for registry, names in zip((runtimes._REGISTRY, variants._REGISTRY), before):
+        for name in set(registry) - names:
+            registry.pop(name)
+    for module in installed:
+        sys.modules.pop(module, None)

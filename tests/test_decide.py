@@ -207,38 +207,26 @@ def test_identical_artifacts_share_one_measurement(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sweep_measures_an_identical_artifact_once(tmp_path, monkeypatch):
+def test_sweep_measures_an_identical_artifact_once(tmp_path, plugin):
     # A plug-in parameter that changes no byte (tests/plugins/same_bytes.py): the second trial
     # reuses the first's measurement instead of timing the same bytes again.
     import os
-    import shutil
-    import sys
-    from pathlib import Path
 
-    from workbench import plugins, sweep, variants
+    from workbench import sweep
 
-    module = "wb_test_same_bytes"
-    shutil.copy(Path(__file__).parent / "plugins" / "same_bytes.py", tmp_path / f"{module}.py")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv(plugins.ENV, module)
-    try:
-        path = tmp_path / "reuse.yaml"
-        path.write_text("\n".join([
-            "name: reuse", "sampler: grid", "max_accuracy_drop: 5.0",
-            "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
-            "search_space:", "  bits: 8", "  int8_mode: static", "  label_only: [1, 2]",
-            "  runtime: onnxruntime", "  threads: 1"]) + "\n")
-        exp = config.load(path)
-        before = os.environ.get(decide.REUSE_ENV)
-        run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-        # the sweep's measurements are not handed to what this process runs next
-        assert os.environ.get(decide.REUSE_ENV) == before
-        df = report.load_table(run_dir)
-    finally:
-        monkeypatch.delenv(plugins.ENV)  # nothing may import the plug-in again
-        variants._REGISTRY.pop("label-only", None)
-        sys.modules.pop(module, None)
+    plugin("same_bytes.py", "wb_test_same_bytes")
+    path = tmp_path / "reuse.yaml"
+    path.write_text("\n".join([
+        "name: reuse", "sampler: grid", "max_accuracy_drop: 5.0",
+        "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
+        "search_space:", "  bits: 8", "  int8_mode: static", "  label_only: [1, 2]",
+        "  runtime: onnxruntime", "  threads: 1"]) + "\n")
+    exp = config.load(path)
+    before = os.environ.get(decide.REUSE_ENV)
+    run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
+    # the sweep's measurements are not handed to what this process runs next
+    assert os.environ.get(decide.REUSE_ENV) == before
+    df = report.load_table(run_dir)
     trials = df[df.kind == "trial"].set_index("trial")
     assert len(trials) == 2 and (trials.state == "COMPLETE").all()
     assert pd.isna(trials.loc["0", "reused_from"]) and int(trials.loc["1", "reused_from"]) == 0

@@ -4,15 +4,13 @@ accepted by the config, sampled by the sweep's conditional space, run by a trial
 in a notebook kernel), listed by the doctor and exported as a bundle, with nothing else edited."""
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pytest
 
-from workbench import bundle, config, doctor, notebook, parameters, plugins, runtimes, sweep, trial, variants
+from workbench import bundle, config, doctor, notebook, parameters, runtimes, sweep, trial, variants
 from workbench.errors import ConfigError
 from workbench.params import TrialParams
 
@@ -21,17 +19,9 @@ MODULE = "wb_test_numpy_runtime"
 
 
 @pytest.fixture
-def numpy_plugin(tmp_path, monkeypatch):
-    """The plug-in module in a temporary directory, named in WORKBENCH_PLUGINS (which trial
-    kernels and the bundle's subprocesses inherit, with the directory on PYTHONPATH)."""
-    shutil.copy(Path(__file__).parent / "plugins" / "numpy_runtime.py", tmp_path / f"{MODULE}.py")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv(plugins.ENV, MODULE)
-    yield
-    runtimes._REGISTRY.pop("numpy", None)
-    variants._REGISTRY.pop("round-weights", None)
-    sys.modules.pop(MODULE, None)
+def numpy_plugin(plugin):
+    """The numpy runtime and weight-rounding plug-in, named in WORKBENCH_PLUGINS."""
+    plugin("numpy_runtime.py", MODULE)
 
 
 def test_registries_hold_the_shipped_plugins():
