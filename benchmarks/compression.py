@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from workbench import fingerprint, trial  # noqa: E402
+from workbench import trial
+from workbench.core import fingerprint
 
 MEASURE = dict(warmup=10, min_runs=30, min_seconds=float(os.environ.get("BENCH_MIN_SECONDS", "0.5")),
                max_seconds=5.0, threads=1)

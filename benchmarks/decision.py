@@ -47,8 +47,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from workbench import config, decide, fingerprint, report, space  # noqa: E402
-from workbench.study import trial_settings  # noqa: E402
+from workbench import config
+from workbench.core import fingerprint, scenarios
+from workbench.decision import choose, stats
+from workbench.decision import remeasure as remeasure_mod
+from workbench.measure import reuse
+from workbench.results import pareto
+from workbench.results import table as table_mod
+from workbench.sweep import space
+from workbench.sweep.study import trial_settings
 
 CASES = [("digits_cnn", "digits", "single_stream"), ("digits_cnn", "digits", "offline"),
          ("cnn32", "digits32", "single_stream"), ("cnn32", "digits32", "offline")]
@@ -85,29 +92,29 @@ def measure_all(exp, order: list[int]) -> "object":
     points = space.grid_points(exp)
     rows = []
     measured = Path(tempfile.mkdtemp(prefix="decision-bench-"))
-    os.environ[decide.REUSE_ENV] = str(measured / "measured")
+    os.environ[reuse.REUSE_ENV] = str(measured / "measured")
     for i in order:
         params = {**trial_settings(exp), **exp.search_space.fixed(), **points[i]}
         m = trial.run(params)
-        decide.record(measured, i, m)
+        reuse.record(measured, i, m)
         state = "COMPLETE" if m["status"] == "complete" else "PRUNED"
-        rows.append(report._row("trial", str(i), state, params, m if state == "COMPLETE" else None))
-    df = pd.DataFrame(rows, columns=report.COLUMNS + report.EXTRA_COLUMNS)
+        rows.append(table_mod.make_row("trial", str(i), state, params, m if state == "COMPLETE" else None))
+    df = pd.DataFrame(rows, columns=table_mod.COLUMNS + table_mod.EXTRA_COLUMNS)
     df["accuracy"] = pd.to_numeric(df["accuracy"], errors="coerce")
     return df
 
 
 def run_truth(case: int, out: Path) -> None:
     """(fresh process) Grid measured once, then all feasible points interleaved for many rounds."""
-    from workbench import remeasure
+    from workbench.trial import remeasure
 
     exp = experiment(*CASES[case], protocol=TABLE_PROTOCOL)
     df = measure_all(exp, list(range(len(space.grid_points(exp)))))
     ok = df[(df.state == "COMPLETE") & (df.feasible == True)]  # noqa: E712
     cands = [{"trial": str(r.trial), "params": r.params_full, "artifact": r.artifact,
               "artifact_format": r.artifact_format} for _, r in ok.iterrows()]
-    res = remeasure.interleave_rounds(cands, rounds=TRUTH_ROUNDS, slot_seconds=TRUTH_SLOT)
-    sc = decide.scenario(exp.scenario)
+    res = remeasure.rounds(cands, rounds=TRUTH_ROUNDS, slot_seconds=TRUTH_SLOT)
+    sc = scenarios.scenario(exp.scenario)
     rounds = {t: [sc.round_stat(np.asarray(ms), res["batch_size"][t], exp.latency_percentile)
                   for ms in res["times_ms"][t]] for t in res["times_ms"]}
     table = json.loads(df.drop(columns=["latency_quantiles_ms"]).to_json(orient="records"))
@@ -119,14 +126,14 @@ def truth_best(exp, truth: dict) -> dict:
     import pandas as pd
 
     df = pd.DataFrame(truth["table"])
-    sc = decide.scenario(exp.scenario)
+    sc = scenarios.scenario(exp.scenario)
     col = sc.primary(exp.latency_percentile)
     gm = {t: float(np.exp(np.mean(np.log(v)))) for t, v in truth["rounds"].items()}
     df[col] = [gm.get(str(t), np.nan) for t in df.trial]
     info = _info(exp)
-    cands, _, _ = decide.candidates(df, info)
+    cands, _, _ = choose.candidates(df, info)
     names = [str(t) for t in cands.trial]
-    got = decide.settle({t: truth["rounds"][t] for t in names}, sc.direction)
+    got = stats.settle({t: truth["rounds"][t] for t in names}, sc.direction)
     return {"best": got["leader"], "tied": got["tied"], "col": col, "values": gm, "candidates": names,
             "labels": dict(zip(df.trial.astype(str), df.label)), "n": len(df), "df": df,
             "rounds": truth["rounds"], "direction": sc.direction}
@@ -145,7 +152,7 @@ def truth_table(truth: dict) -> list[dict]:
                "accuracy": r.accuracy, "size_bytes": r.size_bytes, "value": truth["values"].get(t),
                "candidate": t in truth["candidates"], "tied": t in truth["tied"], "state": r.state}
         if t in truth["rounds"] and t != best:
-            est, lo, hi = decide.paired_ratio(truth["rounds"][t], truth["rounds"][best])
+            est, lo, hi = stats.paired_ratio(truth["rounds"][t], truth["rounds"][best])
             row.update(ratio=est, ci=[lo, hi])
         rows.append(row)
     sign = 1 if truth["direction"] == "minimize" else -1
@@ -160,13 +167,13 @@ def run_decision(case: int, seed: int, out: Path) -> None:
     random.Random(seed).shuffle(order)
     df = measure_all(exp, order)
     info = _info(exp)
-    best = decide.choose(df, info)
+    best = choose.choose(df, info)
     with tempfile.TemporaryDirectory() as tmp:
         if best and len(best["candidates"]) > 1:
-            cands, _, _ = decide.candidates(df, info)
+            cands, _, _ = choose.candidates(df, info)
             lead = cands[cands.trial.astype(str).isin(best["candidates"])]
-            inter = decide.remeasure_leaders(Path(tmp), lead, info)
-            best = decide.choose(df, info, inter)
+            inter = remeasure_mod.remeasure_leaders(Path(tmp), lead, info)
+            best = choose.choose(df, info, inter)
     out.write_text(json.dumps({"trial": best["trial"] if best else None,
                                "candidates": best["candidates"] if best else [],
                                "decided_by": best["decided_by"] if best else None}))
@@ -189,7 +196,7 @@ def search_efficiency(exp, truth: dict, strategy: str, seed: int) -> tuple[int |
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     df = truth["df"]
-    col, sc = truth["col"], decide.scenario(exp.scenario)
+    col, sc = truth["col"], scenarios.scenario(exp.scenario)
     points = space.grid_points(exp)
     best_val = truth["values"][truth["best"]]
     good = set()
@@ -200,7 +207,7 @@ def search_efficiency(exp, truth: dict, strategy: str, seed: int) -> tuple[int |
             good.add(int(r.trial))
     make = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
             "random": optuna.samplers.RandomSampler}[sampler]
-    directions = [decide._directions([o])[0] for o in exp.objectives]
+    directions = [pareto.directions([o])[0] for o in exp.objectives]
     study = optuna.create_study(directions=["maximize" if d < 0 else "minimize" for d in directions],
                                 sampler=make(seed=seed))
     if first:
@@ -349,8 +356,8 @@ def write(results: list[dict], seconds: float, decisions: int, seeds: int, out: 
              "decisions), pooled; tie "
              "set = what the best does not beat by a paired ratio (CI excludes 1 and > 2%). Decisions: "
              f"independent exhaustive sweeps in fresh processes (protocol {SWEEP_PROTOCOL}), then the "
-             f"workbench's decision (leaders re-measured together over {decide.ROUNDS} rounds, "
-             f"{decide.ROUNDS} more while undecided up to {decide.MAX_ROUNDS}; paired ratios).", "",
+             f"workbench's decision (leaders re-measured together over {remeasure_mod.ROUNDS} rounds, "
+             f"{remeasure_mod.ROUNDS} more while undecided up to {remeasure_mod.MAX_ROUNDS}; paired ratios).", "",
              f"## Decision accuracy ({decisions} independent sweeps per case; target >= 9 of 10)", "",
              "| case | configs | true best | tie set | picks | in tie set |", "| --- | --- | --- | --- | --- | --- |"]
     for r in results:

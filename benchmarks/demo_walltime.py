@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench import config, fingerprint  # noqa: E402
+from workbench import config
+from workbench.core import fingerprint
 
 
 def sweep_seconds(cache: Path, runs: Path, *options: str) -> float:
@@ -32,7 +33,7 @@ def sweep_seconds(cache: Path, runs: Path, *options: str) -> float:
 
 
 def main() -> None:
-    from workbench import space
+    from workbench.sweep import space
 
     exp = space.resolve(config.load(ROOT / "experiments" / "digits.yaml"))  # default n_trials
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,8 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from workbench import data as data_mod  # noqa: E402
-from workbench import fingerprint, trial, zoo  # noqa: E402
+from workbench import data as data_mod
+from workbench import models, trial
+from workbench.core import fingerprint
 
 EPOCHS = int(os.environ.get("BENCH_DISTILL_EPOCHS", "5"))
 MEASURE = dict(warmup=10, min_runs=30, min_seconds=float(os.environ.get("BENCH_MIN_SECONDS", "0.5")),
@@ -63,7 +64,7 @@ def scratch_student(model: str, data: str, width: float, out: Path) -> Path:
     from workbench.variants import distill
 
     ds = data_mod.load(data)
-    teacher = zoo.resolve(model, ds).load_keras()
+    teacher = models.resolve(model, ds).load_keras()
     keras.utils.set_random_seed(0)
     student = distill.scaled_clone(teacher, width, head="linear")
     student = distill.train_from_scratch(student, ds, EPOCHS, seed=0)
@@ -75,12 +76,12 @@ def scratch_student(model: str, data: str, width: float, out: Path) -> Path:
 
 def student_params(model: str, data: str, width: float) -> int:
     """Parameters of the distilled student (its cached model's meta; built by the trial first)."""
-    from workbench.params import TrialParams
+    from workbench.config.params import TrialParams
     from workbench.variants import distill
 
     ds = data_mod.load(data)
     p = TrialParams.parse(dict(model=model, data=data, distill_width=width, distill_epochs=EPOCHS))
-    return int(distill.distilled(zoo.resolve(model, ds), ds, p).meta["params"])
+    return int(distill.distilled(models.resolve(model, ds), ds, p).meta["params"])
 
 
 def row(name: str, m: dict, params: int | None = None) -> str:
@@ -105,7 +106,7 @@ def main() -> None:
         lines += [f"## {model} (data `{data}`)", "",
                   "| variant | accuracy % | size bytes | p50 ms | parameters | route |",
                   "| --- | --- | --- | --- | --- | --- |",
-                  row("teacher fp32", teacher, zoo.resolve(model, data_mod.load(data)).meta["params"]),
+                  row("teacher fp32", teacher, models.resolve(model, data_mod.load(data)).meta["params"]),
                   row("teacher int8 static", trial.run({**base, "bits": 8}))]
         for width in WIDTHS:
             kw = dict(distill_width=width, distill_epochs=EPOCHS)

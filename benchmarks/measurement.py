@@ -29,8 +29,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tqdm import tqdm  # noqa: E402
 
-from workbench import config, data, decide, fingerprint, measure, remeasure, report, runtimes, sweep, trial, variants, zoo  # noqa: E402
-from workbench.params import TrialParams  # noqa: E402
+from workbench import config, data, models, runtimes, sweep, variants
+from workbench.config.params import TrialParams
+from workbench.core import fingerprint
+from workbench.decision import best, choose
+from workbench.decision import remeasure as remeasure_mod
+from workbench.measure import bench, timing
+from workbench.results import rundir, table
+from workbench.trial import remeasure
 
 REPEATS = 10
 PROTOCOL = dict(warmup=10, min_runs=50, min_seconds=0.5, max_seconds=5.0)
@@ -39,7 +45,7 @@ PROTOCOL = dict(warmup=10, min_runs=50, min_seconds=0.5, max_seconds=5.0)
 def artifact(bits: int, batch: int) -> tuple[TrialParams, variants.Artifact]:
     p = TrialParams(bits=bits, int8_mode="static", batch_size=batch, threads=1)
     d = data.load(p.data)
-    return p, variants.build(zoo.resolve(p.model, d), d, p, p.calibration_samples)
+    return p, variants.build(models.resolve(p.model, d), d, p, p.calibration_samples)
 
 
 def overhead() -> list[dict]:
@@ -47,7 +53,7 @@ def overhead() -> list[dict]:
     for bits in (32, 8):
         for batch in (1, 32):
             _, art = artifact(bits, batch)
-            r = remeasure.bench_onnx(art.path, batch_size=batch, threads=1, seconds=0.5, repeats=5)
+            r = bench.bench_onnx(art.path, batch_size=batch, threads=1, seconds=0.5, repeats=5)
             out.append({"config": f"{'fp32' if bits == 32 else 'int8-static'} b{batch}", **r})
     return out
 
@@ -57,12 +63,12 @@ def repeatability() -> list[dict]:
     for bits in (32, 8):
         p, art = artifact(bits, 1)
         d = data.load(p.data)
-        batch = trial.timing_batch(d.x_eval, p.batch_size)
+        batch = timing.timing_batch(d.x_eval, p.batch_size)
         session = runtimes.load(p, art)
         p50s, unstable = [], 0
-        with measure.exclusive():
+        with timing.exclusive():
             for _ in range(REPEATS):
-                s = measure.summarize(measure.time_calls(lambda: session.run(batch), **PROTOCOL), 1)
+                s = timing.summarize(timing.time_calls(lambda: session.run(batch), **PROTOCOL), 1)
                 p50s.append(s["latency_p50_ms"])
                 unstable += s["unstable"]
         session.close()
@@ -79,9 +85,9 @@ def stability(tmp: Path) -> dict:
         f"measurement: {json.dumps(PROTOCOL)}",
         "search_space:", "  bits: [32, 8]", "  batch_size: [1, 32]", "  threads: 1"]) + "\n")
     run_dir = sweep.run(config.load(exp_path), runs_dir=tmp / "runs", progress=False)
-    base = report.load_table(run_dir, extras=True)
-    info = report.run_info(run_dir)
-    first = decide.choose(base, info)
+    base = table.load_table(run_dir, extras=True)
+    info = rundir.run_info(run_dir)
+    first = choose.choose(base, info)
     done = base[(base.kind == "trial") & (base.state == "COMPLETE")]
     plain, inter = [], []
     for i in tqdm(range(REPEATS), desc="re-measure", file=sys.stderr):
@@ -89,15 +95,15 @@ def stability(tmp: Path) -> dict:
         for idx, r in done.iterrows():
             p = TrialParams.parse(r.params_full)
             session, batch, _ = remeasure.open_candidate(r.params_full, r.artifact, r.artifact_format)
-            with measure.exclusive():
-                s = measure.summarize(measure.time_calls(lambda: session.run(batch), p.warmup, p.min_runs,
+            with timing.exclusive():
+                s = timing.summarize(timing.time_calls(lambda: session.run(batch), p.warmup, p.min_runs,
                                                          p.min_seconds, p.max_seconds), p.batch_size, seed=i)
             session.close()
             for k in ("latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms", "latency_p90_ms"):
                 df.loc[idx, k] = s[k]
-        plain.append(decide.choose(df, info)["trial"])
-        (run_dir / decide.REMEASURE_FILE).unlink(missing_ok=True)  # measure the leaders afresh
-        inter.append(decide.decide(run_dir, df=df)["trial"])
+        plain.append(choose.choose(df, info)["trial"])
+        (run_dir / remeasure_mod.REMEASURE_FILE).unlink(missing_ok=True)  # measure the leaders afresh
+        inter.append(best.decide(run_dir, df=df)["trial"])
     return {"sweep_winner": first["trial"], "sweep_reason": first["reason"],
             "labels": dict(zip(done.trial, done.label)), "plain": plain, "interleaved": inter}
 

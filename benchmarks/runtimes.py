@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from workbench import fingerprint  # noqa: E402
+from workbench.core import fingerprint
 
 RUNTIMES = ("tensorflow", "onnxruntime", "openvino", "litert")
 BATCHES = (1, 32)

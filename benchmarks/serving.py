@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from workbench import fingerprint  # noqa: E402
+from workbench.core import fingerprint
 
 MODELS = {"digits_cnn": "digits", "cnn32": "digits32"}
 SLO_MS = float(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--slo-ms=")), 10.0))
@@ -44,7 +44,7 @@ CONFIGS = {
 
 def server_trials() -> list[dict]:
     from workbench.serve import kserve
-    from workbench.serve.trial import run_server_trial
+    from workbench.trial.server import run_server_trial
 
     rows = []
     for model, data in MODELS.items():
@@ -66,20 +66,20 @@ def low_rate() -> list[dict]:
     """Server p50 at 20 QPS (policy idle: no batching wait) vs in-process p50, same session."""
     import numpy as np
 
-    from workbench import load, measure
-    from workbench.params import TrialParams
-    from workbench.serve import ServeOptions, engine, free_port
-    from workbench.serve.model import open_bundle, write_bundle
-    from workbench.trial import artifact_for
+    from workbench.config.params import TrialParams
+    from workbench.export.bundle import open_bundle, write_bundle
+    from workbench.measure import timing
+    from workbench.serve import ServeOptions, engine, free_port, load
+    from workbench.variants import artifact_for
 
     rows = []
     for model, data in MODELS.items():
         p = TrialParams.parse({"model": model, "data": data})
         d, _, art = artifact_for(p)
-        bundle = write_bundle(p, art, HERE / "serving-runs" / f"bundle-{model}", d.inputs)
+        bundle = write_bundle(HERE / "serving-runs" / f"bundle-{model}", p, art, d)
         session = open_bundle(bundle).session()
         x = np.ascontiguousarray(d.x_eval[:1])
-        times = measure.time_calls(lambda: session.run(x), 50, 500, 2.0, 5.0)
+        times = timing.time_calls(lambda: session.run(x), 50, 500, 2.0, 5.0)
         session.close()
         eng = engine("builtin", bundle, ServeOptions(port=free_port(), batch_policy="idle", max_batch_size=8))
         eng.start()
@@ -105,11 +105,10 @@ def loadgen_comparison(rate: float = 200.0, seconds: float = 10.0, repeats: int 
 
     import numpy as np
 
-    from workbench import load
-    from workbench.params import TrialParams
-    from workbench.serve import ServeOptions, engine, free_port, protocol
-    from workbench.serve.model import write_bundle
-    from workbench.trial import artifact_for
+    from workbench.config.params import TrialParams
+    from workbench.export.bundle import write_bundle
+    from workbench.serve import ServeOptions, engine, free_port, load, protocol
+    from workbench.variants import artifact_for
 
     py = os.environ.get("WORKBENCH_LOADGEN_PYTHON") or str(HERE.parent / ".venv-kserve" / "bin" / "python")
     probe = subprocess.run([py, "-c", "import mlperf_loadgen"], capture_output=True) if Path(py).exists() else None
@@ -117,7 +116,7 @@ def loadgen_comparison(rate: float = 200.0, seconds: float = 10.0, repeats: int 
         return {"skipped": f"mlcommons-loadgen does not import in {py} (`{py} -m pip install mlcommons-loadgen`)"}
     p = TrialParams.parse({"model": "digits_cnn", "data": "digits"})
     d, _, art = artifact_for(p)
-    bundle = write_bundle(p, art, HERE / "serving-runs" / "bundle-loadgen", d.inputs)
+    bundle = write_bundle(HERE / "serving-runs" / "bundle-loadgen", p, art, d)
     x = np.ascontiguousarray(d.x_eval[:1])
     body = HERE / "serving-runs" / "loadgen-body.json"
     body.write_bytes(protocol.request_json(x))

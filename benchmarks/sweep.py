@@ -18,8 +18,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from demo_walltime import sweep_seconds  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
-from workbench import config, fingerprint  # noqa: E402
-from workbench.storage import open_storage  # noqa: E402
+
+from workbench import config
+from workbench.core import fingerprint
+from workbench.results.storage import open_storage
 
 N_TRIALS = 12
 

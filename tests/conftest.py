@@ -32,9 +32,9 @@ def digits():
 
 @pytest.fixture(scope="session")
 def digits_model(digits):
-    from workbench import zoo
+    from workbench import models
 
-    return zoo.resolve("digits_cnn", digits)
+    return models.resolve("digits_cnn", digits)
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -49,7 +49,8 @@ def plugin(tmp_path, monkeypatch):
     directory and named in WORKBENCH_PLUGINS (which trial kernels and the bundle's subprocesses
     inherit, with the directory on PYTHONPATH). At teardown the runtimes and transforms it
     registered are removed again, so later tests see only the shipped plug-ins."""
-    from workbench import plugins, runtimes, variants
+    from workbench import runtimes, variants
+    from workbench.core import plugins
 
     # the shipped plug-ins, imported now so that only the test's own are removed at teardown
     before = (set(runtimes.registered()), {t.name for t in variants.registered()})
@@ -63,7 +64,7 @@ def plugin(tmp_path, monkeypatch):
         installed.append(module)
 
     yield install
-    for registry, names in zip((runtimes._REGISTRY, variants._REGISTRY), before):
+    for registry, names in zip((runtimes.base._REGISTRY, variants.base._REGISTRY), before):
         for name in set(registry) - names:
             registry.pop(name)
     for module in installed:

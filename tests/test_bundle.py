@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
-from workbench import bundle, runtimes, trial
-from workbench.params import TrialParams
 from test_multi_input import two_inputs  # noqa: F401 - the two-input model fixture
+
+from workbench import runtimes, trial
+from workbench.config.params import TrialParams
+from workbench.export import bundle
+from workbench.export.run import export_trial
 
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2.0)
 
@@ -31,7 +33,7 @@ def export_and_check(params: dict, out: Path) -> tuple[dict, dict]:
     """Run the trial, bundle it, run predict.py on the sample and --check; returns (metrics, check)."""
     m = trial.run({**FAST, **params})
     assert m["status"] == "complete", m.get("reason")
-    bundle.write_bundle(m, out)
+    export_trial(m, out)
     p = TrialParams.parse(m["params"])
     # the exact session options of the measured trial, as the runtime plug-in opens them
     recorded = json.loads((out / "bundle.json").read_text())["session_options"]

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
-from workbench import config, data, report, sweep, trial, zoo
-from workbench.errors import DataError, ModelError, WorkbenchError
+
+from workbench import config, data, models, sweep, trial
+from workbench.core.errors import DataError, ModelError, WorkbenchError
+from workbench.results import table
 
 FAST = dict(warmup=2, min_runs=20, min_seconds=0.05, max_seconds=2.0)
 MODELS = {"keras": "digits_mlp.keras", "savedmodel": "digits_mlp_savedmodel", "onnx": "digits_mlp.onnx"}
@@ -39,7 +40,7 @@ def _one_line(err: BaseException) -> str:
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_user_model_resolves_with_format_meta_and_reference(examples, byo_digits, kind):
-    model = zoo.resolve(str(examples / MODELS[kind]), byo_digits)
+    model = models.resolve(str(examples / MODELS[kind]), byo_digits)
     assert model.format == kind and model.meta["task"] == "classification"
     assert model.accuracy >= 90.0
     assert model.reference().shape == (len(byo_digits.x_eval), 10)
@@ -47,7 +48,7 @@ def test_user_model_resolves_with_format_meta_and_reference(examples, byo_digits
 
 
 def test_all_three_formats_give_the_same_outputs(examples, byo_digits):
-    refs = [zoo.resolve(str(examples / m), byo_digits).reference() for m in MODELS.values()]
+    refs = [models.resolve(str(examples / m), byo_digits).reference() for m in MODELS.values()]
     assert max(float(np.max(np.abs(r - refs[0]))) for r in refs) <= 1e-4
 
 
@@ -55,9 +56,9 @@ def test_user_model_cache_is_keyed_by_content(examples, byo_digits, tmp_path):
     src = examples / MODELS["keras"]
     copy = tmp_path / "copy.keras"
     shutil.copyfile(src, copy)
-    assert zoo.resolve(str(copy), byo_digits).key == zoo.resolve(str(src), byo_digits).key
-    other = zoo.resolve(str(examples / "digits_mlp.onnx"), byo_digits)
-    assert other.key != zoo.resolve(str(src), byo_digits).key
+    assert models.resolve(str(copy), byo_digits).key == models.resolve(str(src), byo_digits).key
+    other = models.resolve(str(examples / "digits_mlp.onnx"), byo_digits)
+    assert other.key != models.resolve(str(src), byo_digits).key
 
 
 @pytest.mark.slow
@@ -69,7 +70,7 @@ def test_user_model_sweeps_end_to_end(examples, tmp_path, kind):
         "search_space": {"bits": [32, 8], "batch_size": 1, "threads": 1},
     }, "byo.yaml", examples)
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-    df = report.load_table(run_dir)
+    df = table.load_table(run_dir)
     trials = df[df.kind == "trial"]
     assert len(trials) == 2 and set(trials.state) == {"COMPLETE"}, trials.reason.tolist()
     assert (trials.accuracy >= 89.0).all()
@@ -104,13 +105,13 @@ def _lambda_model(path: Path) -> Path:
 def test_lambda_layer_is_refused_unless_trusted(byo_digits, tmp_path):
     path = _lambda_model(tmp_path / "lambda.keras")
     with pytest.raises(ModelError) as err:
-        zoo.resolve(str(path), byo_digits)
+        models.resolve(str(path), byo_digits)
     msg = _one_line(err.value)
     assert str(path) in msg and "Lambda" in msg and "trust_model_code" in msg
-    trusted = zoo.resolve(str(path), byo_digits, trust_model_code=True)
+    trusted = models.resolve(str(path), byo_digits, trust_model_code=True)
     assert trusted.meta["unsafe"] and trusted.reference().shape == (len(byo_digits.x_eval), 10)
     with pytest.raises(ModelError, match="trust_model_code"):  # cached, still refused
-        zoo.resolve(str(path), byo_digits)
+        models.resolve(str(path), byo_digits)
 
 
 def test_lambda_layer_refused_through_the_cli(examples, tmp_path):
@@ -125,7 +126,7 @@ def test_lambda_layer_refused_through_the_cli(examples, tmp_path):
 def test_shape_mismatch_is_one_line_naming_both_shapes(examples, kind):
     reg = data.load(str(examples / "regression.npz"), "regression")  # samples of shape (8,), model wants (8, 8, 1)
     with pytest.raises(DataError) as err:
-        zoo.resolve(str(examples / MODELS[kind]), reg)
+        models.resolve(str(examples / MODELS[kind]), reg)
     msg = _one_line(err.value)
     assert "(batch, 8, 8, 1)" in msg and "(8,)" in msg and MODELS[kind] in msg
 
@@ -134,7 +135,7 @@ def test_corrupt_onnx_is_one_line_naming_the_file(examples, byo_digits, tmp_path
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes((examples / MODELS["onnx"]).read_bytes()[:500])
     with pytest.raises(ModelError) as err:
-        zoo.resolve(str(bad), byo_digits)
+        models.resolve(str(bad), byo_digits)
     assert str(bad) in _one_line(err.value) and "not a valid ONNX model" in str(err.value)
     res = run_cli("trial", "-p", f"model={bad}", "-p", f"data={examples / 'digits.npz'}")
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {err.value}"]
@@ -142,10 +143,10 @@ def test_corrupt_onnx_is_one_line_naming_the_file(examples, byo_digits, tmp_path
 
 def test_missing_or_unknown_model_files(byo_digits, tmp_path):
     with pytest.raises(ModelError, match="model file not found"):
-        zoo.resolve(str(tmp_path / "nope.keras"), byo_digits)
+        models.resolve(str(tmp_path / "nope.keras"), byo_digits)
     (tmp_path / "dir").mkdir()
     with pytest.raises(ModelError, match="not a SavedModel"):
-        zoo.resolve(str(tmp_path / "dir"), byo_digits)
+        models.resolve(str(tmp_path / "dir"), byo_digits)
 
 
 def test_npz_checks(tmp_path):
@@ -183,7 +184,7 @@ def test_regression_sweep_reports_mae_and_rmse(examples, tmp_path):
     }, "reg.yaml", examples)
     assert exp.objectives[0] == "mae"
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-    df = report.load_table(run_dir)
+    df = table.load_table(run_dir)
     trials = df[df.kind == "trial"].set_index("bits")
     assert set(trials.state) == {"COMPLETE"}, trials.reason.tolist()
     fp32 = json.loads((run_dir / "trials" / str(trials.loc[32, "trial"]) / "metrics.json").read_text())

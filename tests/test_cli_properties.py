@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench import cli
-from workbench.errors import first_line
+from workbench.core.errors import first_line
+from workbench.runtimes import doctor
 
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -246,7 +247,6 @@ def test_any_argument_list_is_exit_0_or_2(argv):
 # ------------------------------------------------------------------------------ the last resort
 
 def test_a_bug_is_one_line_naming_a_log_with_the_traceback(monkeypatch, capsys):
-    from workbench import doctor
 
     def broken():
         raise RuntimeError()  # an exception with an empty message

@@ -3,10 +3,10 @@
 import textwrap
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from workbench import config
-from workbench.errors import ConfigError
+from workbench.core.errors import ConfigError
 
 BAD = {
     "unknown_key.yaml": ("name: x\nfoo: 1\n", "foo: unknown key"),
@@ -124,7 +124,7 @@ def test_missing_file_is_named():
 def test_default_experiment_is_valid():
     exp = config.load(ROOT / "experiments" / "digits.yaml")
     assert exp.name == "digits" and exp.model == "digits_cnn" and exp.data == "digits"
-    from workbench import space
+    from workbench.sweep import space
 
     assert exp.scenario == "single_stream" and exp.n_trials is None  # default: every distinct one
     assert space.resolve(exp).n_trials == len(space.distinct(exp)) >= 3
@@ -141,15 +141,15 @@ def test_relative_paths_resolve_from_the_experiment_file(tmp_path):
 
 
 def test_default_storage_follows_workers(tmp_path):
-    from workbench import sweep
+    from workbench.sweep import study
 
     exp = config.parse({"name": "x"})
-    assert sweep.storage_url(exp, tmp_path, None) == f"sqlite:///{tmp_path / 'study.db'}"
-    assert sweep.storage_url(exp, tmp_path, None, workers=2) == f"journal:{tmp_path / 'study.journal'}"
-    assert sweep.storage_url(exp, tmp_path, "postgresql://u@h/db", workers=2) == "postgresql://u@h/db"
+    assert study.storage_url(exp, tmp_path, None) == f"sqlite:///{tmp_path / 'study.db'}"
+    assert study.storage_url(exp, tmp_path, None, workers=2) == f"journal:{tmp_path / 'study.journal'}"
+    assert study.storage_url(exp, tmp_path, "postgresql://u@h/db", workers=2) == "postgresql://u@h/db"
     (tmp_path / "study.db").touch()
     with pytest.raises(ConfigError, match="this study is in SQLite"):
-        sweep.storage_url(exp, tmp_path, None, workers=2)
+        study.storage_url(exp, tmp_path, None, workers=2)
 
 
 @pytest.mark.parametrize("extra", [{}, {"scenario": "offline"}, {"scenario": "server", "slo_ms": 50}])

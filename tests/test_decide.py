@@ -5,15 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import config, decide, report
-from workbench.errors import WorkbenchError
+from workbench import config
+from workbench.core.errors import WorkbenchError
+from workbench.decision import choose, stats
+from workbench.decision import remeasure as remeasure_mod
+from workbench.measure import reuse
+from workbench.results import pareto, table
+from workbench.core.errors import ConfigError
 
 INFO = {"experiment": "x", "study": "x", "objectives": ["accuracy", "latency_p90_ms", "size_bytes"],
         "max_accuracy_drop": 1.0, "scenario": "single_stream", "latency_percentile": 90}
 
 
 def _table(rows):
-    cols = {c: None for c in report.COLUMNS + report.EXTRA_COLUMNS}
+    cols = {c: None for c in table.COLUMNS + table.EXTRA_COLUMNS}
     out = []
     for i, r in enumerate(rows):
         base = {**cols, "trial": str(i), "kind": "trial", "state": "COMPLETE", "label": f"t{i}",
@@ -34,10 +39,10 @@ def test_issue_12_batch_32_is_not_the_single_stream_answer():
         dict(bits=8, batch_size=1, latency_p50_ms=0.05, latency_p90_ms=0.06, size_bytes=110_000, accuracy=97.8),
         dict(bits=32, batch_size=1, latency_p50_ms=0.08, latency_p90_ms=0.09, size_bytes=400_000, accuracy=97.7),
     ])
-    best = decide.choose(df, INFO)
+    best = choose.choose(df, INFO)
     assert best["trial"] == "1" and best["scenario"] == "single_stream"
     assert best["question"] == "single_stream: lowest p90 latency at batch 1, accuracy drop <= 1 pt"
-    assert decide.pareto_flags(df, INFO["objectives"])[1]
+    assert pareto.pareto_flags(df, INFO["objectives"])[1]
 
 
 def test_pareto_front_is_computed_per_hardware():
@@ -47,14 +52,14 @@ def test_pareto_front_is_computed_per_hardware():
         dict(latency_p90_ms=3.0, size_bytes=300, hardware_id="b"),   # alone on b: on b's front
         dict(latency_p90_ms=0.5, size_bytes=50, hardware_id="a", feasible=False),  # infeasible
     ])
-    assert decide.pareto_flags(df, INFO["objectives"]) == [True, False, True, False]
-    best = decide.choose(df, INFO)
+    assert pareto.pareto_flags(df, INFO["objectives"]) == [True, False, True, False]
+    best = choose.choose(df, INFO)
     assert best["hardware_id"] == "a" and best["trial"] == "0"
 
 
 def test_pareto_mask_on_known_points():
     pts = np.array([[1, 5], [2, 2], [5, 1], [3, 3], [2, 2]], dtype=float)
-    assert decide.pareto_mask(pts).tolist() == [True, True, True, False, True]
+    assert pareto.pareto_mask(pts).tolist() == [True, True, True, False, True]
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -70,11 +75,11 @@ def test_recommendation_is_always_on_the_front(seed):
                                  ("offline", ["accuracy", "throughput_sps", "size_bytes"]),
                                  ("offline", INFO["objectives"])):  # declared objectives differ
         info = {**INFO, "scenario": scenario, "objectives": objectives}
-        best = decide.choose(df, info)
+        best = choose.choose(df, info)
         if best is None:
             continue
         i = int(best["trial"])
-        assert decide.pareto_flags(df, objectives)[i]
+        assert pareto.pareto_flags(df, objectives)[i]
         assert df.hardware_id[i] == best["hardware_id"] and df.feasible[i]
         if scenario == "single_stream":
             assert df.batch_size[i] == 1
@@ -86,58 +91,58 @@ def test_offline_ranks_by_throughput():
         dict(batch_size=32, latency_p90_ms=1.0, throughput_sps=40_000),
     ])
     info = {**INFO, "scenario": "offline", "objectives": ["accuracy", "throughput_sps", "size_bytes"]}
-    best = decide.choose(df, info)
+    best = choose.choose(df, info)
     assert best["trial"] == "1" and best["primary_metric"] == "throughput_sps"
     assert best["candidates"] == ["1", "0"]  # at least two leaders, best first
 
 
 def test_single_stream_with_a_fixed_batch_answers_at_the_smallest():
     df = _table([dict(batch_size=4, latency_p90_ms=0.5), dict(batch_size=8, latency_p90_ms=0.6, size_bytes=10)])
-    best = decide.choose(df, INFO)
+    best = choose.choose(df, INFO)
     assert best["trial"] == "0" and "at batch 4 (the smallest measured)" in best["question"]
 
 
 def test_latency_budget_makes_slow_trials_infeasible():
     df = _table([dict(latency_p90_ms=0.5, size_bytes=100), dict(latency_p90_ms=0.2, size_bytes=900)])
-    assert decide.choose(df, {**INFO, "latency_budget_ms": 0.3})["trial"] == "1"
-    assert decide.choose(df, {**INFO, "latency_budget_ms": 0.1}) is None
+    assert choose.choose(df, {**INFO, "latency_budget_ms": 0.3})["trial"] == "1"
+    assert choose.choose(df, {**INFO, "latency_budget_ms": 0.1}) is None
 
 
 def test_leaders_within_the_margin_at_least_two_at_most_five():
-    assert decide.LEAD_MARGIN >= 0.10  # every candidate within 10% is always among them
-    vals = [1.0, 1.05, 1.09, 1.0 + decide.LEAD_MARGIN * 0.99, 1.0 + decide.LEAD_MARGIN * 1.01, 1.5]
+    assert choose.LEAD_MARGIN >= 0.10  # every candidate within 10% is always among them
+    vals = [1.0, 1.05, 1.09, 1.0 + choose.LEAD_MARGIN * 0.99, 1.0 + choose.LEAD_MARGIN * 1.01, 1.5]
     df = _table([dict(latency_p90_ms=v) for v in vals]).sort_values("latency_p90_ms")
-    assert list(decide.leaders(df, "latency_p90_ms", "minimize").trial) == ["0", "1", "2", "3"]
-    tput = _table([dict(throughput_sps=v) for v in (100.0, 100 / (1 + decide.LEAD_MARGIN * 0.99), 70.0)])
-    assert list(decide.leaders(tput, "throughput_sps", "maximize").trial) == ["0", "1"]
+    assert list(choose.leaders(df, "latency_p90_ms", "minimize").trial) == ["0", "1", "2", "3"]
+    tput = _table([dict(throughput_sps=v) for v in (100.0, 100 / (1 + choose.LEAD_MARGIN * 0.99), 70.0)])
+    assert list(choose.leaders(tput, "throughput_sps", "maximize").trial) == ["0", "1"]
     far = _table([dict(latency_p90_ms=v) for v in (1.0, 3.0)])
-    assert len(decide.leaders(far, "latency_p90_ms", "minimize")) == 2
+    assert len(choose.leaders(far, "latency_p90_ms", "minimize")) == 2
     many = _table([dict(latency_p90_ms=1 + i / 1000) for i in range(9)])
-    assert len(decide.leaders(many, "latency_p90_ms", "minimize")) == decide.MAX_LEADERS
+    assert len(choose.leaders(many, "latency_p90_ms", "minimize")) == choose.MAX_LEADERS
 
 
 def test_paired_ratio_of_known_rounds():
     a = [2.0, 4.0, 2.2, 3.0, 2.5]  # the machine drifts by 2x between rounds ...
     b = [1.0, 2.0, 1.1, 1.5, 1.25]  # ... and the ratio stays exactly 2
-    est, lo, hi = decide.paired_ratio(a, b)
+    est, lo, hi = stats.paired_ratio(a, b)
     assert est == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
     rng = np.random.default_rng(0)
     drift = np.exp(rng.normal(0, 0.2, 7))
     noise = np.exp(rng.normal(0, 0.01, 7))
-    est, lo, hi = decide.paired_ratio(1.1 * drift * noise, drift)
+    est, lo, hi = stats.paired_ratio(1.1 * drift * noise, drift)
     assert lo < est < hi and lo > 1.0 and est == pytest.approx(1.1, rel=0.03)
     # Unpaired, the same numbers overlap completely: pairing is what separates them.
     assert min(1.1 * drift * noise) < max(drift)
     with pytest.raises(WorkbenchError):
-        decide.paired_ratio([1.0], [1.0])
+        stats.paired_ratio([1.0], [1.0])
 
 
 def test_beats_needs_ci_excluding_one_and_more_than_two_percent():
-    assert decide.beats((0.90, 0.88, 0.92), "minimize")
-    assert not decide.beats((0.99, 0.985, 0.995), "minimize")  # excludes 1, but only 1%
-    assert not decide.beats((0.90, 0.80, 1.01), "minimize")    # CI includes 1
-    assert decide.beats((1.10, 1.05, 1.15), "maximize")
-    assert not decide.beats((1.10, 1.05, 1.15), "minimize")
+    assert stats.beats((0.90, 0.88, 0.92), "minimize")
+    assert not stats.beats((0.99, 0.985, 0.995), "minimize")  # excludes 1, but only 1%
+    assert not stats.beats((0.90, 0.80, 1.01), "minimize")    # CI includes 1
+    assert stats.beats((1.10, 1.05, 1.15), "maximize")
+    assert not stats.beats((1.10, 1.05, 1.15), "minimize")
 
 
 def test_settle_and_choose_on_rounds_tie_goes_to_smallest_simplest():
@@ -148,9 +153,9 @@ def test_settle_and_choose_on_rounds_tie_goes_to_smallest_simplest():
     ])
     base = np.array([1.0, 1.3, 0.9, 1.1, 1.2, 1.0, 0.95])
     rounds = {"0": (base * 1.00).tolist(), "1": (base * 1.01).tolist(), "2": (base * 1.10).tolist()}
-    got = decide.settle(rounds, "minimize")
+    got = stats.settle(rounds, "minimize")
     assert got["leader"] == "0" and sorted(got["tied"]) == ["0", "1"]
-    best = decide.choose(df, INFO, {"rounds": rounds, "n_rounds": 7})
+    best = choose.choose(df, INFO, {"rounds": rounds, "n_rounds": 7})
     assert best["decided_by"] == "interleaved re-measurement"
     assert best["trial"] == "1" and best["tie"] and best["tied_with"] == ["0"]
     assert best["interleaved"]["ratios"]["2"]["ci"][0] > 1.0
@@ -161,14 +166,14 @@ def test_choose_clear_winner_on_rounds():
     base = np.array([1.0, 1.2, 0.9, 1.1, 1.0])
     # The sweep said 0 was faster; measured together, 1 is 20% faster in every round.
     rounds = {"0": (base * 1.2).tolist(), "1": base.tolist()}
-    best = decide.choose(df, INFO, {"rounds": rounds, "n_rounds": 5})
+    best = choose.choose(df, INFO, {"rounds": rounds, "n_rounds": 5})
     assert best["trial"] == "1" and not best["tie"] and "beats trials 0" in best["reason"]
 
 
 def test_without_rounds_close_leaders_tie_and_reason_says_so():
     df = _table([dict(bits=32, latency_p90_ms=1.000, size_bytes=400),
                  dict(bits=8, latency_p90_ms=1.010, size_bytes=100)])
-    best = decide.choose(df, INFO, {"error": "no such machine"})
+    best = choose.choose(df, INFO, {"error": "no such machine"})
     assert best["trial"] == "1" and best["decided_by"] == "sweep measurements"
     assert "no such machine" in best["reason"]
 
@@ -182,7 +187,7 @@ def test_scenarios_in_config():
     assert mine.objectives == ["accuracy", "latency_p50_ms"]
     for bad, where in (({"scenario": "server"}, "slo_ms: required"), ({"scenario": "nope"}, "unknown"),
                        ({"latency_percentile": 80}, "latency_percentile")):
-        with pytest.raises(config.ConfigError, match=where):
+        with pytest.raises(ConfigError, match=where):
             config.parse({"name": "x", **bad})
 
 
@@ -192,18 +197,18 @@ def test_identical_artifacts_share_one_measurement(tmp_path, monkeypatch):
     b.write_bytes(b"same bytes")
     c.write_bytes(b"other bytes")
     p = {"runtime": "litert", "threads": 1, "batch_size": 1, "per_channel": False}
-    key = decide.measurement_key(p, a)
-    assert decide.measurement_key({**p, "per_channel": True}, b) == key  # not a run option
-    assert decide.measurement_key(p, c) != key
-    assert decide.measurement_key({**p, "threads": 2}, a) != key
+    key = reuse.measurement_key(p, a)
+    assert reuse.measurement_key({**p, "per_channel": True}, b) == key  # not a run option
+    assert reuse.measurement_key(p, c) != key
+    assert reuse.measurement_key({**p, "threads": 2}, a) != key
     run_dir = tmp_path / "run"
-    decide.record(run_dir, 3, {"status": "complete", "measurement_key": key, "latency_p90_ms": 0.1,
+    reuse.record(run_dir, 3, {"status": "complete", "measurement_key": key, "latency_p90_ms": 0.1,
                                "notebook": "nb"})
-    monkeypatch.setenv(decide.REUSE_ENV, str(run_dir / "measured"))
-    m = decide.reuse_metrics(key, {"per_channel": True}, "label")
+    monkeypatch.setenv(reuse.REUSE_ENV, str(run_dir / "measured"))
+    m = reuse.reuse_metrics(key, {"per_channel": True}, "label")
     assert m["reused_from"] == 3 and m["latency_p90_ms"] == 0.1 and "notebook" not in m
     assert m["params"] == {"per_channel": True}
-    assert decide.reuse_metrics(decide.measurement_key(p, c), {}, "x") is None
+    assert reuse.reuse_metrics(reuse.measurement_key(p, c), {}, "x") is None
 
 
 @pytest.mark.slow
@@ -222,11 +227,11 @@ def test_sweep_measures_an_identical_artifact_once(tmp_path, plugin):
         "search_space:", "  bits: 8", "  int8_mode: static", "  label_only: [1, 2]",
         "  runtime: onnxruntime", "  threads: 1"]) + "\n")
     exp = config.load(path)
-    before = os.environ.get(decide.REUSE_ENV)
+    before = os.environ.get(reuse.REUSE_ENV)
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
     # the sweep's measurements are not handed to what this process runs next
-    assert os.environ.get(decide.REUSE_ENV) == before
-    df = report.load_table(run_dir)
+    assert os.environ.get(reuse.REUSE_ENV) == before
+    df = table.load_table(run_dir)
     trials = df[df.kind == "trial"].set_index("trial")
     assert len(trials) == 2 and (trials.state == "COMPLETE").all()
     assert pd.isna(trials.loc["0", "reused_from"]) and int(trials.loc["1", "reused_from"]) == 0
@@ -237,9 +242,9 @@ def test_sweep_measures_an_identical_artifact_once(tmp_path, plugin):
 def test_undecided_only_for_a_gap_over_the_margin_whose_ci_includes_one():
     base = np.array([1.0, 1.3, 0.9, 1.1, 1.2, 1.0, 0.95])
     noisy = base * np.array([1.10, 0.98, 1.12, 0.97, 1.09, 1.00, 1.08])  # ~5% slower, noisy
-    assert decide.undecided(decide.settle({"a": base.tolist(), "b": noisy.tolist()}, "minimize"))
-    assert not decide.undecided(decide.settle({"a": base.tolist(), "b": (base * 1.01).tolist()}, "minimize"))
-    assert not decide.undecided(decide.settle({"a": base.tolist(), "b": (base * 1.2).tolist()}, "minimize"))
+    assert stats.undecided(stats.settle({"a": base.tolist(), "b": noisy.tolist()}, "minimize"))
+    assert not stats.undecided(stats.settle({"a": base.tolist(), "b": (base * 1.01).tolist()}, "minimize"))
+    assert not stats.undecided(stats.settle({"a": base.tolist(), "b": (base * 1.2).tolist()}, "minimize"))
 
 
 def _fake_rounds(ratios, calls):
@@ -256,7 +261,7 @@ def _fake_rounds(ratios, calls):
 
 
 def test_an_undecided_comparison_gets_more_rounds(tmp_path, monkeypatch):
-    from workbench import fingerprint, remeasure
+    from workbench.core import fingerprint
 
     here = fingerprint.collect()["hardware_id"]
     lead = _table([dict(latency_p90_ms=1.00, hardware_id=here, params_full={}, artifact="a"),
@@ -264,24 +269,24 @@ def test_an_undecided_comparison_gets_more_rounds(tmp_path, monkeypatch):
     calls = []
     # About 4% slower but noisy: 7 rounds cannot tell (CI includes 1), 14 can.
     noisy = [1.12, 0.98, 1.10, 0.97, 1.09, 1.00, 1.06]
-    monkeypatch.setattr(remeasure, "rounds_in_subprocess", _fake_rounds(noisy, calls))
-    first7 = decide.settle({"0": [1.0] * 7, "1": noisy}, "minimize")
-    assert decide.undecided(first7) and "1" in first7["tied"]
-    inter = decide.remeasure_leaders(tmp_path, lead, INFO, rounds=7)
+    monkeypatch.setattr(remeasure_mod, "rounds_in_subprocess", _fake_rounds(noisy, calls))
+    first7 = stats.settle({"0": [1.0] * 7, "1": noisy}, "minimize")
+    assert stats.undecided(first7) and "1" in first7["tied"]
+    inter = remeasure_mod.remeasure_leaders(tmp_path, lead, INFO, rounds=7)
     assert calls == [7, 7] and inter["n_rounds"] == 14 and inter["processes"] == 2
     assert all(len(v) == 14 for v in inter["rounds"].values()) and len(inter["orders"]) == 14
-    assert decide.settle(inter["rounds"], "minimize")["tied"] == ["0"]  # now 0 beats 1
+    assert stats.settle(inter["rounds"], "minimize")["tied"] == ["0"]  # now 0 beats 1
 
     # Never more than MAX_ROUNDS: a gap that stays undecided ends as a tie.
     calls.clear()
     (tmp_path / "b").mkdir()
     undecidable = [1.3, 0.8, 1.25, 0.85, 1.2, 0.82, 1.1]
-    monkeypatch.setattr(remeasure, "rounds_in_subprocess", _fake_rounds(undecidable, calls))
-    inter = decide.remeasure_leaders(tmp_path / "b", lead, INFO, rounds=7)
-    assert sum(calls) == inter["n_rounds"] <= decide.MAX_ROUNDS and len(calls) == decide.MAX_ROUNDS // 7
+    monkeypatch.setattr(remeasure_mod, "rounds_in_subprocess", _fake_rounds(undecidable, calls))
+    inter = remeasure_mod.remeasure_leaders(tmp_path / "b", lead, INFO, rounds=7)
+    assert sum(calls) == inter["n_rounds"] <= remeasure_mod.MAX_ROUNDS and len(calls) == remeasure_mod.MAX_ROUNDS // 7
 
     # Decided at once (2x): one process.
     calls.clear()
     (tmp_path / "c").mkdir()
-    monkeypatch.setattr(remeasure, "rounds_in_subprocess", _fake_rounds([2.0], calls))
-    assert decide.remeasure_leaders(tmp_path / "c", lead, INFO, rounds=7)["processes"] == 1 and calls == [7]
+    monkeypatch.setattr(remeasure_mod, "rounds_in_subprocess", _fake_rounds([2.0], calls))
+    assert remeasure_mod.remeasure_leaders(tmp_path / "c", lead, INFO, rounds=7)["processes"] == 1 and calls == [7]

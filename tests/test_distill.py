@@ -4,9 +4,11 @@ file), trained with keras.distillation.Distiller, then exported and run like any
 import numpy as np
 import pytest
 
-from workbench import config, report, sweep, trial
-from workbench.errors import TrialPruned
+from workbench import config, sweep, trial
+from workbench.core.errors import TrialPruned
+from workbench.results import table
 from workbench.variants import distill
+from workbench.models import builtin
 
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2.0, calibration_samples=50)
 
@@ -25,9 +27,7 @@ def test_scaled_student_keeps_the_head_and_shrinks_the_body():
 
 
 def test_scaled_text_transformer_keeps_shapes_consistent():
-    from workbench import zoo
-
-    teacher = zoo._text_transformer((32,), 4)
+    teacher = builtin._text_transformer((32,), 4)
     student = distill.scaled_clone(teacher, 0.5)
     out = student.predict({"tokens": np.ones((2, 32), np.int32), "mask": np.ones((2, 32), np.int32)}, verbose=0)
     assert out.shape == (2, 4) and student.count_params() < teacher.count_params() / 2
@@ -43,7 +43,7 @@ def test_non_standard_layer_is_pruned_with_the_reason():
 
 
 def test_width_one_is_the_teacher_and_the_cache_key_holds_the_recipe(digits_model):
-    from workbench.params import TrialParams
+    from workbench.config.params import TrialParams
 
     assert not distill.applies(TrialParams())
     a = distill.recipe(TrialParams(distill_width=0.5))
@@ -85,7 +85,7 @@ def test_distillation_sweep(tmp_path):
         "search_space": {"distill_width": [1.0, 0.5, 0.25], "distill_epochs": 2},
     }, "distill.yaml")
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-    df = report.load_table(run_dir)
+    df = table.load_table(run_dir)
     trials = df[df.kind == "trial"]
     assert len(trials) == 3 and set(trials.state) == {"COMPLETE"}, trials.reason.tolist()
     sizes = trials.sort_values("size_bytes").size_bytes.tolist()

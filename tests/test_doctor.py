@@ -3,7 +3,8 @@
 import json
 
 from conftest import run_cli
-from workbench import doctor
+
+from workbench.runtimes import doctor
 
 
 def test_collect_reports_runtimes_cpu_and_gpu():

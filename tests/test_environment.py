@@ -4,7 +4,6 @@ import re
 import tomllib
 
 import yaml
-
 from conftest import ROOT
 
 
@@ -34,8 +33,8 @@ def test_notebooks_are_committed_without_outputs():
 def test_trial_notebook_parameters_match_trial_params():
     from papermill.inspection import inspect_notebook
 
-    from workbench.notebook import TRIAL_NOTEBOOK
-    from workbench.params import TrialParams
+    from workbench.config.params import TrialParams
+    from workbench.sweep.notebook import TRIAL_NOTEBOOK
 
     names = set(inspect_notebook(str(TRIAL_NOTEBOOK)))  # fields + registered parameters
     assert names == set(TrialParams().model_dump()) | {"metrics_path"}

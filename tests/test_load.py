@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_serve import bundle, group_gone, session, start  # noqa: F401 - shared fixtures
 
-from workbench import load
+from workbench.serve import load
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_bad_arguments_are_one_line_errors(slow_server, tmp_path):
 
 
 def test_percentile_bound():
-    from workbench.serve.trial import min_requests
+    from workbench.trial.server import min_requests
 
     assert min_requests(99.0) == 459
     assert min_requests(90.0) < min_requests(99.0) < min_requests(99.9)

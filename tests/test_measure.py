@@ -5,12 +5,12 @@
 import numpy as np
 import pytest
 
-from workbench import measure
+from workbench.measure import interleaved, timing
 
 
 def test_quantiles_of_known_timings():
     times_ns = (np.arange(1, 101) * 1_000_000).astype(np.int64)  # 1..100 ms
-    s = measure.summarize(times_ns, batch_size=4)
+    s = timing.summarize(times_ns, batch_size=4)
     assert s["n_runs"] == 100
     assert s["latency_p50_ms"] == pytest.approx(50.5)
     assert s["latency_p90_ms"] == pytest.approx(90.1)
@@ -24,7 +24,7 @@ def test_quantiles_of_known_timings():
 
 
 def test_constant_timings_have_zero_spread():
-    s = measure.summarize(np.full(60, 2_000_000, dtype=np.int64), batch_size=1)
+    s = timing.summarize(np.full(60, 2_000_000, dtype=np.int64), batch_size=1)
     assert s["latency_p50_ms"] == s["latency_p99_ms"] == 2.0
     assert s["latency_cv"] == 0.0 and not s["unstable"]
     assert s["latency_p50_ci_low_ms"] == s["latency_p50_ci_high_ms"] == 2.0
@@ -36,7 +36,7 @@ def test_bootstrap_ci_covers_true_median_most_of_the_time():
     hits = 0
     for i in range(100):
         sample = rng.lognormal(0.0, 0.5, size=200)
-        lo, hi = measure.bootstrap_median_ci(sample, resamples=400, seed=i)
+        lo, hi = timing.bootstrap_median_ci(sample, resamples=400, seed=i)
         hits += lo <= true_median <= hi
     assert hits >= 85  # nominal 95%
 
@@ -60,7 +60,7 @@ class FakeClock:
 def test_runs_until_min_runs_and_min_seconds():
     clock = FakeClock()
     calls = []
-    times = measure.time_calls(lambda: (calls.append(1), clock.advance(1)), warmup=5, min_runs=30,
+    times = timing.time_calls(lambda: (calls.append(1), clock.advance(1)), warmup=5, min_runs=30,
                                min_seconds=0.05, max_seconds=5, clock=clock)
     assert len(times) == 50 and len(calls) == 55  # 50 calls of 1 ms reach min_seconds
     assert (times == 1_000_000).all()
@@ -68,32 +68,32 @@ def test_runs_until_min_runs_and_min_seconds():
 
 def test_min_runs_keeps_going_past_min_seconds():
     clock = FakeClock()
-    times = measure.time_calls(clock.call(1), warmup=0, min_runs=80, min_seconds=0.05, max_seconds=5,
+    times = timing.time_calls(clock.call(1), warmup=0, min_runs=80, min_seconds=0.05, max_seconds=5,
                                clock=clock)
     assert len(times) == 80
 
 
 def test_min_seconds_keeps_going_past_min_runs():
     clock = FakeClock()
-    times = measure.time_calls(clock.call(2), warmup=0, min_runs=1, min_seconds=0.05, max_seconds=5,
+    times = timing.time_calls(clock.call(2), warmup=0, min_runs=1, min_seconds=0.05, max_seconds=5,
                                clock=clock)
     assert len(times) == 25
 
 
 def test_max_seconds_caps_slow_calls():
     clock = FakeClock()
-    times = measure.time_calls(clock.call(20), warmup=0, min_runs=10_000, min_seconds=0, max_seconds=0.1,
+    times = timing.time_calls(clock.call(20), warmup=0, min_runs=10_000, min_seconds=0, max_seconds=0.1,
                                clock=clock)
     assert len(times) == 5
 
 
 def test_rank_ci_and_instability_on_known_samples():
     x = np.arange(1, 1001, dtype=float)
-    lo, hi = measure.median_ci_rank(x)
+    lo, hi = timing.median_ci_rank(x)
     assert lo < 500.5 < hi and hi - lo < 80  # ranks 469..531 of 1000
-    assert not measure.is_unstable(np.full(100, 2.0))
+    assert not timing.is_unstable(np.full(100, 2.0))
     bimodal = np.array([1.0, 3.0] * 30)  # the median jumps between the modes
-    assert measure.is_unstable(bimodal)
+    assert timing.is_unstable(bimodal)
 
 
 def test_keeps_measuring_while_unstable_then_stops():
@@ -106,12 +106,12 @@ def test_keeps_measuring_while_unstable_then_stops():
         return fn
 
     clock = FakeClock()
-    settled = measure.time_calls(noisy_then_steady(clock), warmup=0, min_runs=10, min_seconds=0.05,
+    settled = timing.time_calls(noisy_then_steady(clock), warmup=0, min_runs=10, min_seconds=0.05,
                                  max_seconds=3, clock=clock)
     assert settled.sum() / 1e9 > 0.15  # went on past min_seconds until the median settled
-    assert not measure.summarize(settled, 1)["unstable"]
+    assert not timing.summarize(settled, 1)["unstable"]
     clock = FakeClock()
-    plain = measure.time_calls(noisy_then_steady(clock), warmup=0, min_runs=10, min_seconds=0.05,
+    plain = timing.time_calls(noisy_then_steady(clock), warmup=0, min_runs=10, min_seconds=0.05,
                                max_seconds=3, settle=False, clock=clock)
     assert plain.sum() / 1e9 == pytest.approx(0.05, abs=0.002) and len(plain) < len(settled)
 
@@ -124,15 +124,15 @@ def test_unstable_until_max_seconds_is_flagged():
         state["i"] += 1
         clock.advance(1 if state["i"] % 2 else 3)
 
-    times = measure.time_calls(always_bimodal, warmup=0, min_runs=10, min_seconds=0.02, max_seconds=0.3,
+    times = timing.time_calls(always_bimodal, warmup=0, min_runs=10, min_seconds=0.02, max_seconds=0.3,
                                clock=clock)
     assert times.sum() / 1e9 == pytest.approx(0.3, abs=0.004)  # stopped by the cap, not earlier
-    assert measure.summarize(times, 1)["unstable"]
+    assert timing.summarize(times, 1)["unstable"]
 
 
 LOCKED = """
 import sys, time
-from workbench import measure
+from workbench.measure import timing as measure
 with measure.exclusive():
     t0 = time.time()
     time.sleep(0.4)
@@ -160,10 +160,10 @@ def test_interleaved_times_alternate_and_separate_different_costs():
     order = []
     fast = lambda: (order.append("a"), clock.advance(0.2))  # noqa: E731
     slow = lambda: (order.append("b"), clock.advance(0.6))  # noqa: E731
-    a, b = measure.interleaved_times([fast, slow], warmup=2, seconds=0.1, min_rounds=20, clock=clock)
+    a, b = interleaved.interleaved_times([fast, slow], warmup=2, seconds=0.1, min_rounds=20, clock=clock)
     assert len(a) == len(b) == 125  # 0.8 ms per round until 0.1 s
     assert order[4:10] == ["a", "b"] * 3
-    assert np.median(a) < np.median(b) and measure.distinguishable(a / 1e6, b / 1e6)
+    assert np.median(a) < np.median(b) and interleaved.distinguishable(a / 1e6, b / 1e6)
 
 
 def _tiny_onnx(path):
@@ -179,9 +179,9 @@ def _tiny_onnx(path):
 
 
 def test_bench_reports_both_p50s_and_a_ratio_near_one(tmp_path):
-    from workbench import remeasure
+    from workbench.measure import bench
 
-    r = remeasure.bench_onnx(_tiny_onnx(tmp_path / "tiny.onnx"), batch_size=8, seconds=0.2, repeats=3)
+    r = bench.bench_onnx(_tiny_onnx(tmp_path / "tiny.onnx"), batch_size=8, seconds=0.2, repeats=3)
     assert r["workbench_p50_ms"] > 0 and r["bare_loop_p50_ms"] > 0 and r["calls_each"] >= 100
     assert r["ratio"] == pytest.approx(r["workbench_p50_ms"] / r["bare_loop_p50_ms"])
     lo, hi = r["workbench_p50_ci_ms"]

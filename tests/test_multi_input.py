@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench import config, data, report, sweep, trial, zoo
-from workbench.errors import DataError, ModelError
+from workbench import config, data, models, sweep, trial
+from workbench.core.errors import DataError, ModelError
+from workbench.results import table
+from workbench.data import inputs
 
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2.0, calibration_samples=50)
 VOCAB, IDS, FEATURES, CLASSES = 16, 4, 6, 3
@@ -56,14 +58,14 @@ def test_npz_layout_gives_a_dict_per_split(two_inputs):
     ds = data.load(str(two_inputs / "two.npz"))
     assert ds.multi_input and set(ds.x_eval) == {"features", "ids"}
     assert ds.x_eval["ids"].dtype == np.int32 and ds.x_eval["features"].dtype == np.float32
-    assert ds.n_eval == 400 and data.inputs_mod.rows(ds.x_train) == 3000
+    assert ds.n_eval == 400 and inputs.rows(ds.x_train) == 3000
     part = ds.take("eval", 10, 15)
     assert part["ids"].shape == (5, IDS) and part["features"].shape == (5, FEATURES)
 
 
 def test_model_records_its_inputs(two_inputs):
     ds = data.load(str(two_inputs / "two.npz"))
-    model = zoo.resolve(str(two_inputs / "two.keras"), ds)
+    model = models.resolve(str(two_inputs / "two.keras"), ds)
     assert {i["name"]: i["dtype"] for i in model.inputs} == {"features": "float32", "ids": "int32"}
     assert model.accuracy >= 80.0
 
@@ -103,15 +105,15 @@ def test_mismatches_name_the_input_expected_and_found(two_inputs, tmp_path):
     wrong_dtype = {**arrays, **{k: v.astype(np.float32) for k, v in arrays.items() if k.endswith(".ids")}}
     np.savez(tmp_path / "float_ids.npz", **wrong_dtype)
     with pytest.raises(DataError, match=r"input ids expects dtype int32 but data float_ids has float32") as err:
-        zoo.resolve(str(two_inputs / "two.keras"), data.load(str(tmp_path / "float_ids.npz")))
+        models.resolve(str(two_inputs / "two.keras"), data.load(str(tmp_path / "float_ids.npz")))
     assert "\n" not in str(err.value)
     wrong_shape = {**arrays, **{k: v[:, :2] for k, v in arrays.items() if k.endswith(".ids")}}
     np.savez(tmp_path / "short_ids.npz", **wrong_shape)
     with pytest.raises(DataError, match=r"input ids expects shape \(batch, 4\) but data short_ids has samples of shape \(2,\)"):
-        zoo.resolve(str(two_inputs / "two.keras"), data.load(str(tmp_path / "short_ids.npz")))
+        models.resolve(str(two_inputs / "two.keras"), data.load(str(tmp_path / "short_ids.npz")))
     np.savez(tmp_path / "one.npz", x_eval=arrays["x_eval.features"], y_eval=arrays["y_eval"])
     with pytest.raises(DataError, match=r"has 2 input\(s\) \(features, ids\).*x_eval.<name>"):
-        zoo.resolve(str(two_inputs / "two.keras"), data.load(str(tmp_path / "one.npz")))
+        models.resolve(str(two_inputs / "two.keras"), data.load(str(tmp_path / "one.npz")))
     missing = {k: v for k, v in arrays.items() if k != "x_train.ids"}
     np.savez(tmp_path / "missing.npz", **missing)
     with pytest.raises(DataError, match="x_train has inputs"):
@@ -127,13 +129,13 @@ def test_output_is_chosen_by_name_or_index(two_inputs, tmp_path):
     two_out = keras.Model(base.inputs, [aux, base.outputs[0]], name="two_outputs")
     two_out.save(tmp_path / "two_out.keras")
     ds = data.load(str(two_inputs / "two.npz"))
-    ref = zoo.resolve(str(two_inputs / "two.keras"), ds).reference()
-    by_index = zoo.resolve(str(tmp_path / "two_out.keras"), ds, output=1)
+    ref = models.resolve(str(two_inputs / "two.keras"), ds).reference()
+    by_index = models.resolve(str(tmp_path / "two_out.keras"), ds, output=1)
     assert np.allclose(by_index.reference(), ref, atol=1e-5)
     name = by_index.meta["outputs"][1]
-    assert zoo.resolve(str(tmp_path / "two_out.keras"), ds, output=name).key != by_index.key
+    assert models.resolve(str(tmp_path / "two_out.keras"), ds, output=name).key != by_index.key
     with pytest.raises(ModelError, match="has no output 'nope'"):
-        zoo.resolve(str(tmp_path / "two_out.keras"), ds, output="nope")
+        models.resolve(str(tmp_path / "two_out.keras"), ds, output="nope")
     m = trial.run(_kw(two_inputs, model=str(tmp_path / "two_out.keras"), output=1, runtime="litert"))
     assert m["status"] == "complete" and m["max_abs_diff"] < 1e-4
 
@@ -147,7 +149,7 @@ def test_two_input_sweep_end_to_end(two_inputs, tmp_path):
         "search_space": {"bits": [32, 8], "runtime": ["onnxruntime", "litert"]},
     }, "two.yaml", two_inputs)
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-    df = report.load_table(run_dir)
+    df = table.load_table(run_dir)
     trials = df[df.kind == "trial"]
     assert len(trials) == 4 and set(trials.state) == {"COMPLETE"}, trials.reason.tolist()
     assert (run_dir / "best.json").is_file()
@@ -160,11 +162,11 @@ def test_export_bundle_feeds_every_input(two_inputs, tmp_path, runtime, bits):
     import subprocess
     import sys
 
-    from workbench import bundle
+    from workbench.export.run import export_trial
 
     m = trial.run(_kw(two_inputs, runtime=runtime, bits=bits, batch_size=2))
     assert m["status"] == "complete", m.get("reason")
-    out = bundle.write_bundle(m, tmp_path / "bundle")
+    out = export_trial(m, tmp_path / "bundle")
     with np.load(out / "sample_input.npz") as z:
         assert z["ids"].dtype == np.int32 and z["features"].dtype == np.float32
     check = subprocess.run([sys.executable, "predict.py", "--check", "--json"], cwd=out,

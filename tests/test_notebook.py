@@ -12,12 +12,14 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
-
 from conftest import ROOT, run_cli
-from workbench import config, notebook, study, sweep
-from workbench.errors import ConfigError, WorkbenchError
-from workbench.params import TrialParams
-from workbench.storage import redact, redact_text, resolve_url
+
+from workbench import config, sweep
+from workbench.config.params import TrialParams
+from workbench.core.errors import ConfigError, WorkbenchError
+from workbench.results import rundir
+from workbench.results.storage import redact, redact_text, resolve_url
+from workbench.sweep import notebook, study
 
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2)
 NOISE = ("E0000", "I0000", "W0000", "cuInit", "oneDNN", "absl", "tensorflow/")
@@ -96,18 +98,18 @@ def test_cli_rejects_a_bad_study_name_in_one_line(tmp_path):
 
 def test_fresh_deletes_only_a_run_directory_the_workbench_created(tmp_path):
     exp = config.load(tiny(tmp_path))
-    run_dir = study.run_dir_of(exp, "mine", tmp_path / "runs")
+    run_dir = rundir.run_dir_of(exp, "mine", tmp_path / "runs")
     run_dir.mkdir(parents=True)
     (run_dir / "notes.txt").write_text("the user's")
     with pytest.raises(WorkbenchError, match="not created by the workbench"):
         sweep.run(exp, study_name="mine", runs_dir=tmp_path / "runs", fresh=True, progress=False)
     assert (run_dir / "notes.txt").read_text() == "the user's"
 
-    made = study.create_run_dir(study.run_dir_of(exp, "made", tmp_path / "runs"))
-    assert (made / study.MARKER).exists()
+    made = rundir.create_run_dir(rundir.run_dir_of(exp, "made", tmp_path / "runs"))
+    assert (made / rundir.MARKER).exists()
     (made / "old.txt").write_text("from an earlier run")
-    study.create_run_dir(made, fresh=True)
-    assert not (made / "old.txt").exists() and (made / study.MARKER).exists()
+    rundir.create_run_dir(made, fresh=True)
+    assert not (made / "old.txt").exists() and (made / rundir.MARKER).exists()
 
 
 # --- the trial notebook -----------------------------------------------------------------------
@@ -202,5 +204,6 @@ def test_architecture_names_only_files_that_exist():
     named = set(re.findall(r"`((?:workbench|notebooks|tools|tests)/[\w./]*)`", text))
     assert len(named) > 20
     assert sorted(p for p in named if not (ROOT / p).exists()) == []
-    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "workbench").glob("*.py")} - {"workbench/__init__.py"}
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "workbench").rglob("*.py")
+               if p.name != "__init__.py"}
     assert sorted(modules - named) == []  # and every module of the package is in it

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from workbench.errors import ConfigError
-from workbench.params import TrialParams
+from workbench.config.params import TrialParams
+from workbench.core.errors import ConfigError
 
 
 def test_strings_and_numpy_scalars_become_builtins():

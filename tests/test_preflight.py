@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT
-from workbench import cli, config, preflight
-from workbench.errors import DataError, ModelError
+
+from workbench import cli, config
+from workbench.core.errors import DataError, ModelError
+from workbench.sweep import preflight
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +95,11 @@ def test_sweep_stops_before_it_starts(files, tmp_path, case, capfd):
 
 
 def test_a_model_that_fits_passes_and_is_cached(files):
-    from workbench import data, zoo
+    from workbench import data, models
 
     exp = config.load(_experiment(files, "good", "good.keras", "digits.npz"))
     preflight.check(exp)
-    model = zoo.resolve(exp.resolve(exp.model), data.load(exp.resolve(exp.data)))
+    model = models.resolve(exp.resolve(exp.model), data.load(exp.resolve(exp.data)))
     assert (model.dir / ".complete").exists()  # the trials will not load or build it again
     trusted = config.load(_experiment(files, "trusted", "lambda.keras", "digits.npz", trust_model_code=True))
     preflight.check(trusted)  # the Lambda model is accepted once the user trusts it
@@ -121,7 +122,7 @@ def test_cli_sweep_of_a_refused_model_prints_exactly_one_line(files, tmp_path, c
 def test_framework_start_up_lines_never_reach_the_terminal():
     """A cold cache trains the builtin model during preflight; TensorFlow's native start-up
     lines (written before TF_CPP_MIN_LOG_LEVEL applies) are kept out of the sweep's terminal."""
-    from workbench.preflight import _without_framework_noise
+    from workbench.sweep.preflight import _without_framework_noise
 
     held = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
             b"I0000 00:00:1795977196.480829   12325 port.cc:153] oneDNN custom operations are on.\n"

@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from workbench.errors import TrialPruned
-from workbench.variants import prune
-from workbench.zoo import accuracy
+from workbench.core.errors import TrialPruned
+from workbench.models import accuracy
+from workbench.variants.prune import magnitude
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def unstructured(original, digits):
 
     def get(sparsity, scope="global"):
         if (sparsity, scope) not in cache:
-            cache[sparsity, scope] = prune.prune_unstructured(
+            cache[sparsity, scope] = magnitude.prune_unstructured(
                 original, digits.x_train, digits.y_train, sparsity, scope=scope)
         return cache[sparsity, scope]
 
@@ -32,11 +32,11 @@ def unstructured(original, digits):
 
 @pytest.fixture(scope="module")
 def channels_half(original, digits):
-    return prune.prune_channels(original, digits.x_train, digits.y_train, 0.5)
+    return magnitude.prune_channels(original, digits.x_train, digits.y_train, 0.5)
 
 
 def _kernels(model):
-    return [l.kernel.numpy() for l in prune._kernel_layers(model)]
+    return [l.kernel.numpy() for l in magnitude._kernel_layers(model)]
 
 
 def _acc(model, digits):
@@ -46,7 +46,7 @@ def _acc(model, digits):
 @pytest.mark.parametrize("sparsity", [0.5, 0.8])
 def test_unstructured_reaches_target_and_stays_plain(unstructured, original, digits, sparsity):
     m = unstructured(sparsity)
-    assert abs(prune.kernel_sparsity(m) - sparsity) <= 0.01
+    assert abs(magnitude.kernel_sparsity(m) - sparsity) <= 0.01
     assert _acc(m, digits) >= (95.0 if sparsity == 0.5 else 90.0)
     # same architecture, no wrapper layers / mask variables, not compiled
     assert [type(l) for l in m.layers] == [type(l) for l in original.layers]
@@ -54,7 +54,7 @@ def test_unstructured_reaches_target_and_stays_plain(unstructured, original, dig
     assert [w.shape for w in m.get_weights()] == [w.shape for w in original.get_weights()]
     assert not m.compiled
     # biases are not pruned (a few are exactly zero already: ReLU units that never fired)
-    biases = np.concatenate([l.bias.numpy() for l in prune._kernel_layers(m)])
+    biases = np.concatenate([l.bias.numpy() for l in magnitude._kernel_layers(m)])
     assert np.mean(biases == 0) < 0.05
     assert m.predict(digits.x_eval[:5], verbose=0).shape == (5, 10)
 
@@ -63,13 +63,13 @@ def test_input_model_is_not_modified(unstructured, channels_half, original, digi
     unstructured(0.5), channels_half  # make sure both ran on `original`
     for a, b in zip(original.get_weights(), digits_model.load_keras().get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert prune.kernel_sparsity(original) == 0.0
+    assert magnitude.kernel_sparsity(original) == 0.0
 
 
 def test_global_and_layer_scope(unstructured, digits):
     glob, per_layer = unstructured(0.5, "global"), unstructured(0.5, "layer")
-    assert abs(prune.kernel_sparsity(glob) - 0.5) <= 0.01
-    assert abs(prune.kernel_sparsity(per_layer) - 0.5) <= 0.01
+    assert abs(magnitude.kernel_sparsity(glob) - 0.5) <= 0.01
+    assert abs(magnitude.kernel_sparsity(per_layer) - 0.5) <= 0.01
     layer_sp = [np.mean(k == 0) for k in _kernels(per_layer)]
     assert all(abs(s - 0.5) <= 0.01 for s in layer_sp), layer_sp
     # global ranking prunes the big Dense kernel harder than the tiny first conv
@@ -79,25 +79,25 @@ def test_global_and_layer_scope(unstructured, digits):
 
 
 def test_one_shot_and_argument_checks(original, digits):
-    m = prune.prune_unstructured(original, None, None, 0.6, finetune_epochs=0)
-    assert abs(prune.kernel_sparsity(m) - 0.6) <= 0.001
+    m = magnitude.prune_unstructured(original, None, None, 0.6, finetune_epochs=0)
+    assert abs(magnitude.kernel_sparsity(m) - 0.6) <= 0.001
     # one-shot keeps exactly the largest-magnitude weights of the original
     kept = np.concatenate([np.abs(k[k != 0]) for k in _kernels(m)])
     dropped_max = max(np.abs(o[p == 0]).max() for o, p in zip(_kernels(original), _kernels(m)))
     assert kept.min() >= dropped_max
     with pytest.raises(ValueError):
-        prune.prune_unstructured(original, None, None, 0.99, finetune_epochs=0)
+        magnitude.prune_unstructured(original, None, None, 0.99, finetune_epochs=0)
     with pytest.raises(ValueError):
-        prune.prune_unstructured(original, None, None, 0.5, finetune_epochs=0, scope="net")
+        magnitude.prune_unstructured(original, None, None, 0.5, finetune_epochs=0, scope="net")
     with pytest.raises(TrialPruned, match="train split"):
-        prune.prune_unstructured(original, None, None, 0.5)
+        magnitude.prune_unstructured(original, None, None, 0.5)
     with pytest.raises(TrialPruned, match="train split"):
-        prune.prune_channels(original, None, None, 0.5)
+        magnitude.prune_channels(original, None, None, 0.5)
 
 
 def _prunable_params(model):
     """Params of every Conv2D and hidden Dense (all kernel layers but the output one)."""
-    return sum(l.count_params() for l in prune._kernel_layers(model)[:-1])
+    return sum(l.count_params() for l in magnitude._kernel_layers(model)[:-1])
 
 
 def test_channels_shrink_model_and_keep_accuracy(channels_half, original, digits):
@@ -143,14 +143,14 @@ def _zeroed_copy(model, kept):
 def test_channel_rebuild_is_exact(original, digits):
     import keras
 
-    kept = prune._kept_channels(original, 0.5)
-    assert set(kept) == {l.name for l in prune._kernel_layers(original)[:-1]}
+    kept = magnitude._kept_channels(original, 0.5)
+    assert set(kept) == {l.name for l in magnitude._kernel_layers(original)[:-1]}
     # first conv (no input slicing): the kept filters are the largest-L1 ones
-    first = prune._kernel_layers(original)[0]
+    first = magnitude._kernel_layers(original)[0]
     l1 = np.abs(first.kernel.numpy()).sum(axis=(0, 1, 2))
     np.testing.assert_array_equal(kept[first.name], np.sort(np.argsort(-l1, kind="stable")[:8]))
 
-    rebuilt = prune.prune_channels(original, None, None, 0.5, finetune_epochs=0)
+    rebuilt = magnitude.prune_channels(original, None, None, 0.5, finetune_epochs=0)
     assert isinstance(rebuilt, keras.Sequential)
     x = digits.x_eval
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0),
@@ -178,8 +178,8 @@ def test_channel_rebuild_functional_chain_with_batchnorm(digits):
     bn.set_weights([rng.uniform(0.5, 1.5, 8), rng.normal(0, 0.3, 8), rng.normal(0, 0.3, 8),
                     rng.uniform(0.5, 2.0, 8)])
 
-    kept = prune._kept_channels(model, 0.3)
-    rebuilt = prune.prune_channels(model, None, None, 0.3, finetune_epochs=0)
+    kept = magnitude._kept_channels(model, 0.3)
+    rebuilt = magnitude.prune_channels(model, None, None, 0.3, finetune_epochs=0)
     assert [rebuilt.get_layer(n).filters for n in ("c1", "c2")] == [6, 8]  # round(5.6), round(8.4)
     assert rebuilt.get_layer("d1").units == 11 and rebuilt.get_layer("out").units == 10
     for a, b in zip(rebuilt.get_layer("bn").get_weights(), bn.get_weights()):
@@ -197,7 +197,7 @@ def test_unsupported_layers_are_pruned_trials():
                             layers.Dense(10)])
     msg = "channel pruning does not support layer up (Conv2DTranspose)"
     with pytest.raises(TrialPruned, match=re.escape(msg)):
-        prune.prune_channels(seq, None, None, 0.5, finetune_epochs=0)
+        magnitude.prune_channels(seq, None, None, 0.5, finetune_epochs=0)
 
     inp = keras.Input((8, 8, 1))
     a = layers.Conv2D(4, 3, padding="same", name="a")(inp)
@@ -205,7 +205,7 @@ def test_unsupported_layers_are_pruned_trials():
     x = layers.Add(name="sum")([a, b])
     out = layers.Dense(10)(layers.Flatten()(x))
     with pytest.raises(TrialPruned, match=re.escape("does not support layer sum (Add)")):
-        prune.prune_channels(keras.Model(inp, out), None, None, 0.5, finetune_epochs=0)
+        magnitude.prune_channels(keras.Model(inp, out), None, None, 0.5, finetune_epochs=0)
 
 
 def test_onnx_export_keeps_the_zeros(unstructured, digits, tmp_path):
@@ -224,7 +224,7 @@ def test_onnx_export_keeps_the_zeros(unstructured, digits, tmp_path):
     path = tmp_path / "pruned.onnx"
     path.write_bytes(proto.SerializeToString())
 
-    keras_sp, onnx_sp = prune.kernel_sparsity(m), prune.onnx_sparsity(path)
+    keras_sp, onnx_sp = magnitude.kernel_sparsity(m), magnitude.onnx_sparsity(path)
     assert abs(onnx_sp - keras_sp) <= 0.01, (keras_sp, onnx_sp)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: digits.x_eval})[0]

@@ -10,9 +10,13 @@ import sys
 import optuna
 import pytest
 
-from workbench import bundle, config, doctor, notebook, parameters, runtimes, sweep, trial, variants
-from workbench.errors import ConfigError
-from workbench.params import TrialParams
+from workbench import config, runtimes, trial, variants
+from workbench.config import parameters
+from workbench.config.params import TrialParams
+from workbench.core.errors import ConfigError
+from workbench.export.run import export_trial
+from workbench.runtimes import doctor
+from workbench.sweep import notebook, space
 
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2.0)
 MODULE = "wb_test_numpy_runtime"
@@ -51,13 +55,13 @@ def test_a_new_runtime_is_accepted_by_config_params_and_sweep(numpy_plugin):
     seen = set()
     for _ in range(30):
         t = study.ask()
-        p = sweep.suggest(t, exp)
+        p = space.suggest(t, exp)
         seen.add(p["runtime"])
         assert ("numpy_dtype" in p) == (p["runtime"] == "numpy")
         assert ("graph_optimization" in p) == (p["runtime"] == "onnxruntime")
         study.tell(t, 0.0)
     assert seen == {"onnxruntime", "numpy"}
-    points = sweep.grid_points(exp)
+    points = space.grid_points(exp)
     assert sorted(map(json.dumps, points)) == sorted(map(json.dumps, [
         {"runtime": "onnxruntime", "graph_optimization": "all"},
         {"runtime": "onnxruntime", "graph_optimization": "basic"},
@@ -77,7 +81,7 @@ def test_a_new_runtime_runs_trials_is_listed_and_exported(numpy_plugin, tmp_path
     assert any(r["name"] == "numpy" and r["usable"] for r in report["runtimes"])
     assert "numpy" in doctor.render(report)
     # export writes its bundle; predict.py --check runs it in a fresh process, numpy + onnx only
-    out = bundle.write_bundle(m, tmp_path / "bundle")
+    out = export_trial(m, tmp_path / "bundle")
     check = subprocess.run([sys.executable, "predict.py", "--check", "--json"], cwd=out,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr[-2000:]

@@ -5,10 +5,10 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from workbench import trial
-from workbench.variants import prune
+from workbench.variants.prune import magnitude
 
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2.0, calibration_samples=50)
 
@@ -22,8 +22,8 @@ def examples(tmp_path_factory):
 
 
 def test_the_task_picks_the_fine_tune_loss():
-    assert prune.LOSSES["regression"] == "mean_squared_error"
-    assert prune.LOSSES["classification"] == "sparse_categorical_crossentropy"
+    assert magnitude.LOSSES["regression"] == "mean_squared_error"
+    assert magnitude.LOSSES["classification"] == "sparse_categorical_crossentropy"
 
 
 @pytest.mark.parametrize("structure", ["unstructured", "channels"])

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench import cache, runtimes, trial
-from workbench.params import TrialParams
+from workbench import runtimes, trial
+from workbench.config.params import TrialParams
+from workbench.core import cache
+from workbench.measure import artifact as artifact_mod
 from workbench.runtimes import litert as litert_rt
 from workbench.runtimes import openvino as openvino_rt
 from workbench.runtimes import ort as ort_rt
@@ -53,7 +55,7 @@ def test_runtime_agrees_with_keras(runtime, batch_size):
 def _run_session(params: TrialParams, artifact: Artifact, x: np.ndarray) -> tuple[np.ndarray, object]:
     session = runtimes.load(params, artifact)
     try:
-        return trial.evaluate(session, x, params.batch_size), session
+        return artifact_mod.evaluate(session, x, params.batch_size), session
     finally:
         session.close()
 

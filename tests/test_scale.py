@@ -13,11 +13,13 @@ from pathlib import Path
 import nbformat
 import optuna
 import pytest
-
 from conftest import run_cli
-from workbench import config, notebook, sweep
-from workbench.errors import WorkbenchError
-from workbench.storage import open_storage
+
+from workbench import config, sweep
+from workbench.core.errors import WorkbenchError
+from workbench.results.storage import open_storage
+from workbench.sweep import notebook
+from workbench.sweep import study as study_mod
 
 pytestmark = pytest.mark.slow
 POSTGRES = os.environ.get("WORKBENCH_TEST_POSTGRES")
@@ -175,7 +177,7 @@ def test_storage_password_is_never_on_disk_nor_in_argv(tmp_path):
     url = f"postgresql://{role}:{password}@{server.host}:{server.port}/{db}"
     wrong = url.replace(password, "wrong")
     with pytest.raises(WorkbenchError, match="cannot open"):  # the role really needs it
-        sweep.open_study(config.load(write_experiment(tmp_path, "pw", 1)), "x", wrong)
+        study_mod.open_study(config.load(write_experiment(tmp_path, "pw", 1)), "x", wrong)
 
     exp = write_experiment(tmp_path, "pw", n_trials=3)
     env = {**os.environ, "WORKBENCH_STORAGE": url}

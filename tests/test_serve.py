@@ -18,18 +18,18 @@ from workbench.serve.metrics import NAMES
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, digits):
-    from workbench.params import TrialParams
-    from workbench.serve.model import write_bundle
-    from workbench.trial import artifact_for
+    from workbench.config.params import TrialParams
+    from workbench.export.bundle import write_bundle
+    from workbench.variants import artifact_for
 
     p = TrialParams.parse({"model": "digits_cnn", "data": "digits"})
     _, _, artifact = artifact_for(p)
-    return write_bundle(p, artifact, tmp_path_factory.mktemp("bundle"), digits.inputs)
+    return write_bundle(tmp_path_factory.mktemp("bundle"), p, artifact, digits)
 
 
 @pytest.fixture(scope="session")
 def session(bundle):
-    from workbench.serve.model import open_bundle
+    from workbench.export.bundle import open_bundle
 
     s = open_bundle(bundle).session()
     yield s
@@ -298,14 +298,14 @@ def test_a_model_with_several_named_inputs(tmp_path):
     Its answers are not bit-exact: onnxruntime itself rounds the transformer's MatMuls
     differently at batch 2+ than at batch 1 (relative differences ~4e-6 offline, without any
     server), so the served answer equals the unbatched one to float rounding, with the same top-1."""
-    from workbench import inputs
-    from workbench.params import TrialParams
-    from workbench.serve.model import open_bundle, write_bundle
-    from workbench.trial import artifact_for
+    from workbench.config.params import TrialParams
+    from workbench.data import inputs
+    from workbench.export.bundle import open_bundle, write_bundle
+    from workbench.variants import artifact_for
 
     p = TrialParams.parse({"model": "text_transformer", "data": "text"})
     data, _, artifact = artifact_for(p)
-    b = write_bundle(p, artifact, tmp_path / "bundle", data.inputs)
+    b = write_bundle(tmp_path / "bundle", p, artifact, data)
     eng = start(b, tmp_path, max_batch_size=8, max_queue_delay_ms=20)
     s = open_bundle(b).session()
     try:
@@ -338,15 +338,16 @@ def test_a_model_with_several_named_inputs(tmp_path):
 ])
 def test_serves_a_bundle_written_by_workbench_export(tmp_path, digits, params):
     """`workbench export`'s bundle, served: the session the trial measured, its answers under load."""
-    from workbench import bundle as bundle_mod
     from workbench import trial
-    from workbench.serve.model import open_bundle
+    from workbench.config import TrialParams
+    from workbench.export.bundle import open_bundle
+    from workbench.export.run import export_trial
 
     m = trial.run({"warmup": 2, "min_runs": 5, "min_seconds": 0.05, "max_seconds": 2.0, **params})
     assert m["status"] == "complete", m.get("reason")
-    out = bundle_mod.write_bundle(m, tmp_path / "bundle")
+    out = export_trial(m, tmp_path / "bundle")
     b = open_bundle(out)
-    assert b.params == trial.TrialParams.parse(m["params"]) and b.inputs == digits.inputs
+    assert b.params == TrialParams.parse(m["params"]) and b.inputs == digits.inputs
     eng = start(out, tmp_path, max_batch_size=8, max_queue_delay_ms=10)
     s = b.session()
     try:

@@ -7,9 +7,8 @@ import psutil
 import pytest
 from test_serve import bundle, post, start  # noqa: F401 - shared fixtures
 
-from workbench import load
-from workbench.monitor import COLUMNS, Monitor
-from workbench.serve import protocol
+from workbench.measure.monitor import COLUMNS, Monitor
+from workbench.serve import load, protocol
 
 
 def test_overload_at_three_times_capacity_sheds_and_recovers(bundle, tmp_path, digits):  # noqa: F811
@@ -38,7 +37,7 @@ def _servers():
 
 
 def test_server_trial_end_to_end(tmp_path):
-    from workbench.serve.trial import run_server_trial
+    from workbench.trial.server import run_server_trial
 
     m = run_server_trial({"model": "digits_cnn", "data": "digits", "min_seconds": 0.25, "max_seconds": 1.5,
                           "slo_ms": 200.0, "max_batch_size": 4, "batch_policy": "idle"}, out_dir=tmp_path,
@@ -55,7 +54,7 @@ def test_server_trial_end_to_end(tmp_path):
 
 
 def test_server_trial_stops_the_server_on_failure(tmp_path):
-    from workbench.serve.trial import run_server_trial
+    from workbench.trial.server import run_server_trial
 
     with pytest.raises(Exception):
         run_server_trial({"model": "digits_cnn", "data": "digits", "min_seconds": 0.25, "max_seconds": 1.0,
@@ -69,7 +68,7 @@ def _raise(*_):
 
 
 def test_unavailable_engine_prunes_the_trial(tmp_path, monkeypatch):
-    from workbench.serve.trial import run_server_trial
+    from workbench.trial.server import run_server_trial
 
     monkeypatch.setenv("WORKBENCH_KSERVE_PYTHON", str(tmp_path / "no-such-python"))
     m = run_server_trial({"model": "digits_cnn", "data": "digits", "serving_engine": "kserve"}, out_dir=tmp_path)
@@ -78,14 +77,14 @@ def test_unavailable_engine_prunes_the_trial(tmp_path, monkeypatch):
 
 def test_server_figures(tmp_path):
     """The report's server figures draw from what server trials record, and from nothing."""
-    from workbench.serve import plots
+    from workbench.report import serving_plots
 
     pts = [{"offered_qps": q, "achieved_qps": q * 0.98, "answered": 100, "slo_value_ms": 1 + q / 100,
             "p99_ms": 1 + q / 100} for q in (50.0, 100.0, 200.0)]
     trials = {"builtin mb8": {"points": pts, "params": {"slo_ms": 3.0}}, "empty": {"points": []}}
     (tmp_path / "monitor.csv").write_text(",".join(COLUMNS) + "\n1.0,50,20.5,90,0,0,1.5,49,2.1,98.0\n"
                                           "2.0,50,21.0,90,1,1,,50,,98.0\n")
-    for f in (plots.latency_vs_load(trials, tmp_path / "a.png"), plots.throughput_vs_p99(trials, tmp_path / "b.png"),
-              plots.timeseries(tmp_path / "monitor.csv", tmp_path / "c.png"),
-              plots.latency_vs_load({}, tmp_path / "d.png"), plots.timeseries(tmp_path / "none.csv", tmp_path / "e.png")):
+    for f in (serving_plots.latency_vs_load(trials, tmp_path / "a.png"), serving_plots.throughput_vs_p99(trials, tmp_path / "b.png"),
+              serving_plots.timeseries(tmp_path / "monitor.csv", tmp_path / "c.png"),
+              serving_plots.latency_vs_load({}, tmp_path / "d.png"), serving_plots.timeseries(tmp_path / "none.csv", tmp_path / "e.png")):
         assert f.stat().st_size > 1000 and f.read_bytes()[:4] == b"\x89PNG"

@@ -55,7 +55,7 @@ def test_inferenceservice_manifest(bundle, tmp_path):  # noqa: F811
 
 
 def test_kserve_server_trial(tmp_path):
-    from workbench.serve.trial import run_server_trial
+    from workbench.trial.server import run_server_trial
 
     m = run_server_trial({"model": "digits_cnn", "data": "digits", "serving_engine": "kserve", "max_batch_size": 1,
                           "min_seconds": 0.25, "max_seconds": 1.0, "slo_ms": 300.0}, out_dir=tmp_path,

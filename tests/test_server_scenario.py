@@ -16,10 +16,17 @@ import pandas as pd
 import psutil
 import pytest
 
-from workbench import config, decide, parameters, report, space, study, sweep
-from workbench.errors import ConfigError
-from workbench.params import TrialParams
-from workbench.storage import open_storage
+from workbench import config, sweep
+from workbench.config import parameters
+from workbench.config.params import TrialParams
+from workbench.core import scenarios
+from workbench.core.errors import ConfigError
+from workbench.decision import best as best_mod
+from workbench.decision import choose, remeasure
+from workbench.measure import reuse
+from workbench.results import table
+from workbench.results.storage import open_storage
+from workbench.sweep import space, study
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_YAML = ROOT / "experiments" / "server.yaml"
@@ -52,8 +59,8 @@ def test_question_names_the_slo():
     exp = config.parse({"name": "x", "scenario": "server", "slo_ms": 10})
     info = {"scenario": "server", "slo_ms": exp.slo_ms, "slo_percentile": exp.slo_percentile,
             "max_accuracy_drop": 1.0}
-    assert decide.question(info) == "server: highest QPS with p99 <= 10 ms, accuracy drop <= 1 pt"
-    assert "p95 <= 2.5 ms" in decide.question({**info, "slo_ms": 2.5, "slo_percentile": 95})
+    assert scenarios.question(info) == "server: highest QPS with p99 <= 10 ms, accuracy drop <= 1 pt"
+    assert "p95 <= 2.5 ms" in scenarios.question({**info, "slo_ms": 2.5, "slo_percentile": 95})
 
 
 def test_serving_parameters_apply_only_to_server_and_to_engines_that_take_them():
@@ -107,7 +114,7 @@ def test_automatic_server_space_is_small(monkeypatch):
 
 
 def _server_table(rows):
-    cols = {c: None for c in report.COLUMNS + report.EXTRA_COLUMNS}
+    cols = {c: None for c in table.COLUMNS + table.EXTRA_COLUMNS}
     out = []
     for i, r in enumerate(rows):
         base = {**cols, "trial": str(i), "kind": "trial", "state": "COMPLETE", "label": f"t{i}",
@@ -127,12 +134,12 @@ def test_recommendation_is_the_highest_qps_and_ties_go_to_the_smallest():
                         dict(max_qps_at_slo=1200.0, size_bytes=4000, bits=32),
                         dict(max_qps_at_slo=1190.0, size_bytes=1000, bits=8),  # within 2%: tied, smaller
                         dict(max_qps_at_slo=5000.0, size_bytes=500, feasible=False)])  # accuracy drop too big
-    best = decide.choose(df, INFO, {"skipped": "why"})
+    best = choose.choose(df, INFO, {"skipped": "why"})
     assert best["trial"] == "2" and best["tie"] and best["tied_with"] == ["1"]
     assert best["primary_metric"] == "max_qps_at_slo" and best["direction"] == "maximize"
     assert "no interleaved re-measurement: why" in best["reason"]
     clear = _server_table([dict(max_qps_at_slo=900.0), dict(max_qps_at_slo=1300.0)])
-    assert decide.choose(clear, INFO)["trial"] == "1"
+    assert choose.choose(clear, INFO)["trial"] == "1"
 
 
 def test_decide_skips_the_in_process_remeasurement_for_server(tmp_path):
@@ -144,10 +151,10 @@ def test_decide_skips_the_in_process_remeasurement_for_server(tmp_path):
                                                   "storage": "unused"}))
     (run_dir / "experiment.yaml").write_text("scenario: server\nslo_ms: 10.0\nslo_percentile: 99.0\n")
     df = _server_table([dict(max_qps_at_slo=1000.0, size_bytes=900), dict(max_qps_at_slo=1010.0, artifact="/none")])
-    doc = decide.decide(run_dir, df=df)  # two leaders: a single_stream run would re-measure them
+    doc = best_mod.decide(run_dir, df=df)  # two leaders: a single_stream run would re-measure them
     assert doc["trial"] == "0" and doc["tie"] and doc["decided_by"] == "sweep measurements"  # within 2%: smaller
     assert "not re-measured" in doc["remeasure_skipped"] and doc["interleaved"]["skipped"]
-    assert not (run_dir / decide.REMEASURE_FILE).exists()
+    assert not (run_dir / remeasure.REMEASURE_FILE).exists()
     assert json.loads((run_dir / "best.json").read_text())["question"].startswith("server: highest QPS with p99")
 
 
@@ -163,7 +170,7 @@ def _servers(tmp_path: Path) -> list[psutil.Process]:
         try:
             cmd = p.info["cmdline"] or []
             if ("workbench.serve.app" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE
-                    and p.environ().get(decide.REUSE_ENV, "").startswith(str(tmp_path))):
+                    and p.environ().get(reuse.REUSE_ENV, "").startswith(str(tmp_path))):
                 out.append(p)
         except psutil.Error:
             pass

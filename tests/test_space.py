@@ -1,9 +1,11 @@
 """The automatic search space, conditional parameters, default n_trials and `workbench plan`."""
 
 import pytest
-
 from conftest import run_cli
-from workbench import config, space, sweep
+
+from workbench import config
+from workbench.sweep import space
+from workbench.sweep import space as space_mod
 
 KERAS_DENSE = {"format": "keras", "share": 0.9, "trainable": True}
 KERAS_CONV = {"format": "keras", "share": 0.1, "trainable": True}
@@ -39,7 +41,7 @@ def test_parameters_that_do_not_apply_are_not_enumerated():
     exp = config.parse({"name": "x", "search_space": {
         "bits": [32, 8], "int8_mode": ["static", "dynamic"], "per_channel": [False, True],
         "runtime": ["onnxruntime", "litert"], "provider": ["CPUExecutionProvider", "XnnpackExecutionProvider"]}})
-    points = sweep.grid_points(exp)
+    points = space_mod.grid_points(exp)
     # per_channel only for int8 static made by the ONNX quantizer (the TFLite converter is always
     # per-channel), provider only for onnxruntime/openvino
     assert all("per_channel" not in p or (p["bits"] == 8 and p["int8_mode"] == "static") for p in points)
@@ -102,11 +104,11 @@ def test_first_points_try_each_runtime_fast_path_at_fewest_and_most_threads():
 
 
 def test_a_new_sampled_study_measures_the_fast_paths_first(tmp_path):
-    from workbench import study as study_mod
+    from workbench.sweep import study
 
     exp = space.resolve(config.parse({"name": "x", "sampler": "tpe", "search_space": {
         "bits": [32, 8], "runtime": ["onnxruntime", "litert"], "threads": [1, 2]}}))
-    st = study_mod.open_study(exp, "x", f"sqlite:///{tmp_path / 's.db'}")
+    st = study.open_study(exp, "x", f"sqlite:///{tmp_path / 's.db'}")
     first = space.enqueue_first_points(st, exp, 16)
     assert len(first) == 4
     asked = [space.suggest(st.ask(), exp) for _ in range(len(first))]

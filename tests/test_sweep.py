@@ -8,9 +8,11 @@ import nbformat
 import optuna
 import pandas as pd
 import pytest
-
 from conftest import ROOT, run_cli
-from workbench import config, notebook, report, sweep
+
+from workbench import config, sweep
+from workbench.results import table
+from workbench.sweep import notebook
 
 REQUIRED_COLUMNS = ["trial", "state", "bits", "int8_mode", "sparsity", "batch_size", "runtime",
                     "threads", "accuracy", "accuracy_drop", "latency_p50_ms", "latency_p90_ms",
@@ -86,7 +88,7 @@ def test_failing_trial_is_recorded_and_sweep_continues(tmp_path, monkeypatch):
 
     exp = config.load(small_experiment(tmp_path, bits=[32, 16, 8], batch_size=1))
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-    df = report.load_table(run_dir)
+    df = table.load_table(run_dir)
     trials = df[df.kind == "trial"].set_index("bits")
     assert trials.loc[16, "state"] == "FAIL"
     assert trials.loc[16, "reason"] == "RuntimeError: deliberate failure for fp16"

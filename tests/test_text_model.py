@@ -3,9 +3,11 @@ mask), trained offline on token data generated in code, through the MatMul-bound
 
 import numpy as np
 import pytest
-
-from workbench import config, data, report, sweep, trial, zoo
 from conftest import ROOT
+
+from workbench import config, data, models, sweep, trial
+from workbench.results import table
+from workbench.data import datasets
 
 FAST = dict(model="text_transformer", data="text", warmup=2, min_runs=5, min_seconds=0.05,
             max_seconds=2.0, calibration_samples=50)
@@ -18,13 +20,13 @@ def text():
 
 def test_text_data_is_two_int32_inputs_and_deterministic(text):
     assert set(text.x_eval) == {"tokens", "mask"}
-    assert all(v.dtype == np.int32 and v.shape == (text.n_eval, data.TEXT_LEN) for v in text.x_eval.values())
+    assert all(v.dtype == np.int32 and v.shape == (text.n_eval, datasets.TEXT_LEN) for v in text.x_eval.values())
     assert np.array_equal(text.x_eval["mask"] == 0, text.x_eval["tokens"] == 0)  # padding is id 0
     assert data.load("text").key == text.key
 
 
 def test_text_model_reaches_90_percent(text):
-    model = zoo.resolve("text_transformer", text)
+    model = models.resolve("text_transformer", text)
     assert model.accuracy >= 90.0
     assert [i["dtype"] for i in model.inputs] == ["int32", "int32"]
 
@@ -54,7 +56,7 @@ def test_text_experiment_runs_at_small_size(tmp_path):
         "n_trials": 3, "calibration_samples": 50,
         "measurement": config.Measurement(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2)})
     run_dir = sweep.run(exp, runs_dir=tmp_path / "runs", progress=False)
-    df = report.load_table(run_dir)
+    df = table.load_table(run_dir)
     trials = df[df.kind == "trial"]
     assert len(trials) == 3 and set(trials.state) <= {"COMPLETE", "PRUNED"}, trials.reason.tolist()
     assert (trials.state == "COMPLETE").any()

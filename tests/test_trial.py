@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from workbench import trial, variants
-from workbench.params import TrialParams
+from workbench.config.params import TrialParams
+from workbench.measure import timing
 from workbench.variants import export
 
 FAST = dict(warmup=2, min_runs=20, min_seconds=0.05, max_seconds=2.0)
@@ -75,6 +76,6 @@ def test_cached_trial_does_not_import_tensorflow():
 
 
 def test_timing_batch_is_real_samples_of_the_requested_size(digits):
-    b = trial.timing_batch(digits.x_eval, 500)
+    b = timing.timing_batch(digits.x_eval, 500)
     assert b.shape == (500, 8, 8, 1) and b.dtype == np.float32 and b.flags.c_contiguous
     np.testing.assert_array_equal(b[:360], digits.x_eval)

@@ -5,8 +5,8 @@ import onnx
 import pytest
 
 from workbench import trial, variants
-from workbench.errors import TrialPruned
-from workbench.params import TrialParams
+from workbench.config.params import TrialParams
+from workbench.core.errors import TrialPruned
 from workbench.variants import quantize
 
 FAST = dict(warmup=2, min_runs=20, min_seconds=0.05, max_seconds=2.0)

@@ -1,7 +1,7 @@
 """Regenerate the committed notebooks (stripped of outputs) from this one source.
 
 Run ``python tools/make_notebooks.py`` after changing a notebook's cells; the test suite checks
-that the parameters cell of trial.ipynb matches :class:`workbench.params.TrialParams`.
+that the parameters cell of trial.ipynb matches :class:`workbench.config.params.TrialParams`.
 """
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from workbench.params import TrialParams
+from workbench.config.params import TrialParams
 
 HERE = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -45,14 +45,14 @@ def trial() -> None:
             "`metrics.json` beside itself."),
         params_cell("\n".join(lines + ['metrics_path = "metrics.json"'])),
         new_code_cell(
-            "from workbench import notebook, trial\n"
-            "from workbench.params import TrialParams\n\n"
+            "from workbench import trial\n"
+            "from workbench.config import TrialParams\n\n"
             "# The parameters above, by name: TrialParams' fields and every parameter a runtime or\n"
             "# variant declares (one of a plug-in not in the cell above keeps its default).\n"
             "names = TrialParams().model_dump()\n"
             "metrics = trial.run({name: value for name, value in globals().items() if name in names})\n"
             "trial.write_metrics(metrics, metrics_path)\n"
-            "notebook.Summary(metrics)  # the metrics as a table, or why the trial was pruned"),
+            "trial.Summary(metrics)  # the metrics as a table, or why the trial was pruned"),
     ])
 
 
@@ -66,7 +66,8 @@ def quickstart() -> None:
         params_cell('experiment = "../experiments/digits.yaml"\nn_trials = 3\nmin_seconds = 0.2\n'
                     'runs_dir = "../experiments/runs"\nstudy = "quickstart"'),
         new_code_cell(
-            "from workbench import config, report, sweep\n\n"
+            "from workbench import config, sweep\n"
+            "from workbench.results.table import load_table, summary_columns\n\n"
             "exp = config.load(experiment)\n"
             "exp.n_trials = n_trials\n"
             "exp.measurement.min_seconds = min_seconds\n"
@@ -74,8 +75,8 @@ def quickstart() -> None:
             "run_dir"),
         new_markdown_cell("## Every trial, with the baselines\n\n`feasible` means the accuracy drop "
                           "is within `max_accuracy_drop`; `pareto` marks the trade-off front."),
-        new_code_cell("table = report.load_table(run_dir)\n"
-                      "table[report.summary_columns(table)]"),
+        new_code_cell("table = load_table(run_dir)\n"
+                      "table[summary_columns(table)]"),
         new_markdown_cell("## Accuracy against p90 latency"),
         new_code_cell("from IPython.display import Image\n\nImage(filename=str(run_dir / 'pareto.png'))"),
         new_markdown_cell("## The recommendation"),
@@ -93,10 +94,13 @@ def report_nb() -> None:
             "`report.html` in the run directory, which opens in a browser without a server."),
         params_cell('run_dir = ""'),
         new_code_cell(
-            "import json\nfrom pathlib import Path\n\nfrom workbench import plots, report\n\n"
-            "run_dir = Path(run_dir) if run_dir else report.latest_run_dir('../experiments/runs')\n"
+            "import json\nfrom pathlib import Path\n\nfrom workbench import report\n"
+            "from workbench.report import plots\n"
+            "from workbench.results.rundir import latest_run_dir\n"
+            "from workbench.results.table import load_table\n\n"
+            "run_dir = Path(run_dir) if run_dir else latest_run_dir('../experiments/runs')\n"
             "paths = report.build(run_dir)\n"
-            "table = report.load_table(run_dir)\n"
+            "table = load_table(run_dir)\n"
             "best = json.loads((run_dir / 'best.json').read_text())\n"
             "print(run_dir)"),
         new_markdown_cell("## Recommendation\n\nWhy it won, with intervals, against the baselines "
@@ -129,14 +133,15 @@ def serving_nb() -> None:
                     "batch_policy = 'idle'\nrates = [50.0, 200.0, 800.0]\nseconds = 2.0"),
         new_code_cell(
             "import tempfile\nfrom pathlib import Path\n\n"
-            "from workbench import load\nfrom workbench.monitor import Monitor\n"
-            "from workbench.params import TrialParams\n"
-            "from workbench.serve import ServeOptions, engine, free_port\n"
-            "from workbench.serve.model import write_bundle\nfrom workbench.trial import artifact_for\n\n"
+            "from workbench.config import TrialParams\n"
+            "from workbench.export.bundle import write_bundle\n"
+            "from workbench.measure.monitor import Monitor\n"
+            "from workbench.serve import ServeOptions, engine, free_port, load\n"
+            "from workbench.variants import artifact_for\n\n"
             "p = TrialParams.parse({'model': model, 'data': data})\n"
             "ds, _, artifact = artifact_for(p)\n"
             "work = Path(tempfile.mkdtemp(prefix='serving-'))\n"
-            "bundle = write_bundle(p, artifact, work / 'bundle', ds.inputs)\n"
+            "bundle = write_bundle(work / 'bundle', p, artifact, ds)\n"
             "items = load.payloads(ds.x_eval, ds.y_eval)\n"
             "eng = engine('builtin', bundle, ServeOptions(port=free_port(), max_batch_size=max_batch_size,\n"
             "                                             max_queue_delay_ms=max_queue_delay_ms,\n"

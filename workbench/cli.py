@@ -14,11 +14,11 @@ import time
 import traceback
 from pathlib import Path
 
-from workbench.errors import WorkbenchError, first_line
+from workbench.core.errors import WorkbenchError, first_line
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from workbench import config, report, sweep
+    from workbench import config, sweep
 
     for flag, value, least in (("--n-trials", args.n_trials, 1), ("--add", args.add, 0),
                                ("--workers", args.workers, 1)):
@@ -28,33 +28,35 @@ def _sweep(args: argparse.Namespace) -> int:
     run_dir = sweep.run(exp, n_trials=args.n_trials, add=args.add, study_name=args.study,
                         storage=args.storage, runs_dir=args.runs_dir, workers=args.workers,
                         progress=not args.quiet)
-    _print_table(report, run_dir)
+    _print_table(run_dir)
     return 0
 
 
 def _work(args: argparse.Namespace) -> int:
     """One worker process of ``sweep --workers N`` (started by the sweep, not by users)."""
-    from workbench import config, sweep
-
     import signal
 
-    from workbench.storage import ENV, resolve_url
+    from workbench import config, sweep
+    from workbench.results.storage import ENV, resolve_url
+    from workbench.sweep.study import open_study
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the kernels are shut down
     url = resolve_url(args.storage)  # the sweep passes it in the environment, not in argv
     if not url:
         raise WorkbenchError(f"work: no storage (--storage or {ENV})")
     exp = config.load(args.config)
-    study = sweep.open_study(exp, args.study, url, worker=args.worker)
+    study = open_study(exp, args.study, url, worker=args.worker)
     sweep.work(exp, Path(args.run_dir), study, url, args.n_trials, progress=False)
     return 0
 
 
-def _print_table(report, run_dir: Path) -> None:
+def _print_table(run_dir: Path) -> None:
     import pandas as pd
 
-    full = report.load_table(run_dir)
-    table = full[report.summary_columns(full)]
+    from workbench.results.table import load_table, summary_columns
+
+    full = load_table(run_dir)
+    table = full[summary_columns(full)]
     with pd.option_context("display.width", 200, "display.max_columns", 30,
                            "display.max_colwidth", 60, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
@@ -69,7 +71,8 @@ def _print_table(report, run_dir: Path) -> None:
 
 
 def _trial(args: argparse.Namespace) -> int:
-    from workbench import notebook, trial
+    from workbench import trial
+    from workbench.sweep import notebook
 
     params = {}
     for item in args.param:
@@ -87,32 +90,36 @@ def _trial(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from workbench import decide, preflight, report
+    from workbench import report
+    from workbench.decision.best import decide
+    from workbench.results.rundir import check_run_dir
 
-    preflight.check_run_dir(args.run_dir)
+    check_run_dir(args.run_dir)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    decide.decide(Path(args.run_dir), remeasure=not args.no_remeasure, log=log)
+    decide(Path(args.run_dir), remeasure=not args.no_remeasure, log=log)
     paths = report.build(Path(args.run_dir))
-    _print_table(report, Path(args.run_dir))
+    _print_table(Path(args.run_dir))
     for p in paths.values():
         print(p)
     return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from workbench import config, space
+    from workbench import config
+    from workbench.sweep import space
 
     print(space.plan(config.load(args.config)))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from workbench import bundle, preflight
+    from workbench.export.run import export
+    from workbench.results.rundir import check_run_dir
 
     if args.engine not in ("builtin", "kserve"):
         raise WorkbenchError(f"--engine: builtin or kserve (got {args.engine})")
-    preflight.check_run_dir(args.run_dir, need_best=args.trial is None)
-    out = bundle.export(Path(args.run_dir), trial=args.trial, out=args.out)
+    check_run_dir(args.run_dir, need_best=args.trial is None)
+    out = export(Path(args.run_dir), trial=args.trial, out=args.out)
     sample = next(out.glob("sample_input.np[yz]"), out / "sample_input.npy")
     print(f"bundle: {out}\nrun it: python {out / 'predict.py'} {sample}"
           f"\nre-measure it: python {out / 'predict.py'} --check")
@@ -125,9 +132,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from workbench import remeasure
+    from workbench.measure.bench import bench_onnx
 
-    r = remeasure.bench_onnx(args.model, batch_size=args.batch_size, threads=args.threads,
+    r = bench_onnx(args.model, batch_size=args.batch_size, threads=args.threads,
                              seconds=args.seconds, repeats=args.repeats)
     print(f"workbench p50 {r['workbench_p50_ms']:.5f} ms, bare loop p50 {r['bare_loop_p50_ms']:.5f} ms, "
           f"ratio {r['ratio']:.4f} (batch {r['batch_size']}, threads {r['threads']}, "
@@ -140,8 +147,8 @@ def _serve(args: argparse.Namespace) -> int:
     import time
 
     from workbench import serve
+    from workbench.export.bundle import open_bundle
     from workbench.serve.batcher import POLICIES
-    from workbench.serve.model import open_bundle
 
     for flag, value, low in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
                              ("--instances", args.instances, 1), ("--threads", args.threads or 1, 1),
@@ -176,7 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from workbench import load
+    from workbench.serve import load
 
     result = load.run(args.url, rate=args.rate, duration=args.duration, concurrency=args.concurrency,
                       requests=args.requests, data=args.data, seed=args.seed, binary=args.binary)
@@ -185,7 +192,7 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from workbench import doctor
+    from workbench.runtimes import doctor
 
     report = doctor.collect()
     print(json.dumps(report, indent=2) if args.json else doctor.render(report))

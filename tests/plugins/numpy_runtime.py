@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from workbench.errors import TrialPruned
+from workbench.core.errors import TrialPruned
+from workbench.core.parameter import Parameter
 from workbench.runtimes import Runtime, register
-from workbench.parameters import Parameter
 
 # Shared by the session and the exported predict.py (which embeds it).
 GRAPH_CODE = '''
@@ -85,7 +85,7 @@ RUNTIME = register(NumpyRuntime())
 
 # --- a variant transform plug-in, in the same module for the test: round fp32 ONNX weights ---
 
-from workbench import cache  # noqa: E402
+from workbench.core import cache
 from workbench.variants import Artifact, Transform  # noqa: E402
 from workbench.variants import register as register_transform  # noqa: E402
 

@@ -3,7 +3,7 @@ time the same bytes with the same run options, and a sweep must measure them onc
 (``decide.measurement_key``). Conditions keep the shipped parameters from doing that; a
 plug-in's parameter is where it can still happen."""
 
-from workbench.parameters import Parameter
+from workbench.core.parameter import Parameter
 from workbench.variants import Artifact, Transform, register
 
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import TrialPruned, first_line
+from workbench.core.errors import TrialPruned, first_line
+from workbench.core.parameter import CPU_ALIASES
+from workbench.data.inputs import by_runtime_names
 from workbench.runtimes import Runtime, register
-from workbench.parameters import CPU_ALIASES
-from workbench.inputs import by_runtime_names
 
 
 def delegated_ops(interpreter) -> tuple[int, int]:

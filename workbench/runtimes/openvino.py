@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import TrialPruned
-from workbench.runtimes import Runtime, first_line, register
-from workbench.parameters import CPU_ALIASES, Parameter
-from workbench.inputs import by_runtime_names
+from workbench.core.errors import TrialPruned
+from workbench.core.parameter import CPU_ALIASES, Parameter
+from workbench.data.inputs import by_runtime_names
+from workbench.runtimes import Runtime, register
+from workbench.runtimes import why_not as first_line
 
 DEVICES = ("CPU", "GPU", "NPU")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import TrialPruned, first_line
+from workbench.core.errors import TrialPruned, first_line
+from workbench.core.parameter import CPU_ALIASES, Parameter
+from workbench.data.inputs import by_runtime_names
 from workbench.runtimes import Runtime, register
-from workbench.parameters import CPU_ALIASES, Parameter
-from workbench.inputs import by_runtime_names
 
 GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
                       "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}

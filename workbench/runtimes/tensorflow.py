@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import TrialPruned
-from workbench.inputs import by_runtime_names
+from workbench.core.cache import versions
+from workbench.core.errors import TrialPruned
+from workbench.data.inputs import by_runtime_names
+from workbench.models.user import saved_model_signature
 from workbench.runtimes import Runtime, register
+from workbench.runtimes import why_not as first_line
 
 
 def _effective(configured: int, env: str) -> int | None:
@@ -60,7 +63,6 @@ class TensorflowSession:
         apply_threads(options["intra_op_parallelism_threads"], options["inter_op_parallelism_threads"])
         t0 = time.perf_counter()
         if Path(path).is_dir():  # SavedModel
-            from workbench.usermodel import saved_model_signature
 
             self._loaded, sig, in_names, out_name = saved_model_signature(Path(path), options["output"])
             self._names = [in_names] if isinstance(in_names, str) else list(in_names)
@@ -136,8 +138,6 @@ class TensorflowRuntime(Runtime):
     return lambda x: fn(*by_runtime_names(x, names)).numpy()'''
 
     def doctor(self, context: dict[str, Any]) -> dict[str, Any]:
-        from workbench.cache import versions
-
         info: dict[str, Any] = {"name": self.name, "version": versions("tensorflow")["tensorflow"],
                                 "keras": versions("keras")["keras"]}
         if info["version"] == "absent":
@@ -150,7 +150,6 @@ class TensorflowRuntime(Runtime):
 
             gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
         except Exception as err:  # noqa: BLE001 - the doctor never fails
-            from workbench.runtimes import first_line
 
             return {**info, "usable": False, "why": first_line(err)}
         return {**info, "usable": True, "why": None, "gpus": gpus}

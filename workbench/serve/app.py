@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from workbench.core.errors import WorkbenchError
+from workbench.export.bundle import open_bundle
 from workbench.serve import protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
@@ -48,8 +50,6 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def build_app(bundle_path: str, opts: Options) -> Starlette:
     """The ASGI app serving ``bundle_path`` under ``opts.name``."""
-    from workbench.serve.model import open_bundle
-
     bundle = open_bundle(bundle_path)
     metrics = ServerMetrics()
     state: dict = {"ready": False}
@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import uvicorn
 
-    from workbench.errors import WorkbenchError
 
     try:
         app = build_app(args.bundle, Options(**json.loads(args.options)))

@@ -24,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from workbench import inputs as inputs_mod
+from workbench.data import inputs
+from workbench.export.bundle import open_bundle
 
 POLICIES = ("delay", "idle")
 
@@ -59,7 +60,6 @@ _PROCESS_SESSION = None
 
 def _process_init(bundle_path: str, threads: int | None) -> None:
     global _PROCESS_SESSION
-    from workbench.serve.model import open_bundle
 
     _PROCESS_SESSION = open_bundle(bundle_path).session(threads)
 
@@ -131,7 +131,6 @@ def _concat(xs: list):
 
 class Batcher:
     """Queue + dispatcher. ``await submit(x)`` returns the model's outputs for rows ``x``."""
-
     def __init__(self, instances: list[Instance], max_batch_size: int = 8, max_queue_delay_ms: float = 2.0,
                  policy: str = "delay", max_queue: int = 256, observe: Callable[..., None] | None = None):
         if policy not in POLICIES:
@@ -181,7 +180,7 @@ class Batcher:
             pass
 
     def _rows(self) -> int:
-        return sum(inputs_mod.rows(i.x) for i in self.queue)
+        return sum(inputs.rows(i.x) for i in self.queue)
 
     async def _dispatch(self) -> None:
         while True:
@@ -200,11 +199,11 @@ class Batcher:
                         break
                     await self._wait_for(left)
             items, rows = [], 0
-            while self.queue and (not items or rows + inputs_mod.rows(self.queue[0].x) <= self.max_batch_size):
+            while self.queue and (not items or rows + inputs.rows(self.queue[0].x) <= self.max_batch_size):
                 item = self.queue.popleft()
                 if not item.future.done():
                     items.append(item)
-                    rows += inputs_mod.rows(item.x)
+                    rows += inputs.rows(item.x)
             if not items:
                 self._free.put_nowait(inst)
                 continue
@@ -220,7 +219,7 @@ class Batcher:
             end = time.perf_counter()
             at = 0
             for item in items:
-                n = inputs_mod.rows(item.x)
+                n = inputs.rows(item.x)
                 if not item.future.done():
                     item.future.set_result(y[at:at + n])
                 at += n

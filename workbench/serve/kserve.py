@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workbench.serve import Engine, EngineError
+from workbench.export.bundle import open_bundle
+from workbench.serve.base import Engine, EngineError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,8 +91,6 @@ RUNTIME_PACKAGES = {"onnxruntime": '"onnxruntime>=1.32,<1.33"', "openvino": '"op
 def write_inferenceservice(bundle: str | Path, name: str = "model", image: str = "workbench-kserve:latest",
                            storage_uri: str = "s3://YOUR-BUCKET/path/to/this/bundle", max_replicas: int = 4) -> Path:
     """``inferenceservice.yaml`` in the bundle: how a user who outgrows one machine scales out."""
-    from workbench.serve.model import open_bundle
-
     b = open_bundle(bundle)
     k8s_name = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "model"
     text = MANIFEST.format(name=k8s_name, image=image, storage_uri=storage_uri, max_replicas=max_replicas,

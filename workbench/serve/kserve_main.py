@@ -4,7 +4,7 @@ Runs in its own environment (``.venv-kserve``: kserve 0.21 pins pandas<3, protob
 5.9, which the workbench's environment cannot hold) as
 ``.venv-kserve/bin/python -m workbench.serve.kserve_main BUNDLE --host H --http_port P
 --model_name NAME``. The session is opened exactly as the builtin engine opens it
-(:func:`workbench.serve.model.open_bundle`). KServe binds to 0.0.0.0 unconditionally; here it
+(:func:`workbench.export.bundle.open_bundle`). KServe binds to 0.0.0.0 unconditionally; here it
 binds to ``--host`` (127.0.0.1 by default). KServe has no server-side batching: each request
 is one ``run()``.
 """
@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+
+from workbench.export.bundle import open_bundle
+from workbench.serve import watch_parent
+from workbench.serve.protocol import datatype_of
 
 
 def _host_patch(host: str) -> None:
@@ -42,7 +46,6 @@ def main() -> None:
     import numpy as np
     from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 
-    from workbench.serve.model import open_bundle
 
     class BundleModel(Model):
         def __init__(self, name: str):
@@ -56,8 +59,6 @@ def main() -> None:
             return True
 
         def get_input_types(self) -> list[dict]:
-            from workbench.serve.protocol import datatype_of
-
             return [{"name": n or "input", "datatype": datatype_of(np.dtype(d)), "shape": [-1, *s]}
                     for n, s, d in self.bundle.inputs]
 
@@ -78,7 +79,6 @@ def main() -> None:
 
     _host_patch(args.host)
     if args.parent_pid:
-        from workbench.serve import watch_parent
 
         watch_parent(args.parent_pid)
     model = BundleModel(args.model_name)

@@ -38,7 +38,7 @@ def datatype_of(dtype: np.dtype) -> str:
     return "BYTES"
 
 
-Spec = tuple  # (name or None, sample shape, numpy dtype name): workbench.inputs.specs
+Spec = tuple  # (name or None, sample shape, numpy dtype name): workbench.data.inputs.specs
 
 
 def _check(x: np.ndarray, spec: Spec, max_rows: int, what: str) -> np.ndarray:

@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from workbench import cache
-from workbench.data import Dataset, file_hash
-from workbench.errors import TrialPruned, first_line
-from workbench.modeldir import ModelRef, save
-from workbench.parameters import Parameter
+from workbench.core import cache
+from workbench.core.cache import file_hash
+from workbench.core.errors import TrialPruned, first_line
+from workbench.core.parameter import Parameter
+from workbench.data import Dataset
+from workbench.models.modeldir import ModelRef, save
 from workbench.variants import Transform, register
 
 PACKAGES = ("tensorflow", "keras")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.core.errors import ModelError, first_line
 from workbench.data import Dataset
-from workbench.errors import ModelError, first_line
-from workbench.inputs import by_runtime_names
-from workbench.zoo import ModelRef
+from workbench.data.inputs import by_runtime_names
+from workbench.models import ModelRef
+from workbench.models.user import saved_model_signature
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -41,7 +42,6 @@ def _serving_function(model: ModelRef, data: Dataset):
     spec = _input_specs(model)
     names = [i["name"] for i in model.inputs]
     if model.format == "savedmodel":
-        from workbench.usermodel import saved_model_signature
 
         loaded, sig, _, out_name = saved_model_signature(model.saved_model_path,
                                                          model.meta.get("signature_output", 0))

@@ -4,8 +4,8 @@ artifact no later transform applies (asking such a runtime for int8 or pruning p
 
 from __future__ import annotations
 
+from workbench.models import ModelRef
 from workbench.variants import Artifact, Transform, register
-from workbench.zoo import ModelRef
 
 
 class Native(Transform):

@@ -3,16 +3,14 @@ model is its own fp32 artifact (checked when it was loaded)."""
 
 from __future__ import annotations
 
-from workbench import cache
-from workbench.variants import Artifact, Transform, register
-from workbench.zoo import ModelRef
+from workbench.core import cache
+from workbench.models import ModelRef
+from workbench.variants import Artifact, Transform, export, register
 
 ONNX_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxconverter-common")
 
 
 def onnx_fp32(model: ModelRef, data) -> Artifact:
-    from workbench.variants import export
-
     if model.format == "onnx":
         return Artifact(model.onnx_path, "onnx", model.key, ())
     k = cache.key("onnx-fp32", model.key, export.OPSET, cache.versions(*ONNX_PACKAGES))

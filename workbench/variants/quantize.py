@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from workbench import cache
-from workbench import inputs
-from workbench.data import Dataset
-from workbench.errors import TrialPruned
-from workbench.parameters import Parameter
+from workbench import runtimes
+from workbench.core import cache
+from workbench.core.errors import TrialPruned
+from workbench.core.parameter import Parameter
+from workbench.data import Dataset, inputs
 from workbench.variants import Artifact, Transform, register
+from workbench.variants.onnx_export import ONNX_PACKAGES
 
 INT4_BLOCK_SIZE = 32
 # Below this share of weights in MatMul/Gather, an "int4" artifact would be a mislabelled fp32
@@ -43,7 +44,6 @@ def _onnx_static_int8(p) -> bool:
     once: they are not sampled there)."""
     if p.get("bits") != 8 or p.get("int8_mode") != "static":
         return False
-    from workbench import runtimes
 
     rt = runtimes.registered().get(p.get("runtime", ""))
     return rt is None or "onnx" in rt.formats
@@ -140,7 +140,6 @@ def _int4(src: Path, dst: Path, block_size: int) -> None:
 class _Calibration:
     """Feeds the calibration split to the calibrator, one sample at a time, to every input of
     the model (integer inputs such as token ids as they are: only float tensors are quantized)."""
-
     def __init__(self, x: inputs.Inputs, input_names: list[str]):
         x = inputs.cast_float32(x)
         self._it = iter(dict(zip(input_names, inputs.by_runtime_names(inputs.take(x, i, i + 1), input_names)))
@@ -155,8 +154,7 @@ class _Calibration:
 
 def _static(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -194,8 +192,6 @@ class Quantize(Transform):
         return isinstance(state, Artifact) and state.format == "onnx" and params.bits != 32
 
     def apply(self, state, data, params, calibration_samples) -> Artifact:
-        from workbench.variants.onnx_export import ONNX_PACKAGES
-
         r = recipe(params, calibration_samples)
         k = cache.key("quantize", state.key, r, cache.versions(*ONNX_PACKAGES))
         d = cache.entry("artifacts", k, lambda out: apply(state.path, out / "model.onnx", r, data))

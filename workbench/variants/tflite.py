@@ -17,12 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workbench import cache, inputs
-from workbench.data import Dataset
-from workbench.errors import TrialPruned, first_line
+from workbench.core import cache
+from workbench.core.errors import TrialPruned, first_line
+from workbench.data import Dataset, inputs
+from workbench.models import ModelRef
 from workbench.variants import Artifact, Transform, register
 from workbench.variants.quantize import BITS, INT8_MODE
-from workbench.zoo import ModelRef
 
 TFLITE_PACKAGES = ("tensorflow", "keras", "ai-edge-litert")
 

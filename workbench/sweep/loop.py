@@ -1,0 +1,259 @@
+"""The sweep: run (or continue) an experiment's study, trial after trial, and build its report.
+
+The study lives in an Optuna storage (SQLite in the run directory by default, or any URL such
+as ``postgresql://``), so running the same command again continues it up to ``n_trials`` in
+total. Trials use the ask-and-tell interface: the sampler proposes parameters
+(:mod:`workbench.sweep.space`), the trial notebook measures them (:mod:`workbench.sweep.notebook`, each in
+a fresh kernel started while the previous trial ran), the metrics are told back with the
+accuracy-drop constraint (``trial.set_constraint``). A trial whose notebook fails is recorded
+as FAIL with its notebook and error; the sweep goes on. ``workers`` > 1 runs that many worker
+processes on the same study; they receive the storage URL through the environment
+(``WORKBENCH_STORAGE``), never on their command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from workbench import report
+from workbench.config import Experiment
+from workbench.core.errors import TrialFailed, WorkbenchError
+from workbench.decision import best as best_mod
+from workbench.measure import reuse
+from workbench.results.rundir import DEFAULT_RUNS_DIR, create_run_dir, run_dir_of, write_run_files
+from workbench.results.storage import (
+    ENV,
+    ask_lock,
+    counts_towards_budget,
+    heartbeat,
+    recover_interrupted,
+    resolve_url,
+    worker_id,
+)
+from workbench.sweep import baselines, notebook, preflight, space
+from workbench.sweep.space import enqueue_next_grid_point, grid_points, suggest
+from workbench.sweep.study import open_study, storage_url, trial_settings
+
+
+def _tell(study, trial, exp: Experiment, params: dict, metrics: dict | None, error: TrialFailed | None):
+    import optuna
+
+    if error is not None:
+        trial.set_user_attr("error", error.reason)
+        trial.set_user_attr("notebook", error.notebook)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return "fail"
+    trial.set_user_attr("notebook", metrics.get("notebook"))
+    if metrics["status"] == "pruned":
+        trial.set_user_attr("reason", metrics["reason"])
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return "pruned"
+    trial.set_user_attr("metrics", metrics)
+    trial.set_constraint("accuracy_drop", metrics["accuracy_drop"] - exp.max_accuracy_drop)
+    study.tell(trial, [float(metrics[o]) for o in exp.objectives])
+    return "complete"
+
+
+def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
+        study_name: str | None = None, storage: str | None = None,
+        runs_dir: str | Path = DEFAULT_RUNS_DIR, workers: int = 1, fresh: bool = False,
+        progress: bool = True) -> Path:
+    """Run (or continue) the sweep of ``exp`` and build its report; returns the run directory.
+
+    ``n_trials`` is the total the study should reach, counting trials finished by earlier
+    invocations (and other workers); ``add`` asks for that many more than it has now.
+    ``workers`` > 1 starts that many worker processes sharing the study. ``storage`` (or
+    ``WORKBENCH_STORAGE``) names the study's storage. ``fresh`` deletes the run directory first
+    if the workbench created it (the quickstart notebook uses it to be re-runnable).
+    """
+
+    study_name = exp.name if study_name is None else study_name
+    run_dir = run_dir_of(exp, study_name, runs_dir)  # names checked before anything is loaded
+    preflight.check(exp)  # model + data loaded once and checked: nothing is created before this
+    exp = space.resolve(exp)  # the automatic search space and default n_trials, when omitted
+    create_run_dir(run_dir, fresh=fresh and not (resolve_url(storage) or exp.storage))
+    url = storage_url(exp, run_dir, storage, workers)
+    study = open_study(exp, study_name, url)
+    write_run_files(exp, study_name, run_dir, url)
+    log = _logger(progress)
+    target = _target(study, exp, n_trials, add)
+    space.enqueue_first_points(study, exp, target)
+    with measured_in(run_dir), notebook.Kernels(run_dir / "trials") as kernels:
+        baselines.run(exp, run_dir, log, kernels)
+        if workers > 1:
+            kernels.close()  # each worker process keeps its own kernel ahead
+            _run_workers(exp, run_dir, study, study_name, url, target, workers, progress)
+        else:
+            work(exp, run_dir, study, url, target, progress=progress, kernels=kernels)
+
+    best_mod.decide(run_dir, log=log)
+    report.build(run_dir)
+    return run_dir
+
+
+@contextlib.contextmanager
+def measured_in(run_dir: Path):
+    """Trials reuse the measurements of this run (``reuse.REUSE_ENV``: an identical artifact
+    with identical run options is measured once). Set before any kernel starts, since kernels
+    inherit the environment, and restored after: a sweep run from a notebook or a test must
+    not hand its measurements to whatever that process runs next."""
+    before = os.environ.get(reuse.REUSE_ENV)
+    os.environ[reuse.REUSE_ENV] = str(run_dir / "measured")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(reuse.REUSE_ENV, None)
+        else:
+            os.environ[reuse.REUSE_ENV] = before
+
+
+def _logger(progress: bool):
+    from tqdm.auto import tqdm
+
+    return (lambda msg: tqdm.write(msg, file=sys.stderr)) if progress else (lambda msg: None)
+
+
+def _target(study, exp: Experiment, n_trials: int | None, add: int | None) -> int:
+    if add is not None:
+        return sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) + add
+    target = n_trials or exp.n_trials
+    if exp.sampler == "grid":
+        target = min(target, len(grid_points(exp)))
+    return target
+
+
+def _run_workers(exp, run_dir: Path, study, study_name: str, url: str, target: int, workers: int,
+                 progress: bool) -> None:
+    """Start ``workers`` processes on the same study and follow their progress."""
+    import subprocess
+    import time
+
+    from tqdm.auto import tqdm
+
+    # The URL (it may hold a password) goes through the environment: a command line is
+    # readable by every user of the machine (/proc/<pid>/cmdline, ps).
+    cmd = [sys.executable, "-m", "workbench.cli", "work", str(run_dir / "experiment.yaml"),
+           "--study", study_name, "--run-dir", str(run_dir), "--n-trials", str(target)]
+    env = {**os.environ, ENV: url}
+    procs = [subprocess.Popen(cmd + ["--worker", str(i)], env=env) for i in range(workers)]
+    bar = tqdm(total=target, desc=f"sweep {exp.name} ({workers} workers)", unit="trial",
+               disable=not progress, file=sys.stderr)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            bar.n = min(target, _finished(study))
+            bar.refresh()
+    except BaseException:  # Ctrl-C or an error here: stop the workers (they stop their kernels)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+        raise
+    finally:
+        bar.close()
+    failed = [p.returncode for p in procs if p.returncode not in (0, None)]
+    if failed:
+        raise WorkbenchError(f"{len(failed)} of {workers} workers stopped with an error "
+                             f"(exit codes {failed}); completed trials are kept, run again to continue")
+
+
+def _finished(study) -> int:
+    return sum(counts_towards_budget(t) and t.state.name != "RUNNING"
+               for t in study.get_trials(deepcopy=False))
+
+
+def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress: bool = True,
+         kernels: notebook.Kernels | None = None) -> None:
+    """One worker: ask, run the trial notebook, tell; until the study holds ``target`` trials.
+
+    "Count, then ask" runs under a lock shared by all workers (file lock on one machine,
+    PostgreSQL advisory lock across machines), so the study ends with exactly ``target``.
+    ``kernels`` keeps the next trial's kernel booting; without it the worker keeps its own.
+    """
+    if kernels is None:
+        with measured_in(run_dir), notebook.Kernels(run_dir / "trials") as kernels:
+            return work(exp, run_dir, study, url, target, progress, kernels)
+    import optuna
+    from tqdm.auto import tqdm
+
+    log = _logger(progress)
+    bar = tqdm(total=target, initial=min(_finished(study), target), desc=f"sweep {exp.name}",
+               unit="trial", disable=not progress, file=sys.stderr)
+    counts = {"complete": 0, "pruned": 0, "fail": 0}
+    consecutive_failures = duplicates = 0
+    while True:
+        with ask_lock(url, run_dir, study.study_name):
+            for number in recover_interrupted(study):
+                log(f"trial {number} was interrupted (its worker is gone): marked FAIL, retried")
+            if sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) >= target:
+                break
+            if exp.sampler == "grid" and not enqueue_next_grid_point(study, exp):
+                break
+            with warnings.catch_warnings():  # we beat the heartbeat ourselves (storage.heartbeat)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+                trial = study.ask()
+            trial.set_user_attr("worker", worker_id())
+            params = {**trial_settings(exp), **suggest(trial, exp)}
+            trial.set_user_attr("params", params)
+            twin = _measured_twin(study, params, trial.number)
+            if twin is not None:
+                # Not measured twice: recorded as pruned, and not counted against n_trials.
+                trial.set_user_attr("duplicate_of", twin)
+                trial.set_user_attr("reason", f"same parameters as trial {twin} (not measured twice)")
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                duplicates += 1
+                if duplicates >= 25:
+                    log("search space exhausted: the sampler keeps proposing measured configurations")
+                    break
+                continue
+        out_dir = run_dir / "trials" / str(trial.number)
+        metrics, error = None, None
+        with heartbeat(study, trial):
+            try:
+                metrics = notebook.execute(params, out_dir, timeout_s=exp.trial_timeout_s,
+                                           kernels=kernels)
+            except TrialFailed as err:
+                error = err
+                log(f"trial {trial.number} failed: {err.reason} (notebook: {err.notebook})")
+        outcome = _tell(study, trial, exp, params, metrics, error)
+        if metrics:
+            reuse.record(run_dir, trial.number, metrics)
+        counts[outcome] += 1
+        consecutive_failures = consecutive_failures + 1 if outcome == "fail" else 0
+        bar.n = min(target, _finished(study))
+        bar.set_postfix(complete=counts["complete"], pruned=counts["pruned"], failed=counts["fail"],
+                        best=_best_so_far(study))
+        if consecutive_failures >= exp.max_consecutive_failures:
+            bar.close()
+
+            best_mod.decide(run_dir, log=log)
+            report.build(run_dir)
+            raise WorkbenchError(f"sweep stopped: {consecutive_failures} trials failed in a row "
+                                 f"(max_consecutive_failures); last: {error.reason} "
+                                 f"(notebook: {error.notebook})")
+    bar.close()
+
+
+def _measured_twin(study, params: dict, number: int) -> int | None:
+    """An earlier trial measured (or being measured) with exactly ``params``, if any."""
+    for t in study.get_trials(deepcopy=False):
+        if (t.number != number and t.user_attrs.get("params") == params and counts_towards_budget(t)
+                and t.state.name != "FAIL"):
+            return t.number
+    return None
+
+
+def _best_so_far(study) -> str:
+    import optuna
+
+    best = None
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        m = t.user_attrs.get("metrics", {})
+        if m.get("feasible") and (best is None or m["latency_p50_ms"] < best["latency_p50_ms"]):
+            best = m
+    return f"{best['label']} {best['latency_p50_ms']:.3f}ms" if best else "-"
