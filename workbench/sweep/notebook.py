@@ -5,9 +5,10 @@ deployment process) whose working directory is the trial's directory. Starting a
 about a second, so a sweep keeps one kernel booting ahead (:class:`Kernels`): the kernel of
 the next trial starts while the current trial runs, and is used by exactly one notebook. It
 boots under the machine-wide measurement lock, so its burst of CPU never overlaps a trial's
-timed calls (on a 2-core machine it would show in every threads=2 latency). While it boots it
-also imports the trial code (``workbench.trial``: numpy, pydantic), so a cached
-trial waits for neither.
+timed calls (on a 2-core machine it would show in every threads=2 latency). Once up, it
+imports what a trial imports (``PRELOAD``: numpy, pydantic, ``workbench.trial``,
+onnxruntime) one module at a time, each under the lock again: the running trial, which
+waits for whatever the kernel ahead does under the lock, waits for one import at most.
 
 How a pre-started kernel gets the trial's directory: it is started in a neutral directory (the
 run directory's ``trials/``), before the next trial is known, with the sweep's environment
@@ -18,14 +19,18 @@ produces, and re-runs the same way. Unlike papermill's ``cwd=``, this never chan
 sweep process's own working directory.
 
 A kernel's stdout and stderr (C++ start-up lines of TensorFlow, absl, oneDNN notices) go to
-``kernel.log`` beside the executed notebook, not to the terminal. Kernels are shut down when
-their notebook ends, and the spare one when the sweep ends (normally, on an error, on Ctrl-C).
+``kernel.log`` beside the executed notebook, not to the terminal. Kernels are killed when
+their notebook ends (jupyter_client's clean-up of their connection files follows in the
+background), and the spare one when the sweep ends (normally, on an error, on Ctrl-C).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import queue
+import signal
 import threading
 import time
 import uuid
@@ -42,11 +47,44 @@ TRIAL_NOTEBOOK = NOTEBOOKS / "trial.ipynb"
 METRICS_FILE = "metrics.json"
 KERNEL_LOG = "kernel.log"
 ENGINE = "workbench"  # the papermill engine registered below: nbclient on a kernel we started
+# The kernel's command: ipykernel_launcher's, without ipykernel's debugger (importing debugpy
+# for it is 0.12 s of a kernel's 0.4 s start, and no debugger attaches to a trial's kernel).
+LAUNCHER = """\
+import sys
+del sys.path[0]  # '', as ipykernel_launcher does; the kernel puts it back
+sys.modules["debugpy"] = None  # ipykernel then starts without its debugger
+from ipykernel.kernelapp import IPKernelApp
+app = IPKernelApp.instance()
+app.initialize()
+del sys.modules["debugpy"]  # importable again, for the notebook
+app.start()
+"""
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",  # no start-up chatter per trial
-               "--HistoryManager.hist_file=:memory:",  # no shared history database to lock
-               # Imported while the kernel boots (ahead of its trial), not while the trial waits;
-               # the notebook's own `from workbench import trial` then finds it loaded.
-               "--IPKernelApp.exec_lines=import workbench.trial"]
+               "--HistoryManager.hist_file=:memory:"]  # no shared history database to lock
+# What a trial imports, imported by the kernel booting ahead once it is up (one module at a time,
+# see Kernels._boot_spare); the notebook's own imports then find them loaded. onnxruntime is the
+# default runtime; TensorFlow stays lazy (a cached trial never imports it).
+PRELOAD = ("numpy", "pydantic", "workbench.trial", "onnxruntime")
+
+
+def _thread(target, name: str) -> threading.Thread:
+    """A started daemon thread running ``target``, then closing the asyncio event loop that
+    jupyter_client's synchronous calls made for the thread (left to the garbage collector, a
+    loop per trial piles up, and at times is closed with an "Exception ignored" traceback)."""
+    def run() -> None:
+        try:
+            target()
+        finally:
+            try:
+                loop = asyncio.get_event_loop_policy().get_event_loop()
+            except RuntimeError:  # this thread never had one
+                return
+            if not loop.is_running():
+                loop.close()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def _last_line(text: str) -> str:
@@ -70,6 +108,9 @@ class Kernel:
 
         self.cwd, self.log = cwd, log
         self.km = KernelManager(kernel_name="python3")
+        spec = self.km.kernel_spec
+        if spec.argv[1:3] == ["-m", "ipykernel_launcher"]:
+            spec.argv = [spec.argv[0], "-c", LAUNCHER, *spec.argv[3:]]
         # nbclient drives the kernel asynchronously: hand it an asynchronous client.
         self.km.client_class = "jupyter_client.asynchronous.AsyncKernelClient"
         with open(log, "ab") as fh:  # the child keeps its own descriptor
@@ -87,17 +128,62 @@ class Kernel:
             os.replace(self.log, target)
             self.log = target
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Block until the kernel answers (its start-up imports, ``KERNEL_ARGS``, are done)."""
+    def client(self):
+        """A blocking client on the shell channel only, for the requests below."""
         kc = self.km.blocking_client()
-        kc.start_channels()
+        kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+        return kc
+
+    def _ask(self, kc, send, timeout_s: float, again: bool = False) -> dict:
+        """Send a shell request (``send()`` returns its id) and return its reply; with
+        ``again``, send it again each second until one is answered."""
+        deadline = time.monotonic() + timeout_s
+        sent = {send()}
+        while True:
+            try:
+                reply = kc.get_shell_msg(timeout=1.0)
+            except queue.Empty:
+                if not self.km.is_alive():
+                    raise RuntimeError("kernel died") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"kernel did not answer in {timeout_s:g} s") from None
+                if again:
+                    sent.add(send())
+                continue
+            if reply["parent_header"].get("msg_id") in sent:
+                return reply
+
+    def wait_ready(self, kc, timeout_s: float = 120.0) -> None:
+        """Block until the kernel answers ``kernel_info`` (it has started).
+
+        The shell channel only: jupyter_client's ``wait_for_ready`` then also waits for 0.2 s
+        of silence on IOPub, which nobody reads here, while the boot holds the measurement
+        lock (and a trial waiting to time its calls waits for it too)."""
+        self._ask(kc, kc.kernel_info, timeout_s, again=True)
+
+    def preload(self, kc, module: str, timeout_s: float = 120.0) -> None:
+        """Import ``module`` in the kernel: a silent request (no cell, no execution count, no
+        name bound in the notebook's namespace); an import that fails is left to the trial."""
+        self._ask(kc, lambda: kc.execute(f"__import__({module!r})", silent=True,
+                                         store_history=False), timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL the kernel's process group and reap it: gone in a few milliseconds
+        (jupyter_client's ``shutdown_kernel(now=True)`` does the same, then polls for the
+        process every 0.1 s)."""
+        proc = getattr(self.km.provisioner, "process", None)
+        if proc is None or proc.poll() is not None:
+            return
         try:
-            kc.wait_for_ready(timeout=timeout_s)
-        finally:
-            kc.stop_channels()
+            self.km.signal_kernel(signal.SIGKILL)
+            proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - shutdown() below kills it its own way
+            pass
 
     def shutdown(self) -> None:
+        """Kill the kernel, then let jupyter_client clean up (connection file, sockets)."""
         if self.km.has_kernel:
+            self.kill()
             self.km.shutdown_kernel(now=True)
 
 
@@ -113,29 +199,50 @@ class Kernels:
         self.ahead = ahead
         self._spare: Kernel | None = None
         self._booting: threading.Thread | None = None
+        self._closing: list[threading.Thread] = []
+        self._taking = threading.Event()  # set while take() or close() waits for the boot
 
     def _start(self) -> Kernel:
         self.spare_dir.mkdir(parents=True, exist_ok=True)
         return Kernel(self.spare_dir, self.spare_dir / f".kernel-{uuid.uuid4().hex[:8]}.log")
 
     def _boot_spare(self) -> None:
-        """Start the spare kernel and wait for its imports while holding the machine-wide
+        """Start the spare kernel, then import ``PRELOAD`` in it, holding the machine-wide
         measurement lock: a booting kernel is a burst of CPU on a small machine, so the running
-        trial's timed calls wait for it (or it waits for them), never overlap it."""
+        trial's timed calls wait for it (or it waits for them), never overlap it.
+
+        The lock is taken again for each import, after a pause in which a trial waiting to
+        time its calls takes it first: that trial waits for one import at most, not for all
+        of them (a trial with a cached artifact reaches its timed calls sooner than a kernel
+        starts and imports everything). Imports not done when the kernel is taken are left to
+        the notebook."""
+        kc = None
         try:
             with timing.exclusive():
-                kernel = self._start()
-                self._spare = kernel
-                kernel.wait_ready()
+                kernel = self._spare = self._start()
+                kc = kernel.client()
+                kernel.wait_ready(kc)
+            for module in PRELOAD:
+                time.sleep(0.01)
+                with timing.exclusive():
+                    if self._taking.is_set():
+                        break
+                    kernel.preload(kc, module)
         except Exception:  # noqa: BLE001 - the next take() starts a kernel of its own
             spare, self._spare = self._spare, None
             if spare is not None:
                 spare.shutdown()
                 spare.log.unlink(missing_ok=True)
+        finally:
+            if kc is not None:
+                kc.stop_channels()
 
     def _join(self) -> None:
+        """Wait for the spare's boot, cutting its preloads short."""
         if self._booting is not None:
+            self._taking.set()
             self._booting.join()
+            self._taking.clear()
             self._booting = None
 
     def take(self, out_dir: Path) -> Kernel:
@@ -145,13 +252,24 @@ class Kernels:
         self._spare = None
         kernel.move_log(out_dir)
         if self.ahead:
-            self._booting = threading.Thread(target=self._boot_spare, name="workbench-kernel-ahead",
-                                             daemon=True)
-            self._booting.start()
+            self._booting = _thread(self._boot_spare, "workbench-kernel-ahead")
         return kernel
+
+    def release(self, kernel: Kernel) -> None:
+        """Shut down the kernel of a notebook that has ended: killed and reaped now, cleaned
+        up by jupyter_client in the background (about 10 ms of waiting per trial, off the
+        sweep's path; :meth:`close` waits for it)."""
+        try:
+            kernel.kill()
+        finally:
+            thread = _thread(kernel.shutdown, "workbench-kernel-shutdown")
+            self._closing = [t for t in self._closing if t.is_alive()] + [thread]
 
     def close(self) -> None:
         self._join()
+        for thread in self._closing:
+            thread.join()
+        self._closing = []
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.shutdown()
@@ -167,9 +285,11 @@ class Kernels:
 def _register_engine() -> None:
     """Register papermill engine ``workbench``: papermill's nbclient engine, run on a kernel
     started by :class:`Kernel` and moved into the trial's directory before the first cell."""
-    from nbclient.util import run_sync
+    from jupyter_core.utils import ensure_async
+    from nbclient.exceptions import DeadKernelError
+    from nbclient.util import run_hook, run_sync
     from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
     from papermill.log import logger
     from papermill.utils import merge_kwargs, remove_args
 
@@ -182,7 +302,13 @@ def _register_engine() -> None:
             self._chdir = chdir
 
         async def async_start_new_kernel_client(self):
-            kc = await super().async_start_new_kernel_client()
+            # nbclient's, without jupyter_client's wait_for_ready (0.2 s of IOPub silence per
+            # trial): a kernel_info round trip whose IOPub status shows the subscription is live.
+            kc = self.kc = self.km.client()
+            await ensure_async(kc.start_channels())
+            await self._handshake(kc)
+            kc.allow_stdin = False
+            await run_hook(self.on_notebook_start, notebook=self.nb)
             if self._chdir:
                 msg_id = kc.execute(f"__import__('os').chdir({self._chdir!r})", silent=True,
                                     store_history=False)
@@ -191,6 +317,32 @@ def _register_engine() -> None:
 
         start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
+        async def _handshake(self, kc) -> None:
+            """Return once the kernel answered ``kernel_info`` on the shell channel and a status
+            message of that request arrived on IOPub (a subscription made a moment ago may miss
+            the first messages; then the request is repeated). Cells' outputs are matched to
+            their request, so nothing else on IOPub needs to be drained."""
+            deadline = time.monotonic() + self.startup_timeout
+            sent: set[str] = set()
+            while True:
+                sent.add(kc.kernel_info())
+                try:
+                    reply = await kc.get_shell_msg(timeout=1.0)
+                except queue.Empty:
+                    reply = None
+                if reply is not None and reply["parent_header"].get("msg_id") in sent:
+                    try:
+                        while True:
+                            msg = await kc.get_iopub_msg(timeout=0.2)
+                            if msg["parent_header"].get("msg_id") in sent:
+                                return
+                    except queue.Empty:
+                        pass
+                if not await ensure_async(self.km.is_alive()):
+                    raise DeadKernelError("Kernel died before replying to kernel_info")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Kernel didn't respond in {self.startup_timeout} seconds")
+
         def execute(self, **kwargs):
             try:
                 return super().execute(**kwargs)
@@ -198,7 +350,45 @@ def _register_engine() -> None:
                 if self.kc is not None:
                     self.kc.stop_channels()
 
+    class Manager(NotebookExecutionManager):
+        """papermill's bookkeeping of a notebook run, saving the notebook when the run starts
+        and ends (and during a cell longer than ``autosave_cell_every``) but not also before
+        and after every cell."""
+        quiet = False
+
+        def save(self, **kwargs):
+            if not self.quiet:
+                super().save(**kwargs)
+
+        def cell_start(self, *args, **kwargs):
+            self.quiet = True
+            try:
+                super().cell_start(*args, **kwargs)
+            finally:
+                self.quiet = False
+
+        def cell_complete(self, *args, **kwargs):
+            self.quiet = True
+            try:
+                super().cell_complete(*args, **kwargs)
+            finally:
+                self.quiet = False
+
     class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True,
+                             log_output=False, autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook, with the Manager above
+            nb_man = Manager(nb, output_path=output_path, progress_bar=progress_bar,
+                             log_output=log_output, autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()  # saved, also after a timeout, a dead kernel, Ctrl-C
+            return nb_man.nb
+
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
                                      stderr_file=None, start_timeout=60, execution_timeout=None,
@@ -268,7 +458,10 @@ def execute(params: Mapping[str, Any], out_dir: str | Path, *, timeout_s: float 
         reason = "kernel died" if "DeadKernel" in name else f"{name}: {_last_line(err)}"
         raise TrialFailed(reason, str(output)) from None
     finally:
-        kernel.shutdown()
+        if kernels:
+            kernels.release(kernel)
+        else:
+            kernel.shutdown()
     if not metrics_path.exists():
         raise TrialFailed(f"notebook finished without writing {METRICS_FILE}", str(output))
     metrics = json.loads(metrics_path.read_text())
