@@ -63,12 +63,49 @@ def create_run_dir(run_dir: Path, fresh: bool = False) -> Path:
     return run_dir
 
 
-def write_run_files(exp: Experiment, study_name: str, run_dir: Path, url: str) -> None:
-    """experiment.yaml (model and data resolved), run.json (storage redacted), environment.json."""
+def _snapshot(exp: Experiment) -> dict[str, Any]:
+    """The experiment as ``experiment.yaml`` holds it: model and data resolved, storage redacted."""
     snapshot = exp.model_dump(mode="json")
     snapshot["model"], snapshot["data"] = exp.resolve(exp.model), exp.resolve(exp.data)
     if snapshot.get("storage"):
         snapshot["storage"] = redact(snapshot["storage"])
+    return snapshot
+
+
+# Fields a study may be continued with changed: how many trials, how long, where it is stored,
+# which sampler proposes. Every other field changes what a trial measures or how it is judged.
+CONTINUABLE = ("n_trials", "trial_timeout_s", "max_consecutive_failures", "storage", "sampler")
+
+
+def changed_fields(exp: Experiment, run_dir: Path) -> list[str]:
+    """The fields of ``exp`` that differ from the experiment ``run_dir`` was run with, as
+    ``field old -> new`` (``search_space.bits [32, 8] -> [32, 8, 4]``); empty for a new run
+    directory. Trials measured under other settings would be compared, told and decided as if
+    they were this experiment's, so a changed experiment needs a new study."""
+    path = run_dir / "experiment.yaml"
+    if not path.is_file():
+        return []
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise WorkbenchError(f"{path}: damaged ({first_line(err)})") from None
+    new = _snapshot(exp)
+    out = []
+    for key in dict.fromkeys([*old, *new]):
+        if key in CONTINUABLE or old.get(key) == new.get(key):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k} {a.get(k)} -> {b.get(k)}" for k in dict.fromkeys([*a, *b])
+                    if a.get(k) != b.get(k)]
+        else:
+            out.append(f"{key} {a} -> {b}")
+    return out
+
+
+def write_run_files(exp: Experiment, study_name: str, run_dir: Path, url: str) -> None:
+    """experiment.yaml (model and data resolved), run.json (storage redacted), environment.json."""
+    snapshot = _snapshot(exp)
     (run_dir / "experiment.yaml").write_text(yaml.safe_dump(snapshot, sort_keys=False))
     (run_dir / "run.json").write_text(json.dumps(
         {"experiment": exp.name, "study": study_name, "storage": redact(url),

@@ -169,7 +169,8 @@ def _trial_row(t, needed: list[str]) -> dict[str, Any]:
             row["label"] = TrialParams.parse(attrs["params"]).describe()
         except WorkbenchError:
             pass
-    said = attrs.get("reason") or attrs.get("error")
+    said = attrs.get("reason") or attrs.get("error") or (
+        f"interrupted: {attrs['interrupted']}" if attrs.get("interrupted") else None)
     if said:
         row["reason"] = "; ".join(filter(None, [str(said), row["reason"]]))
     row["notebook"] = _text(attrs.get("notebook")) or row["notebook"]

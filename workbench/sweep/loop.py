@@ -21,7 +21,7 @@ from pathlib import Path
 
 from workbench import report
 from workbench.config import Experiment
-from workbench.core.errors import TrialFailed, WorkbenchError
+from workbench.core.errors import TrialFailed, WorkbenchError, first_line
 from workbench.decision import best as best_mod
 from workbench.measure import reuse
 from workbench.results.rundir import DEFAULT_RUNS_DIR, create_run_dir, run_dir_of, write_run_files
@@ -36,7 +36,7 @@ from workbench.results.storage import (
 )
 from workbench.sweep import baselines, notebook, preflight, space
 from workbench.sweep.space import enqueue_next_grid_point, grid_points, suggest
-from workbench.sweep.study import open_study, storage_url, trial_settings
+from workbench.sweep.study import check_unchanged, open_study, storage_url, trial_settings
 
 
 def _tell(study, trial, exp: Experiment, params: dict, metrics: dict | None, error: TrialFailed | None):
@@ -78,6 +78,7 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     create_run_dir(run_dir, fresh=fresh and not (resolve_url(storage) or exp.storage))
     url = storage_url(exp, run_dir, storage, workers)
     study = open_study(exp, study_name, url)
+    check_unchanged(study, exp, run_dir)  # before run.json and experiment.yaml are rewritten
     write_run_files(exp, study_name, run_dir, url)
     log = _logger(progress)
     target = _target(study, exp, n_trials, add)
@@ -119,11 +120,18 @@ def _logger(progress: bool):
 
 
 def _target(study, exp: Experiment, n_trials: int | None, add: int | None) -> int:
-    if add is not None:
-        return sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) + add
-    target = n_trials or exp.n_trials
-    if exp.sampler == "grid":
-        target = min(target, len(grid_points(exp)))
+    """The number of counted trials the study should reach: never more than the space's
+    distinct configurations (a finite space), and one line on stderr says when that caps it."""
+    counted = sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False))
+    target = counted + add if add is not None else n_trials or exp.n_trials
+    if space.finite(exp):
+        distinct = len(grid_points(exp))
+        if target > distinct:
+            asked = (f"--add {add}" if add is not None else f"--n-trials {n_trials}" if n_trials
+                     else f"n_trials: {exp.n_trials}")
+            print(f"{asked}: the search space has {distinct} distinct configurations, the study "
+                  f"{counted} trials; it stops at {max(distinct, counted)}", file=sys.stderr)
+            target = max(distinct, counted)
     return target
 
 
@@ -186,19 +194,27 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
                unit="trial", disable=not progress, file=sys.stderr)
     counts = {"complete": 0, "pruned": 0, "fail": 0}
     consecutive_failures = duplicates = 0
+    enumerate_rest = exp.sampler == "grid"  # a sampled finite space switches at its first repeat
     while True:
         with ask_lock(url, run_dir, study.study_name):
             for number in recover_interrupted(study):
                 log(f"trial {number} was interrupted (its worker is gone): marked FAIL, retried")
             if sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) >= target:
                 break
-            if exp.sampler == "grid" and not enqueue_next_grid_point(study, exp):
+            if enumerate_rest and not enqueue_next_grid_point(study, exp):
+                log(f"every distinct configuration of the space ({len(grid_points(exp))}) has been tried")
                 break
             with warnings.catch_warnings():  # we beat the heartbeat ourselves (storage.heartbeat)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                 trial = study.ask()
             trial.set_user_attr("worker", worker_id())
-            params = {**trial_settings(exp), **suggest(trial, exp)}
+            try:
+                params = {**trial_settings(exp), **suggest(trial, exp)}
+            except Exception as err:  # never left RUNNING (it would count, then show as a bare FAIL)
+                trial.set_user_attr("reason", f"parameters not sampled: {first_line(err)}")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise WorkbenchError(f"trial {trial.number}: its parameters could not be sampled "
+                                     f"({type(err).__name__}: {first_line(err)})") from None
             trial.set_user_attr("params", params)
             twin = _measured_twin(study, params, trial.number)
             if twin is not None:
@@ -206,6 +222,9 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
                 trial.set_user_attr("duplicate_of", twin)
                 trial.set_user_attr("reason", f"same parameters as trial {twin} (not measured twice)")
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                if space.finite(exp):  # the configurations not yet tried are enumerated instead
+                    enumerate_rest = True
+                    continue
                 duplicates += 1
                 if duplicates >= 25:
                     log("search space exhausted: the sampler keeps proposing measured configurations")

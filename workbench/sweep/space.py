@@ -57,6 +57,11 @@ def grid_points(exp: Experiment) -> list[dict[str, Any]]:
     return points
 
 
+def finite(exp: Experiment) -> bool:
+    """Whether :func:`grid_points` is the whole space (no float range: that is continuous)."""
+    return all(spec.is_int for _, spec in exp.search_space if isinstance(spec, Range))
+
+
 def enqueue_next_grid_point(study, exp: Experiment) -> bool:
     """Enqueue the first grid point no trial has taken yet; False when the grid is done."""
     trials = study.get_trials(deepcopy=False)
@@ -142,6 +147,45 @@ def suggest(trial, exp: Experiment) -> dict[str, Any]:
         else:
             params[name] = spec
     return params
+
+
+def distributions(exp: Experiment) -> dict[str, Any]:
+    """The Optuna distribution of every searched parameter of ``exp``, as :func:`suggest` asks it."""
+    import optuna
+
+    out: dict[str, Any] = {}
+    for name, spec in exp.search_space:
+        if isinstance(spec, Range) and spec.is_int:
+            out[name] = optuna.distributions.IntDistribution(int(spec.low), int(spec.high),
+                                                             step=int(spec.step or 1), log=spec.log)
+        elif isinstance(spec, Range):
+            out[name] = optuna.distributions.FloatDistribution(spec.low, spec.high, step=spec.step,
+                                                               log=spec.log)
+        elif isinstance(spec, list):
+            out[name] = optuna.distributions.CategoricalDistribution(spec)
+    return out
+
+
+def changed_distributions(study, exp: Experiment) -> list[str]:
+    """Searched parameters whose values differ from those the study's trials were sampled
+    from (``search_space.bits [32, 8] -> [32, 8, 4]``): Optuna cannot sample them in this study."""
+    import optuna
+
+    new, out = distributions(exp), {}
+    for t in study.get_trials(deepcopy=False):
+        for name, old in t.distributions.items():
+            if name in new and name not in out and old != new[name]:
+                try:
+                    optuna.distributions.check_distribution_compatibility(old, new[name])
+                except ValueError:
+                    out[name] = f"search_space.{name} {_values(old)} -> {_values(new[name])}"
+    return list(out.values())
+
+
+def _values(dist) -> str:
+    if hasattr(dist, "choices"):
+        return str(list(dist.choices))
+    return f"{dist.low}..{dist.high}"
 
 
 def installed_runtimes(model_format: str) -> list[str]:

@@ -14,7 +14,9 @@ import optuna
 from workbench.config.experiment import Experiment
 from workbench.core.errors import ConfigError, WorkbenchError, first_line
 from workbench.core.objectives import OBJECTIVES
+from workbench.results.rundir import changed_fields
 from workbench.results.storage import open_storage, redact, redact_text, resolve_url
+from workbench.sweep import space
 
 
 def make_sampler(exp: Experiment, worker: int = 0):
@@ -41,8 +43,9 @@ def storage_url(exp: Experiment, run_dir: Path, storage: str | None, workers: in
         return storage or exp.storage
     journal, sqlite = run_dir / "study.journal", run_dir / "study.db"
     if workers > 1 and sqlite.exists():
-        raise ConfigError(f"{run_dir}: this study is in SQLite (one process); for --workers give a "
-                          "new --study, or --storage journal:PATH / postgresql://...")
+        raise ConfigError(f"{run_dir}: this study is in SQLite, which one process writes; for "
+                          "--workers start a new study (--study NAME: it gets a journal file), or "
+                          "give --storage journal:PATH (a journal file) or postgresql://...")
     if journal.exists() or workers > 1:
         return f"journal:{journal}"
     return f"sqlite:///{sqlite}"
@@ -74,6 +77,18 @@ def open_study(exp: Experiment, study_name: str, url: str, worker: int = 0):
         study.set_user_attr("experiment", exp.name)
         study.set_user_attr("objectives", exp.objectives)
     return study
+
+
+def check_unchanged(study, exp: Experiment, run_dir: Path) -> None:
+    """Refuse to continue ``study`` with an experiment other than the one it was run with
+    (``run_dir/experiment.yaml``, else the distributions its trials were sampled from): its
+    trials would be judged by the new settings they were not measured with, and Optuna cannot
+    sample changed choices in the same study. Called before anything of the run is written."""
+    changes = changed_fields(exp, run_dir) or space.changed_distributions(study, exp)
+    if changes:
+        raise ConfigError(f"study {study.study_name!r} ({run_dir}) was run with another experiment: "
+                          f"{'; '.join(changes)}; run the changed experiment as a new study "
+                          "(--study NEW), or restore the old values to continue this one")
 
 
 def trial_settings(exp: Experiment) -> dict[str, Any]:
