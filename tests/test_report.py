@@ -225,3 +225,27 @@ def test_report_renders_without_timing_or_trial_code(run_dir, tmp_path):
                                                  "workbench.serve"))]
     assert not (copy / "best.json").exists()  # best.json has one writer: workbench.decision
     assert "not decided yet" in (copy / "report.md").read_text().lower()
+
+def test_recorded_quantiles_reach_the_latency_distribution_plot(tmp_path):
+    """The 201 quantiles measure.timing records (a list) are kept by the table and drawn."""
+    from workbench.measure import timing
+    from workbench.report import plots
+
+    x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    times = timing.time_calls(lambda: x @ x, warmup=2, min_runs=50, min_seconds=0.01, max_seconds=1)
+    metrics = {**timing.summarize(np.asarray(times), batch_size=1), "feasible": True, "label": "matmul"}
+    row = table.make_row("trial", "0", "COMPLETE", {"batch_size": 1}, metrics, needed=["latency_p50_ms"])
+    assert row["latency_quantiles_ms"] == metrics["latency_quantiles_ms"]
+    df = pd.DataFrame([row])
+    assert plots.latency_distributions(df, tmp_path / "latency_dist.png") == 1
+    _png_ok((tmp_path / "latency_dist.png").read_bytes())
+
+
+@pytest.mark.slow
+def test_latency_distribution_plot_draws_the_sweeps_trials(run_dir, tmp_path):
+    from workbench.report import plots
+
+    df = table.load_table(run_dir)
+    top = plots.top_candidates(df)
+    assert len(top) > 0
+    assert plots.latency_distributions(df, tmp_path / "latency_dist.png") == len(top)

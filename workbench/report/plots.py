@@ -192,8 +192,9 @@ def top_candidates(df, n: int = 5):
     return ok.sort_values("per_sample").head(n)
 
 
-def latency_distributions(df, path: Path, n: int = 5) -> None:
-    """Per-sample latency CDFs of the top candidates (from their 201 recorded quantiles)."""
+def latency_distributions(df, path: Path, n: int = 5) -> int:
+    """Per-sample latency CDFs of the top candidates (from their 201 recorded quantiles);
+    returns how many were drawn."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     top = top_candidates(df, n)
@@ -218,6 +219,7 @@ def latency_distributions(df, path: Path, n: int = 5) -> None:
     ax.set_title(f"Latency distribution of the {drawn} fastest feasible trials")
     ax.grid(True, which="both", alpha=0.3)
     save_figure(fig, path)
+    return drawn
 
 
 def history(df, path: Path, objectives: list[str]) -> None:

@@ -125,8 +125,8 @@ def make_row(kind: str, trial: str, state: str, params: dict, metrics: dict | No
     fp = m.get("fingerprint")
     row["hardware_id"] = _text(fp.get("hardware_id")) if isinstance(fp, dict) else None
     q = m.get("latency_quantiles_ms")
-    row["latency_quantiles_ms"] = q if isinstance(q, dict) and all(
-        _number(v, "quantile", []) is not None for v in q.values()) else None
+    row["latency_quantiles_ms"] = q if isinstance(q, list) and q and all(  # as measure.timing writes it
+        _number(v, "quantile", []) is not None for v in q) else None
     row["artifact"] = _text(m.get("artifact"))
     row["artifact_format"] = _text(m.get("artifact_format"))
     row["params_full"] = p or None
