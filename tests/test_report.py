@@ -245,7 +245,28 @@ def test_recorded_quantiles_reach_the_latency_distribution_plot(tmp_path):
 def test_latency_distribution_plot_draws_the_sweeps_trials(run_dir, tmp_path):
     from workbench.report import plots
 
-    df = table.load_table(run_dir)
+    df = table.load_table(run_dir, extras=True)
     top = plots.top_candidates(df)
     assert len(top) > 0
     assert plots.latency_distributions(df, tmp_path / "latency_dist.png") == len(top)
+
+
+@pytest.mark.slow
+def test_headline_states_the_asked_metric_and_how_to_deploy(run_dir, tmp_path):
+    from workbench.report import plots
+
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["primary_metric"] == "latency_p90_ms"
+    recommendation = (run_dir / "report.md").read_text().split("## Trials")[0]
+    p90 = best["row"]["latency_p90_ms"]
+    assert f"p90 latency {p90:.4g} ms per batch of 1" in recommendation
+    assert f"`workbench export {run_dir} --out bundle`" in recommendation
+    assert best["row"]["artifact"] and best["row"]["artifact"] in recommendation
+    assert f"workbench export {run_dir} --out bundle" in (run_dir / "report.html").read_text()
+
+    # latency vs batch: drawn for the two batch sizes measured, not for one
+    full = table.load_table(run_dir, extras=True)
+    assert "latency_batch.png" in plots.draw_all(full, tmp_path, ["accuracy"], 1.0)
+    one = full[full.batch_size == 1]
+    (tmp_path / "one").mkdir()
+    assert "latency_batch.png" not in plots.draw_all(one, tmp_path / "one", ["accuracy"], 1.0)

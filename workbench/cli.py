@@ -57,6 +57,7 @@ def _print_table(run_dir: Path) -> None:
 
     full = load_table(run_dir)
     table = full[summary_columns(full)]
+    table = table.apply(lambda c: c.fillna("") if c.dtype == object else c)  # no "None" cells
     with pd.option_context("display.width", 200, "display.max_columns", 30,
                            "display.max_colwidth", 60, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
@@ -67,6 +68,7 @@ def _print_table(run_dir: Path) -> None:
         print(f"recommended: none ({best.get('reason', 'no completed feasible trial')})")
     else:
         print(f"recommended: trial {best['trial']} {best.get('label', '')}: {best['reason']}")
+        print(f"deploy it: workbench export {run_dir} --out bundle")
     print(f"run directory: {run_dir}")
 
 

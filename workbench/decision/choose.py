@@ -126,7 +126,8 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
             why += f"; beats trials {', '.join(str(t) for t in lead.trial if str(t) != str(winner.trial))}"
     else:
         why = (f"tie on {col} between trials {', '.join(str(t) for t in tied.trial)} (leader {leader}: "
-               f"ratio CI includes 1 or difference <= {TIE_MARGIN:.0%}); the smallest, simplest artifact "
+               f"the others are within {TIE_MARGIN:.0%} of it, or further but not surely worse: the 95% CI "
+               f"of their ratio includes 1); the smallest, simplest artifact "
                f"wins; {how}")
     out = {**base, "trial": str(winner.trial), "label": winner.label, "reason": why,
            "tie": len(tied) > 1, "tied_with": others, "decided_by": decided_by,

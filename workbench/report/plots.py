@@ -259,11 +259,15 @@ def history(df, path: Path, objectives: list[str]) -> None:
 
 
 def draw_all(df, out_dir: Path, objectives: list[str], max_drop: float) -> dict[str, Path]:
-    """Write every plot of :data:`PLOTS` into ``out_dir``; returns name -> path."""
+    """Write the plots of :data:`PLOTS` into ``out_dir`` (latency vs batch only when more than
+    one batch size was measured); returns name -> path."""
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name, _ in PLOTS}
     pareto(df, paths["pareto.png"], max_drop)
-    latency_vs_batch(df, paths["latency_batch.png"])
+    if _done(df).batch_size.nunique() > 1:
+        latency_vs_batch(df, paths["latency_batch.png"])
+    else:  # one batch size: a line of one point says nothing
+        del paths["latency_batch.png"]
     size_vs_accuracy(df, paths["size_accuracy.png"])
     latency_distributions(df, paths["latency_dist.png"])
     history(df, paths["history.png"], objectives)

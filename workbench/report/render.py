@@ -36,7 +36,7 @@ def build(run_dir: str | Path, progress: bool = False) -> dict[str, Path]:
         images = {k: v for k, v in images.items() if k not in SERVER_SKIPPED_PLOTS}
         images.update(_serving_plots(full, run_dir, info, best.get("trial")))
     paths.update({name.removesuffix(".png"): p for name, p in images.items()})
-    paths["report.md"].write_text(markdown(info, df, best, head))
+    paths["report.md"].write_text(markdown(info, df, best, head, run_dir))
     paths["report.html"].write_text(_html(info, run_dir, df, best, head, images))
     return paths
 
@@ -98,7 +98,7 @@ def _html(info: dict, run_dir: Path, df, best: dict, head: dict, images: dict[st
                    if name in images)
     sections = [
         ("", text),
-        ("Recommendation", f"<div class='{cls}'>{html.definition_list(summary_items(head, best))}</div>"),
+        ("Recommendation", f"<div class='{cls}'>{html.definition_list(summary_items(head, best, run_dir))}</div>"),
         ("Machine", html.definition_list(machine(run_dir))),
         ("Baselines", html.table(base)),
         ("Plots", f"<div class='plots'>{figs}</div>"),

@@ -71,13 +71,41 @@ def feasibility_text(info: dict, df) -> str:
     return f"feasible means accuracy drop <= {info['max_accuracy_drop']:g} points vs the fp32 Keras model"
 
 
-def summary_items(head: dict, best: dict | None) -> list[tuple[str, str]]:
+METRIC_NAMES = {"throughput_sps": ("throughput", "samples/s"), "max_qps_at_slo": ("max QPS at SLO", "QPS")}
+
+
+def asked_metric(best: dict) -> tuple[str, str]:
+    """(name, text) of the metric the question asks about, e.g. ("p90 latency", "0.0374 ms per
+    batch of 1 (sweep); 0.0371 ms in the interleaved re-measurement")."""
+    col = best.get("primary_metric") or "latency_p90_ms"
+    name, unit = METRIC_NAMES.get(col, (f"{col.removeprefix('latency_').removesuffix('_ms')} latency", "ms"))
+    r = best.get("row") or {}
+    text = f"{_nan(r.get(col)):.4g} {unit}" + (f" per batch of {r['batch_size']}" if unit == "ms" else "")
+    text += " (sweep)"
+    if best.get("decided_by") == "interleaved re-measurement" and best.get("primary_value") is not None:
+        text += f"; {best['primary_value']:.4g} {unit} in the interleaved re-measurement"
+    return name, text
+
+
+def deploy_text(run_dir: Path, best: dict) -> str:
+    """The command that bundles the recommendation, and where its artifact is."""
+    artifact = (best.get("row") or {}).get("artifact")
+    return (f"`workbench export {run_dir} --out bundle` (artifact, session options, predict.py)"
+            + (f"; artifact {artifact}" if artifact else ""))
+
+
+def summary_items(head: dict, best: dict | None, run_dir: Path | None = None) -> list[tuple[str, str]]:
+    """The recommendation as (name, text) items: the question's metric first, then how to deploy
+    it (with ``run_dir``), the comparisons with the baselines, and why it won."""
     if not best or best.get("trial") is None:
         return [("recommendation", (best or {}).get("reason") or "no completed feasible trial yet")]
+    deploy = [("deploy it", deploy_text(run_dir, best))] if run_dir is not None else []
     if best.get("scenario") == "server":
-        return _server_summary_items(head, best)
+        items = _server_summary_items(head, best)
+        return items[:3] + deploy + items[3:]
     items = [("recommended", f"trial {best['trial']}: {best['label']}"),
              ("question", best.get("question", "?")),
+             asked_metric(best), *deploy,
              ("p50 per batch", f"{_interval(head.get('latency_p50_ms'), ' ms')} at batch {head.get('batch_size')} "
                                "(CI within one measurement)")]
     for name, title in (("keras_fp32", "Keras fp32 (TensorFlow)"), ("onnx_fp32", "ONNX fp32 (onnxruntime)")):
@@ -174,7 +202,8 @@ def intro(info: dict, df) -> str:
             "across interleaved rounds.")
 
 
-def markdown(info: dict, df, best: dict | None, head: dict | None = None) -> str:
+def markdown(info: dict, df, best: dict | None, head: dict | None = None,
+             run_dir: Path | None = None) -> str:
     lines = [f"# {info['experiment']} / {info['study']}", "", intro(info, df), ""]
     decided = best is not None and best.get("trial") is not None
     if decided and best.get("scenario") == "server":
@@ -184,18 +213,21 @@ def markdown(info: dict, df, best: dict | None, head: dict | None = None) -> str
                   f"{_nan(r.get('max_qps_at_slo')):.4g} QPS within the SLO (p50 {_ms(r.get('latency_p50_ms'))}, "
                   f"p99 {_ms(r.get('latency_p99_ms'))} at that rate), {quality_text(r)} "
                   f"(drop {_nan(r['accuracy_drop']):.3g}), {r['size_bytes']:,} bytes.", ""]
-        lines += [f"- {k}: {v}" for k, v in summary_items(head or {}, best)[2:]] + [""]
+        lines += [f"- {k}: {v}" for k, v in summary_items(head or {}, best, run_dir)[2:]] + [""]
     elif decided:
         r = best["row"]
+        name, text = asked_metric(best)
         lines += ["## Recommendation", "",
-                  f"**{best.get('question', '')}: trial {best['trial']}: {best['label']}**: {quality_text(r)} "
+                  f"**{best.get('question', '')}: trial {best['trial']}: {best['label']}**: {name} {text}; "
+                  f"{quality_text(r)} "
                   f"(drop {_nan(r['accuracy_drop']):.3g}), p50 {r['latency_p50_ms']:.4f} ms "
                   f"[95% CI within one measurement {r['latency_p50_ci_low_ms']:.4f}-{r['latency_p50_ci_high_ms']:.4f}], "
                   f"p90 {r['latency_p90_ms']:.4f} ms per batch of {r['batch_size']}, "
                   f"{r['throughput_sps']:.4g} samples/s, {r['size_bytes']:,} bytes, "
                   f"speed-up vs Keras {r['speedup_vs_baseline'] or float('nan'):.2f}x.",
                   ""]
-        lines += [f"- {k}: {v}" for k, v in summary_items(head or {}, best)[3:]] + [""]
+        lines += [f"- {k}: {v}" for k, v in summary_items(head or {}, best, run_dir)
+                  if k not in ("recommended", "question", name, "p50 per batch")] + [""]
     else:
         why = (best or {}).get("reason") or "no completed feasible trial yet"
         lines += ["## Recommendation", "", why[0].upper() + why[1:] + ".", ""]
