@@ -301,3 +301,18 @@ def test_missing_or_damaged_run_files_are_one_line(tmp_path, command, case, expe
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     if case == "no study.db":
         assert not db.exists()  # the check never creates an empty database
+
+
+def test_help_lists_only_the_user_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "SUPPRESS" not in out and "sweep" in out and "doctor" in out
+    assert not any(line.split()[:1] == ["work"] for line in out.splitlines())
+
+
+def test_a_stray_argument_gets_its_commands_usage(capsys):
+    """`trial -p bits 8` (a space, not '='): the trial command's usage and how to write it."""
+    assert cli.main(["trial", "-p", "bits", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: workbench trial" in err
+    assert "unrecognized arguments: 8 (a parameter is one word: -p NAME=VALUE, e.g. -p bits=8)" in err

@@ -30,6 +30,8 @@ def test_cli_doctor_exits_0_and_json_parses():
     assert cli.main(["doctor"]) == 0
     res = run_cli("doctor", "--json")
     assert res.returncode == 0, res.stderr
+    # TensorFlow's start-up lines (oneDNN, cudart, "failed call to cuInit") stay off the terminal
+    assert "cuInit" not in res.stderr and "absl::InitializeLog" not in res.stderr, res.stderr
     report = json.loads(res.stdout)
     assert {"cpu", "gpu", "runtimes", "versions"} <= set(report)
     assert any(r["name"] == "litert" and r["usable"] for r in report["runtimes"])

@@ -40,6 +40,7 @@ def files(tmp_path_factory) -> Path:
     save("good.keras", layers.Flatten(), layers.Dense(10, activation="softmax"))
     save("two_out.keras", layers.Dense(2), inputs=keras.Input((8,)))
     save("reg.keras", layers.Dense(1), inputs=keras.Input((8,)))
+    (out / "fake.keras").write_bytes(b"not a zip archive\n")  # exists, but is no Keras file
     return out
 
 
@@ -56,6 +57,8 @@ CASES = {
              "y_eval must be integer class labels of shape (n,) for task classification"),
     "regression_outputs": ("two_out.keras", "regression.npz", {"task": "regression"}, DataError,
                            "gives 2 values per sample but data regression has 1 target value(s)"),
+    "fake_keras": ("fake.keras", "digits.npz", {}, ModelError,
+                   "fake.keras: not a Keras model file (a .keras file is a zip archive"),
     "builtin_without_train": ("digits_mlp", "no_train.npz", {}, DataError,
                               "the builtin model digits_mlp is trained on the data's x_train/y_train"),
     "builtin_regression": ("digits_mlp", "regression.npz", {"task": "regression"}, ModelError,

@@ -195,15 +195,19 @@ def _load(args: argparse.Namespace) -> int:
 
 def _doctor(args: argparse.Namespace) -> int:
     from workbench.runtimes import doctor
+    from workbench.sweep.preflight import native_stderr_held
 
-    report = doctor.collect()
+    with native_stderr_held():  # TensorFlow's start-up lines ("failed call to cuInit") are noise here
+        report = doctor.collect()
     print(json.dumps(report, indent=2) if args.json else doctor.render(report))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+    # metavar: the hidden ``work`` command stays out of the list (argparse shows "==SUPPRESS==")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ap.commands = sub.choices
 
     sp = sub.add_parser("sweep", help="run or continue an Optuna sweep of trial notebooks")
     sp.add_argument("config", help="experiment YAML file")
@@ -218,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sweep)
 
-    wp = sub.add_parser("work", help=argparse.SUPPRESS)
+    wp = sub.add_parser("work")  # no help: not listed (started by `sweep --workers`)
     wp.add_argument("config")
     wp.add_argument("--study", required=True)
     wp.add_argument("--storage", help="default: $WORKBENCH_STORAGE")
@@ -317,8 +321,12 @@ def _internal_error(err: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     try:
-        args = parser().parse_args(argv)
+        args, extra = ap.parse_known_args(argv)
+        if extra:  # the command's own usage, not the top-level one
+            hint = " (a parameter is one word: -p NAME=VALUE, e.g. -p bits=8)" if args.command == "trial" else ""
+            ap.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     except SystemExit as done:  # --help (0) or a usage error (2), already printed by argparse
         return done.code if isinstance(done.code, int) else 2
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,9 @@ def _keras(path: Path, data: Dataset, out: Path, trust: bool, output: str | int)
     import keras
 
     extra: dict[str, Any] = {}
+    if path.is_file() and not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise ModelError(f"{path}: not a Keras model file (a .keras file is a zip archive; this "
+                         "one is not)")
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except ValueError as err:

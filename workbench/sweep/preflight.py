@@ -29,12 +29,12 @@ from workbench.core.errors import DataError, ModelError, WorkbenchError
 
 def check(exp: Experiment) -> None:
     """Load ``exp``'s data and model as a trial would and check that they fit together."""
-    with _native_stderr_held():
+    with native_stderr_held():
         _check(exp)
 
 
 @contextmanager
-def _native_stderr_held() -> Iterator[None]:
+def native_stderr_held() -> Iterator[None]:
     """Hold what is written to file descriptor 2 meanwhile: TensorFlow's C++ start-up lines
     (oneDNN, CUDA) ignore TF_CPP_MIN_LOG_LEVEL, and a refused model must be one line. A user
     error drops them; anything else (success, or a bug) writes them out as they were."""
