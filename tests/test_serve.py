@@ -363,3 +363,21 @@ def test_serves_a_bundle_written_by_workbench_export(tmp_path, digits, params):
     finally:
         s.close()
         eng.stop()
+
+
+def test_serve_on_a_busy_port_is_one_line_before_serving(bundle):
+    """A port another process listens on: one line, exit 2, and never "serving ... at"."""
+    import socket
+
+    from conftest import run_cli
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        res = run_cli("serve", str(bundle), "--port", str(port), "--ready-timeout", "20")
+    assert res.returncode == 2, res.stderr
+    assert "serving" not in res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}: cannot listen there" in lines[0], res.stderr
+    assert "--port" in lines[0]

@@ -176,7 +176,12 @@ def _serve(args: argparse.Namespace) -> int:
               f"infer: POST {eng.infer_url}\nmetrics: {eng.url}/metrics", flush=True)
         while eng.proc.poll() is None:
             time.sleep(0.5)
-        return 0 if eng.proc.returncode in (0, -signal.SIGTERM) else 1
+        if eng.proc.returncode in (0, -signal.SIGTERM):
+            return 0
+        print(f"error: the {args.engine} server exited with code {eng.proc.returncode}"
+              + (f" (its output: {args.log})" if args.log else " (--log FILE keeps its output)"),
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("stopping: draining in-flight requests", file=sys.stderr, flush=True)
         return 0

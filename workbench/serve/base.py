@@ -46,6 +46,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port another process listens on: the server would fail to bind
+    in its own process, while the readiness probe could be answered by that other server."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise EngineError(f"{host}:{port}: cannot listen there ({err.strerror or err}); "
+                              "choose another --port (or --host)") from None
+
+
 def _get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -78,6 +90,7 @@ class Engine:
 
     def start(self, log: str | Path | None = None, watch_parent: bool = True) -> None:
         """Start the server in its own process group (output to ``log`` if given)."""
+        check_port(self.options.host, self.options.port)
         cmd = self.command()
         if watch_parent:
             cmd += ["--parent-pid", str(os.getpid())]
