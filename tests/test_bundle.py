@@ -148,3 +148,37 @@ def test_bundle_of_a_two_input_model(two_inputs, runtime, tmp_path):
     with np.load(out / "check_inputs.npz") as z:
         assert set(z.files) == {"features", "ids"} and z["ids"].dtype == np.int32
     assert check["samples"] == bundle.CHECK_ROWS
+
+
+def test_bundle_pins_its_requirements_and_says_what_is_missing(tmp_path):
+    """requirements.txt names numpy and the runtime at the versions measured; predict.py run by
+    a Python that has numpy but no onnxruntime says so in one line; config.json holds no
+    serving settings a single-stream trial never measured, and serving defaults follow it."""
+    from importlib import metadata
+
+    m = trial.run({**FAST, "model": "digits_mlp", "runtime": "onnxruntime"})
+    assert m["status"] == "complete", m.get("reason")
+    out = tmp_path / "bundle"
+    export_trial(m, out)
+    reqs = (out / "requirements.txt").read_text().split()
+    assert reqs == [f"numpy=={metadata.version('numpy')}", f"onnxruntime=={metadata.version('onnxruntime')}"]
+
+    # -S: no site-packages; numpy alone, the real package, on the path
+    only_numpy = tmp_path / "only_numpy"
+    only_numpy.mkdir()
+    (only_numpy / "numpy").symlink_to(Path(np.__file__).parent)
+    if (Path(np.__file__).parent.parent / "numpy.libs").exists():
+        (only_numpy / "numpy.libs").symlink_to(Path(np.__file__).parent.parent / "numpy.libs")
+    proc = subprocess.run([sys.executable, "-S", "predict.py", "--check"], cwd=out, capture_output=True,
+                          text=True, timeout=120, env={"PYTHONPATH": str(only_numpy), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: onnxruntime is not installed in this Python")
+    assert f"pip install -r {out.resolve() / 'requirements.txt'}" in lines[0]
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["scenario"] == "single_stream"
+    assert not {"max_batch_size", "max_queue_delay_ms", "batch_policy", "slo_ms"} & set(config)
+    assert bundle.open_bundle(out).serving() == {"max_batch_size": 1, "max_queue_delay_ms": 0.0,
+                                                 "batch_policy": "idle", "instances": 1}

@@ -153,13 +153,16 @@ def _serve(args: argparse.Namespace) -> int:
     from workbench.serve.batcher import POLICIES
 
     for flag, value, low in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
-                             ("--instances", args.instances, 1), ("--threads", args.threads or 1, 1),
+                             ("--instances", args.instances, 1), ("--threads", args.threads, 1),
                              ("--max-queue-delay-ms", args.max_queue_delay_ms, 0)):
-        if value < low:
+        if value is not None and value < low:
             raise WorkbenchError(f"{flag}: must be at least {low} (got {value})")
-    if args.batch_policy not in POLICIES:
+    if args.batch_policy is not None and args.batch_policy not in POLICIES:
         raise WorkbenchError(f"--batch-policy: one of {', '.join(POLICIES)} (got {args.batch_policy})")
-    open_bundle(args.bundle)  # a bad bundle is a one-line error here, not in the server's log
+    measured = open_bundle(args.bundle).serving()  # a bad bundle is one line here, not in the server's log
+    for key, value in measured.items():  # batching as measured, unless given
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     opts = serve.ServeOptions(name=args.name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                               max_queue_delay_ms=args.max_queue_delay_ms, batch_policy=args.batch_policy,
                               max_queue=args.max_queue, instances=args.instances, threads=args.threads)
@@ -173,7 +176,10 @@ def _serve(args: argparse.Namespace) -> int:
         eng.start(log=args.log, watch_parent=True)
         eng.wait_ready(args.ready_timeout)
         print(f"serving {args.bundle} as {opts.name!r} ({args.engine}) at {eng.url}\n"
-              f"infer: POST {eng.infer_url}\nmetrics: {eng.url}/metrics", flush=True)
+              f"infer: POST {eng.infer_url}\nmetrics: {eng.url}/metrics\n"
+              f"batching: max batch {opts.max_batch_size}, policy {opts.batch_policy}"
+              + (f" (delay {opts.max_queue_delay_ms:g} ms)" if opts.batch_policy == "delay" else "")
+              + f", {opts.instances} instance(s)", flush=True)
         while eng.proc.poll() is None:
             time.sleep(0.5)
         if eng.proc.returncode in (0, -signal.SIGTERM):
@@ -274,12 +280,15 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--name", default="model", help="model name in the /v2/models/{name} routes")
-    sv.add_argument("--max-batch-size", type=int, default=8, help="rows per batch (1: no batching)")
-    sv.add_argument("--max-queue-delay-ms", type=float, default=2.0,
-                    help="longest wait of a batch's first request for company (policy delay)")
-    sv.add_argument("--batch-policy", default="delay", help="delay (wait up to the delay) or idle (never wait)")
+    # batching defaults: as the bundle's trial was measured (Bundle.serving: a server trial's own
+    # settings; any other trial: batches up to its batch size, policy idle, no delay)
+    sv.add_argument("--max-batch-size", type=int, help="rows per batch (1: no batching; default: as measured)")
+    sv.add_argument("--max-queue-delay-ms", type=float,
+                    help="longest wait of a batch's first request for company (policy delay; default: as measured)")
+    sv.add_argument("--batch-policy", help="delay (wait up to the delay) or idle (never wait; default unless "
+                                           "the bundle's server trial measured delay)")
     sv.add_argument("--max-queue", type=int, default=256, help="queued requests beyond this get 503")
-    sv.add_argument("--instances", type=int, default=1, help="model instances (sessions) serving batches")
+    sv.add_argument("--instances", type=int, help="model instances (sessions) serving batches (default: as measured)")
     sv.add_argument("--threads", type=int, help="intra-op threads per instance (default: the bundle's)")
     sv.add_argument("--log", help="append the server's output to this file")
     sv.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the model")

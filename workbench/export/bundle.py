@@ -5,11 +5,12 @@ artifact's name, the runtime, the exact session options and the model's inputs).
 ``workbench export`` writes (:func:`write_bundle` with the trial's metrics) adds the metrics
 (``metrics.json``), a sample input (``sample_input.npy``; ``.npz`` of named arrays for a model
 with several inputs), a small labelled eval sample (``check_inputs.np[yz]``,
-``check_targets.npy``, ``check.json``) and a ``predict.py`` that needs only the runtime's own
-package and numpy. ``predict.py`` opens the artifact with exactly the session options the trial
-was measured with: the dict its runtime plug-in's ``session_options`` returned for the trial,
-so what ships is what was measured. A server trial serves a minimal bundle (no metrics: the
-artifact linked, not copied) from a temporary directory.
+``check_targets.npy``, ``check.json``), a ``predict.py`` that needs only the runtime's own
+package and numpy, and ``requirements.txt`` naming their exact versions. ``predict.py`` opens
+the artifact with exactly the session options the trial was measured with: the dict its
+runtime plug-in's ``session_options`` returned for the trial, so what ships is what was
+measured. A server trial serves a minimal bundle (no metrics: the artifact linked, not copied)
+from a temporary directory.
 
 :func:`open_bundle` reads either. The session is re-created through
 :func:`workbench.runtimes.load`, the same call the trial used, so what is served is what was
@@ -33,7 +34,9 @@ import numpy as np
 
 from workbench import data as data_mod
 from workbench import runtimes
+from workbench.config.parameters import serving
 from workbench.config.params import TrialParams
+from workbench.core.cache import versions
 from workbench.core.errors import WorkbenchError
 from workbench.data import Dataset, inputs
 from workbench.export.predict_template import PREDICT
@@ -68,6 +71,18 @@ class Bundle:
         if len(self.inputs) == 1 and self.inputs[0][0] is None:
             return np.zeros((n, *self.inputs[0][1]), self.inputs[0][2])
         return {name: np.zeros((n, *shape), dtype) for name, shape, dtype in self.inputs}
+
+    def serving(self) -> dict[str, Any]:
+        """How ``workbench serve`` batches this bundle unless told otherwise: as its server trial
+        was measured; any other trial was measured one batch at a time, never waiting for
+        company, so its requests are batched only up to its batch size, without waiting (a
+        waited delay doubled a single-stream winner's latency)."""
+        p = self.params
+        if p.scenario == "server":
+            return {"max_batch_size": p.max_batch_size, "max_queue_delay_ms": p.max_queue_delay_ms,
+                    "batch_policy": p.batch_policy, "instances": p.instances}
+        return {"max_batch_size": p.batch_size, "max_queue_delay_ms": 0.0, "batch_policy": "idle",
+                "instances": 1}
 
     def session(self, threads: int | None = None):
         """A fresh session of the bundle's artifact (``threads`` overrides the intra-op threads)."""
@@ -204,7 +219,7 @@ def write_bundle(out: Path, params: TrialParams, artifact: Artifact, data: Datas
         shutil.copytree(src, wrote(name))
     else:
         shutil.copy2(src, wrote(name))
-    wrote("config.json").write_text(json.dumps(params.model_dump(), indent=2, sort_keys=True))
+    wrote("config.json").write_text(json.dumps(measured_params(params), indent=2, sort_keys=True))
     wrote("bundle.json").write_text(json.dumps({
         "runtime": params.runtime, "artifact": name, "session_options": options,
         "inputs": [[n, list(s), d] for n, s, d in data.inputs]}, indent=2, sort_keys=True))
@@ -223,12 +238,30 @@ def write_bundle(out: Path, params: TrialParams, artifact: Artifact, data: Datas
         "trial_p50_ms": metrics.get("latency_p50_ms"),
         "measurement": {k: getattr(params, k) for k in ("warmup", "min_runs", "min_seconds", "max_seconds")},
     }, indent=2))
+    wrote("requirements.txt").write_text(requirements(runtime.packages))
     title = title or {"trial": "-", "experiment": "-", "study": "-"}
     wrote("predict.py").write_text(PREDICT.format(
         **title, label=metrics.get("label", ""), runtime=params.runtime, options=repr(options),
         load=runtime.bundle_loader(name), helpers=_helpers(),
         sample_ndim=({k: v.ndim - 1 for k, v in data.x_eval.items()} if several else data.x_eval.ndim - 1)))
     return out
+
+
+def requirements(packages: tuple[str, ...]) -> str:
+    """``requirements.txt`` of a bundle: numpy and the runtime's packages at the exact versions
+    the trial ran with (``pip install -r requirements.txt`` gives predict.py what it needs)."""
+    found = versions("numpy", *packages)
+    return "".join(f"{name}=={v}\n" for name, v in found.items() if v != "absent")
+
+
+def measured_params(params: TrialParams) -> dict[str, Any]:
+    """The trial's parameters without the serving settings it was not measured with (an
+    in-process trial has no batcher, no SLO): ``config.json`` names only what was measured."""
+    p = params.model_dump()
+    if p.get("scenario") == "server":
+        return p
+    unmeasured = {q.name for q in serving()} | {"slo_ms", "slo_percentile"}
+    return {k: v for k, v in p.items() if k not in unmeasured}
 
 
 def _save_inputs(path: Path, x) -> None:

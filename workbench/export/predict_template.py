@@ -1,4 +1,5 @@
-"""The ``predict.py`` a bundle ships: needs only its runtime's own package and numpy.
+"""The ``predict.py`` a bundle ships: needs only its runtime's own package and numpy (the
+bundle's ``requirements.txt`` pins both; without them it says so in one line).
 
 Filled in by :func:`workbench.export.bundle.write_bundle` with the trial's session options, the
 runtime's loader (``Runtime.bundle_loader``) and the input helpers of ``workbench.data.inputs``.
@@ -17,13 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
+
+
+def missing(err):
+    """One line naming the package this Python lacks, and how to install what the bundle needs."""
+    sys.exit(f"error: {{err.name or err}} is not installed in this Python ({{sys.executable}}); "
+             f"install the bundle's requirements: pip install -r {{HERE / 'requirements.txt'}}")
+
+
+try:
+    import numpy as np
+except ImportError as err:
+    missing(err)
+
 OPTIONS = {options}
 SAMPLE_NDIM = {sample_ndim}  # dimensions of one sample (per input)
 
@@ -40,7 +53,14 @@ def read_inputs(path):
 
 
 def load():
-    """A function from a float32 batch to the model's outputs."""
+    """A function from a float32 batch to the model's outputs (a missing runtime: one line)."""
+    try:
+        return _load()
+    except ImportError as err:
+        missing(err)
+
+
+def _load():
     {load}
 
 
