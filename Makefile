@@ -33,10 +33,10 @@ demo: setup
 	$(BIN)/workbench sweep experiments/digits.yaml
 
 test: setup
-	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider tests notebooks
+	$(BIN)/python -m pytest -rs --nbval-lax -p no:cacheprovider tests notebooks
 
 test-fast: setup
-	$(BIN)/python -m pytest --nbval-lax -m "not slow" tests notebooks
+	$(BIN)/python -m pytest -rs --nbval-lax -m "not slow" tests notebooks
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
