@@ -92,3 +92,19 @@ def test_small_space_is_measured_to_its_last_configuration(tmp_path):
     assert more.returncode == 0, more.stderr
     assert "--add 2: the search space has 3 distinct configurations, the study 3 trials" in more.stderr
     assert len(optuna.load_study(study_name="tiny", storage=url).trials) == len(trials)
+
+
+def test_an_interrupted_trial_shows_why_in_the_table(tmp_path):
+    from workbench.results import table
+
+    run_dir, url = started_run(tmp_path)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        trial = study.ask()
+    # as storage.recover_interrupted records a trial whose worker is gone
+    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", "worker pid 123 on host is gone")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    rows = table.load_table(run_dir)
+    row = rows[rows.trial == str(trial.number)].iloc[0]
+    assert row.state == "FAIL" and row.reason == "interrupted: worker pid 123 on host is gone"
