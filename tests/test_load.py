@@ -45,10 +45,13 @@ def test_closed_loop_and_errors_by_status(slow_server, npz):
     r = load.run(slow_server.infer_url, concurrency=8, requests=40, data=npz)
     assert r["mode"] == "closed" and r["answered"] == 40
     wrong = slow_server.infer_url.replace("/model/", "/nope/")
-    r = load.run(wrong, concurrency=2, requests=6, data=npz)
+    with pytest.raises(load.LoadError, match="answered 404"):  # refused before any load is sent
+        load.run(wrong, concurrency=2, requests=6, data=npz)
+    items = load.payloads_for(wrong, data=npz)  # given payloads: the URL is taken as it is
+    r = load.run(wrong, concurrency=2, requests=6, items=items)
     assert r["answered"] == 0 and r["errors"] == {"404": 6} and r["error_fraction"] == 1.0
     assert not r["valid"] and r["invalid_reasons"] == ["100.0% of requests failed"]
-    r = load.run(wrong, rate=20, duration=0.5, data=npz)  # fast 404s are not a valid open loop either
+    r = load.run(wrong, rate=20, duration=0.5, items=items)  # fast 404s are not a valid open loop either
     assert r["answered"] == 0 and set(r["errors"]) == {"404"} and "100.0% of requests failed" in r["invalid_reasons"]
 
 
@@ -93,6 +96,18 @@ def test_cli_serve_and_load(bundle, npz, tmp_path):  # noqa: F811
                               "--json"], capture_output=True, text=True, timeout=120)
         result = json.loads(out.stdout)
         assert result["answered"] == 20, out.stderr
+        # the server's root URL finds the model and its input from the metadata
+        out = subprocess.run([exe, "load", f"http://127.0.0.1:{port}", "--concurrency", "2", "--requests", "6",
+                              "--json"], capture_output=True, text=True, timeout=120)
+        result = json.loads(out.stdout)
+        assert out.returncode == 0 and result["answered"] == 6 and result["url"] == url, out.stderr
+        # every request refused (the data does not fit the model): exit 1, and why on stderr also with --json
+        wrong = tmp_path / "wrong.npz"
+        np.savez(wrong, x_eval=np.zeros((4, 3), np.float32))
+        out = subprocess.run([exe, "load", url, "--concurrency", "2", "--requests", "6", "--data", str(wrong),
+                              "--json"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and json.loads(out.stdout)["errors"] == {"400": 6}
+        assert out.stderr.strip() == "workbench load: INVALID run - 100.0% of requests failed"
         out = subprocess.run([exe, "load", url, "--rate", "20", "--duration", "0.5", "--binary"],
                              capture_output=True, text=True, timeout=120)
         assert "QPS" in out.stdout and "latency ms" in out.stdout, out.stderr
@@ -107,6 +122,22 @@ def test_cli_serve_and_load(bundle, npz, tmp_path):  # noqa: F811
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     bad = subprocess.run([exe, "load", "http://127.0.0.1:9/x/infer", "--rate", "5"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    help_text = subprocess.run([exe, "load", "--help"], capture_output=True, text=True).stdout
+    assert all(f"{code} " in help_text for code in (0, 1, 2)) and "exit codes" in help_text
+
+
+def test_the_url_may_be_the_root_the_model_or_its_infer_route(slow_server):
+    root = slow_server.url
+    infer = slow_server.infer_url
+    for url in (root, root + "/", infer.removesuffix("/infer"), infer.removesuffix("/infer") + "/", infer):
+        got, meta = load.resolve(url)
+        assert got == infer and meta["name"] == "model" and meta["inputs"]
+    with pytest.raises(load.LoadError, match="answered 404: no such v2 model"):
+        load.resolve(root + "/v2/models/nope")
+    with pytest.raises(load.LoadError, match="give the server's root"):
+        load.resolve(root + "/metrics")
+    with pytest.raises(load.LoadError, match="plain http://"):
+        load.resolve("https://127.0.0.1:1/v2/models/model")
 
 
 def test_runs_where_an_event_loop_is_already_running(slow_server):

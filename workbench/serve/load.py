@@ -17,9 +17,10 @@ behind whatever callback (response parsing, aiohttp's per-request objects) runs 
 is due. Here one *sender* thread owns the schedule: absolute deadlines from
 ``time.perf_counter`` (offsets drawn up front, so nothing drifts), ``time.sleep`` until
 ``SPIN_S`` before the deadline and a short spin, then one ``sendall`` of bytes encoded before
-the run on an idle keep-alive connection (HTTP/1.1; a new one up to ``max_connections``, then
-pipelined). A *receiver* thread reads every connection through epoll and parses responses by
-Content-Length; answers are decoded for scoring only when asked (:meth:`Recorder.accuracy`).
+the run on an idle keep-alive connection (HTTP/1.1). A *receiver* thread reads every connection
+through epoll, parses responses by Content-Length and keeps ``SPARE`` idle connections open
+ahead of the sender (up to ``max_connections``; beyond, requests are pipelined); answers are
+decoded for scoring only when asked (:meth:`Recorder.accuracy`).
 While the load runs the interpreter's switch interval is lowered (a waiting thread takes the
 GIL within 0.1 ms instead of 5 ms) and the garbage collector is paused (a full collection in a
 kernel that imported TensorFlow takes milliseconds); both are restored afterwards.
@@ -42,6 +43,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from bisect import bisect_left
 from collections import Counter, deque
@@ -61,9 +63,11 @@ MAX_LATE_FRACTION = 0.01
 MAX_CLIENT_CPU = 0.80
 MAX_ERROR_FRACTION = 0.001
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+DEFAULT_MODEL = "model"  # the name both engines serve a bundle as unless told otherwise
 SPIN_S = 0.0002  # sleep until this long before a deadline, then spin
 CHECK_S = 0.05  # how often an open loop asks ``keep_going``
 SWITCH_S = 0.0001  # the interpreter's switch interval while a load runs
+SPARE = 4  # idle connections the receiver keeps open ahead of the sender (a connect is not a send)
 
 
 class LoadError(WorkbenchError):
@@ -92,10 +96,41 @@ def payloads(x, y: np.ndarray | None = None, binary: bool = False) -> list[Paylo
     return out
 
 
+def resolve(url: str) -> tuple[str, dict[str, Any]]:
+    """The infer route and the model's v2 metadata from what a user has at hand: the server's
+    root (``http://HOST:PORT``: the model the engines serve by default, ``model``), the model's
+    URL (``.../v2/models/NAME``) or its infer route. Checked before any load is sent: a URL that
+    is not a v2 model is one line naming it (a wrong route would only answer 404s)."""
+    Target.of(url)  # plain http, with a host
+    parts = urlsplit(url)
+    root = f"{parts.scheme}://{parts.netloc}"
+    path = parts.path.rstrip("/")
+    if path.endswith("/infer"):
+        meta_url = root + path.removesuffix("/infer")
+    elif path in ("", "/v2", "/v2/models"):
+        meta_url = f"{root}/v2/models/{DEFAULT_MODEL}"
+    elif path.startswith("/v2/models/") and path.count("/") == 3:
+        meta_url = root + path
+    else:
+        raise LoadError(f"{url}: give the server's root (http://HOST:PORT), the model's URL "
+                        "(.../v2/models/NAME) or its infer route (.../v2/models/NAME/infer)")
+    try:
+        with urllib.request.urlopen(meta_url, timeout=5) as r:
+            meta = json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        raise LoadError(f"{url}: {meta_url} answered {err.code}: no such v2 model there (give the model's URL, "
+                        ".../v2/models/NAME)") from None
+    except (OSError, ValueError) as err:
+        raise LoadError(f"{url}: cannot read the model's metadata at {meta_url} ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("inputs"), list) or not meta["inputs"]:
+        raise LoadError(f"{url}: {meta_url} is not a v2 model's metadata (no inputs)")
+    return meta_url + "/infer", meta
+
+
 def payloads_for(url: str, data: str | Path | None = None, seed: int = 0, binary: bool = False,
-                 n_synthetic: int = 64) -> list[Payload]:
+                 n_synthetic: int = 64, meta: dict[str, Any] | None = None) -> list[Payload]:
     """Payloads from a ``.npz`` (``x_eval``/``y_eval``), else random inputs of the model's shape
-    read from its v2 metadata (``GET /v2/models/{name}``)."""
+    read from its v2 metadata (``meta``, else ``GET`` the model's URL)."""
     if data:
         path = Path(data)
         if not path.is_file():
@@ -106,13 +141,7 @@ def payloads_for(url: str, data: str | Path | None = None, seed: int = 0, binary
                 raise LoadError(f"--data {path}: no x_eval array (has {', '.join(npz.files)})")
             x = npz["x_eval"] if "x_eval" in npz else named
             return payloads(x, npz["y_eval"] if "y_eval" in npz else None, binary)
-    meta_url = url.rsplit("/infer", 1)[0]
-    try:
-        with urllib.request.urlopen(meta_url, timeout=5) as r:
-            meta = json.loads(r.read())
-    except (OSError, ValueError) as err:
-        raise LoadError(f"{meta_url}: cannot read the model's metadata ({err}); pass --data") from None
-
+    meta = meta or resolve(url)[1]
     rng = np.random.default_rng(seed)
     x = {}
     for t in meta["inputs"]:
@@ -321,14 +350,15 @@ class _Client:
         return conn
 
     def warm(self, n: int) -> None:
-        """Open ``n`` connections before the clock starts (a connect is not a send)."""
-        for _ in range(min(n, self.max)):
+        """Open idle connections until ``n`` are idle (or ``max_connections`` are open)."""
+        while len(self.idle) < n and len(self.conns) < self.max:
             try:
                 conn = self.open()
             except OSError:
                 return
-            conn.idle = True
-            self.idle.append(conn)
+            with self.lock:
+                conn.idle = True
+                self.idle.append(conn)
 
     def send(self, req: bytes, p: Payload, t0: float) -> None:
         """Send one pre-encoded request scheduled at ``t0`` (its latency counts from ``t0``)."""
@@ -405,6 +435,8 @@ class _Client:
                     if not conn.pending and not conn.idle:
                         conn.idle = True
                         self.idle.append(conn)
+            if len(self.idle) < SPARE:
+                self.warm(SPARE)
             if now - last_check > 0.1:  # requests older than the time-out fail with their connection
                 last_check = now
                 for conn in list(self.conns.values()):
@@ -454,7 +486,7 @@ def open_loop(url: str, items: list[Payload], rate: float, duration: float, seed
     reqs = [target.request(p) for p in items]
     offsets = arrivals(rate, duration, seed)
     with _Quiet(), _Client(target, rec, max_connections, timeout, score) as client:
-        client.warm(min(8, len(offsets)))
+        client.warm(2 * SPARE)
         rec.start = start = time.perf_counter()
         next_check = start + CHECK_S
         for i, offset in enumerate(offsets.tolist()):
@@ -563,14 +595,17 @@ def summarize(rec: Recorder, elapsed: float, cpu: float, offered: float | None) 
 def run(url: str, rate: float | None = None, duration: float | None = None, concurrency: int | None = None,
         requests: int | None = None, data: str | Path | None = None, seed: int = 0, binary: bool = False,
         items: list[Payload] | None = None, timeout: float = 30.0) -> dict[str, Any]:
-    """One load run, open loop (``rate`` + ``duration``) or closed loop (``concurrency`` + ``requests``)."""
+    """One load run, open loop (``rate`` + ``duration``) or closed loop (``concurrency`` + ``requests``).
+    Without ``items``, ``url`` may be the server's root or the model's URL (:func:`resolve`)."""
     if (rate is None) == (concurrency is None):
         raise LoadError("give either --rate QPS --duration S (open loop) or --concurrency N --requests M")
     if rate is not None and (rate <= 0 or not duration or duration <= 0):
         raise LoadError(f"--rate {rate} --duration {duration}: both must be positive")
     if concurrency is not None and (concurrency < 1 or not requests or requests < 1):
         raise LoadError(f"--concurrency {concurrency} --requests {requests}: both must be at least 1")
-    items = items or payloads_for(url, data, seed, binary)
+    if not items:
+        url, meta = resolve(url)
+        items = payloads_for(url, data, seed, binary, meta=meta)
     cpu0, t0 = time.process_time(), time.perf_counter()
     if rate is not None:
         rec = open_loop(url, items, rate, duration, seed, timeout=timeout)
@@ -580,6 +615,7 @@ def run(url: str, rate: float | None = None, duration: float | None = None, conc
     cpu = (time.process_time() - cpu0) / elapsed
     out = summarize(rec, elapsed, cpu, rate)
     out["mode"] = "open" if rate is not None else "closed"
+    out["url"] = url
     if concurrency is not None:
         out["concurrency"] = concurrency
     return out
