@@ -174,13 +174,13 @@ class Recorder:
 
     def answered(self, now: float, sent_or_scheduled: float, status: int, index: int, label: int | None,
                  head: bytes, body: bytes, score: bool) -> None:
-        with self.lock:
+        with self.lock:  # one pair at a time: done_at[i] and latency_s[i] are the same request
             self.status[str(status)] += 1
-        if status != 200:
-            self.fail_at.append(now)
-            return
-        self.latency_s.append(now - sent_or_scheduled)
-        self.done_at.append(now)
+            if status != 200:
+                self.fail_at.append(now)
+                return
+            self.latency_s.append(now - sent_or_scheduled)
+            self.done_at.append(now)
         if score and index >= 0:
             self.raw.append((index, label, head, body))
 
