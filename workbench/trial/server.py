@@ -131,7 +131,8 @@ def search(eng, items, p, monitor, log=print) -> tuple[dict[str, Any] | None, li
         points.append(r)
         log(f"  {rate:9.1f} QPS offered: p{p.slo_percentile:g} {r['slo_value_ms']:.3f} ms, "
             f"errors {r['error_fraction']:.2%}, batch {r['mean_batch_size']:.2f} -> "
-            f"{'pass' if r['passed'] else 'fail'}")
+            f"{'pass' if r['passed'] else 'fail'}"
+            + (f" (load run INVALID: {'; '.join(r['invalid_reasons'])})" if r["invalid_reasons"] else ""))
         return r
 
     rate = max(1.0, capacity / 4)
