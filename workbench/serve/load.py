@@ -10,11 +10,13 @@ marked invalid when more than 1% of sends were late, its own CPU use was over 80
 (then the numbers describe the client, not the server), or more than 0.1% of the requests
 failed (a wrong URL answers 404s quickly: fast errors are not latencies).
 
-Why threads and raw sockets rather than an event loop: on this 2-core machine an asyncio
-(uvloop) loop running aiohttp sent 20-30% of requests more than 1 ms late even at 50 QPS with
-8% CPU (benchmarks/serving.md, 2026-11-30): loop timers have 1 ms resolution, and a send waits
-behind whatever callback (response parsing, aiohttp's per-request objects) runs when its timer
-is due. Here one *sender* thread owns the schedule: absolute deadlines from
+Why threads and raw sockets rather than an event loop (measured on this 2-core machine,
+2026-11-30, benchmarks/serving.md "Load generator validity"): a bare uvloop sleep loop woke about
+as punctually as ``time.sleep`` in a thread, but the same loop sending through aiohttp woke over
+1 ms late for ~19% of arrivals at 50 QPS with under 10% CPU, and sent 14-53% late at 50-1,000
+QPS where the sleep-only floor was 4-14%: a timer fires only once the callbacks ahead of it
+(aiohttp's per-request tasks and objects, response handling) have run. Here one *sender*
+thread owns the schedule: absolute deadlines from
 ``time.perf_counter`` (offsets drawn up front, so nothing drifts), ``time.sleep`` until
 ``SPIN_S`` before the deadline and a short spin, then one ``sendall`` of bytes encoded before
 the run on an idle keep-alive connection (HTTP/1.1). A *receiver* thread reads every connection
