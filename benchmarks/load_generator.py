@@ -7,8 +7,8 @@ mlcommons-loadgen's Server scenario at the same offered rates.
 Usage: ``python benchmarks/load_generator.py`` (about 6 minutes; wrk from Debian's ``wrk``
 package, LoadGen from a Python that imports ``mlperf_loadgen``: ``WORKBENCH_LOADGEN_PYTHON``,
 default ``.venv-kserve/bin/python``; either is skipped, and said so, when missing). Writes
-``load_generator.json`` and the section ``## Load generator validity`` of ``serving.md``
-(the rest of that page is ``serving.py``'s). ``--render`` re-renders from the JSON.
+``load_generator.json`` (the latest run) and adds a dated section ``## Load generator validity``
+to ``serving.md`` (earlier runs' sections stay; the top of that page is ``serving.py``'s). ``--render`` re-renders from the JSON.
 
 The machine is shared and noisy: only numbers of one run are compared, and the page states the
 load average before and after.
@@ -276,13 +276,14 @@ closed loop without a schedule: only its p50 at one connection compares, with ou
 
 
 def write_section(text: str) -> None:
-    """Replace this benchmark's section of serving.md (from its heading to the next ``## `` that
-    is not one of its own), keeping the rest."""
+    """Add this run's dated section to serving.md, or replace it when re-rendered; earlier runs'
+    sections and the rest of the page (``serving.py``'s) stay."""
+    heading = text.splitlines()[0]
     page = (HERE / "serving.md").read_text()
-    at = page.find(MARK)
+    at = page.find(heading)
     if at >= 0:
-        nxt = re.search(r"^## (?!#)", page[at + len(MARK):], re.M)
-        page = page[:at].rstrip() + ("\n\n" + page[at + len(MARK) + nxt.start():] if nxt else "")
+        nxt = re.search(r"^## (?!#)", page[at + len(heading):], re.M)
+        page = page[:at].rstrip() + ("\n\n" + page[at + len(heading) + nxt.start():] if nxt else "")
     (HERE / "serving.md").write_text(page.rstrip() + "\n\n" + text)
 
 
