@@ -627,13 +627,14 @@ def render(r: dict[str, Any]) -> str:
     """The human summary ``workbench load`` prints."""
     head = (f"offered {r['offered_qps']:g} QPS (open loop), " if r["mode"] == "open"
             else f"closed loop, {r['concurrency']} clients, ")
-    lines = [head + f"achieved {r['achieved_qps']:.1f} QPS over {r['seconds']:.2f} s, "
-             f"{r['answered']}/{r['requests']} answered",
-             "latency ms: " + ", ".join(f"p{p:g} {r[f'p{p:g}_ms']:.3f}" for p in PERCENTILES)
-             + f", mean {r['mean_ms']:.3f}",
-             "errors: " + (", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "none"),
-             f"late sends (> {LATE_MS:g} ms): {r['late_sends']} ({r['late_fraction']:.2%}); "
-             f"client CPU {r['client_cpu']:.0%}"]
+    lines = [f"target: {r['url']}"] if "url" in r else []
+    lines += [head + f"achieved {r['achieved_qps']:.1f} QPS over {r['seconds']:.2f} s, "
+              f"{r['answered']}/{r['requests']} answered",
+              "latency ms: " + ", ".join(f"p{p:g} {r[f'p{p:g}_ms']:.3f}" for p in PERCENTILES)
+              + f", mean {r['mean_ms']:.3f}",
+              "errors: " + (", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "none"),
+              f"late sends (> {LATE_MS:g} ms): {r['late_sends']} ({r['late_fraction']:.2%}); "
+              f"client CPU {r['client_cpu']:.0%}"]
     if "accuracy" in r:
         lines.append(f"accuracy of the answers: {r['accuracy']:.2f}% on {r['samples_scored']} samples"
                      f"{'' if r['answers_consistent'] else ' (answers to the same sample differed!)'}")
