@@ -219,7 +219,9 @@ def main() -> None:
         res["loadavg_after"] = os.getloadavg()
         (HERE / "serving.json").write_text(json.dumps(res, indent=2, default=str))
     res = json.loads((HERE / "serving.json").read_text())
-    (HERE / "serving.md").write_text(render(res))
+    page, old = render(res), (HERE / "serving.md").read_text() if (HERE / "serving.md").exists() else ""
+    kept = old.find("## Load generator validity")  # benchmarks/load_generator.py's section
+    (HERE / "serving.md").write_text(page + ("\n\n" + old[kept:] if kept >= 0 else ""))
     print((HERE / "serving.md").read_text())
 
 

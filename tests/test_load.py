@@ -45,8 +45,14 @@ def test_closed_loop_and_errors_by_status(slow_server, npz):
     r = load.run(slow_server.infer_url, concurrency=8, requests=40, data=npz)
     assert r["mode"] == "closed" and r["answered"] == 40
     wrong = slow_server.infer_url.replace("/model/", "/nope/")
-    r = load.run(wrong, concurrency=2, requests=6, data=npz)
+    with pytest.raises(load.LoadError, match="answered 404"):  # refused before any load is sent
+        load.run(wrong, concurrency=2, requests=6, data=npz)
+    items = load.payloads_for(wrong, data=npz)  # given payloads: the URL is taken as it is
+    r = load.run(wrong, concurrency=2, requests=6, items=items)
     assert r["answered"] == 0 and r["errors"] == {"404": 6} and r["error_fraction"] == 1.0
+    assert not r["valid"] and r["invalid_reasons"] == ["100.0% of requests failed"]
+    r = load.run(wrong, rate=20, duration=0.5, items=items)  # fast 404s are not a valid open loop either
+    assert r["answered"] == 0 and set(r["errors"]) == {"404"} and "100.0% of requests failed" in r["invalid_reasons"]
 
 
 def test_synthetic_payloads_from_the_model_metadata(slow_server):
@@ -90,6 +96,18 @@ def test_cli_serve_and_load(bundle, npz, tmp_path):  # noqa: F811
                               "--json"], capture_output=True, text=True, timeout=120)
         result = json.loads(out.stdout)
         assert result["answered"] == 20, out.stderr
+        # the server's root URL finds the model and its input from the metadata
+        out = subprocess.run([exe, "load", f"http://127.0.0.1:{port}", "--concurrency", "2", "--requests", "6",
+                              "--json"], capture_output=True, text=True, timeout=120)
+        result = json.loads(out.stdout)
+        assert out.returncode == 0 and result["answered"] == 6 and result["url"] == url, out.stderr
+        # every request refused (the data does not fit the model): exit 1, and why on stderr also with --json
+        wrong = tmp_path / "wrong.npz"
+        np.savez(wrong, x_eval=np.zeros((4, 3), np.float32))
+        out = subprocess.run([exe, "load", url, "--concurrency", "2", "--requests", "6", "--data", str(wrong),
+                              "--json"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and json.loads(out.stdout)["errors"] == {"400": 6}
+        assert out.stderr.strip() == "workbench load: INVALID run - 100.0% of requests failed"
         out = subprocess.run([exe, "load", url, "--rate", "20", "--duration", "0.5", "--binary"],
                              capture_output=True, text=True, timeout=120)
         assert "QPS" in out.stdout and "latency ms" in out.stdout, out.stderr
@@ -104,6 +122,22 @@ def test_cli_serve_and_load(bundle, npz, tmp_path):  # noqa: F811
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     bad = subprocess.run([exe, "load", "http://127.0.0.1:9/x/infer", "--rate", "5"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    help_text = subprocess.run([exe, "load", "--help"], capture_output=True, text=True).stdout
+    assert all(f"{code} " in help_text for code in (0, 1, 2)) and "exit codes" in help_text
+
+
+def test_the_url_may_be_the_root_the_model_or_its_infer_route(slow_server):
+    root = slow_server.url
+    infer = slow_server.infer_url
+    for url in (root, root + "/", infer.removesuffix("/infer"), infer.removesuffix("/infer") + "/", infer):
+        got, meta = load.resolve(url)
+        assert got == infer and meta["name"] == "model" and meta["inputs"]
+    with pytest.raises(load.LoadError, match="answered 404: no such v2 model"):
+        load.resolve(root + "/v2/models/nope")
+    with pytest.raises(load.LoadError, match="give the server's root"):
+        load.resolve(root + "/metrics")
+    with pytest.raises(load.LoadError, match="plain http://"):
+        load.resolve("https://127.0.0.1:1/v2/models/model")
 
 
 def test_runs_where_an_event_loop_is_already_running(slow_server):
@@ -114,3 +148,46 @@ def test_runs_where_an_event_loop_is_already_running(slow_server):
         return load.run(slow_server.infer_url, concurrency=2, requests=4)
 
     assert asyncio.run(inside())["answered"] == 4
+
+
+def test_a_stalled_sender_counts_every_late_send_and_charges_its_latency(slow_server, npz):  # noqa: F811
+    """The schedule is fixed before the run: when the sender is held up (here ``keep_going``
+    blocks it for 0.2 s), every arrival due meanwhile is sent late, counted late, and its latency
+    runs from its scheduled time (no coordinated omission)."""
+    import time
+
+    stall, called = 0.2, []
+
+    def keep_going(now):
+        if not called:
+            called.append(now)
+            time.sleep(stall)
+        return True
+
+    rate, duration, seed = 200.0, 0.6, 5
+    items = load.payloads_for(slow_server.infer_url, data=npz)
+    rec = load.open_loop(slow_server.infer_url, items, rate, duration, seed=seed, keep_going=keep_going)
+    at = called[0] - rec.start
+    offsets = load.arrivals(rate, duration, seed)
+    due = int(((offsets > at) & (offsets < at + stall - 2 * load.LATE_MS / 1e3)).sum())
+    assert due > 10 and rec.sent == len(offsets) and rec.late >= due
+    # the first arrival due in the stall waited for its end before it was even sent
+    assert max(rec.latency_s) >= stall - (offsets[offsets > at][0] - at)
+    r = load.summarize(rec, duration, 0.05, rate)
+    assert not r["valid"] and r["late_sends"] == rec.late
+    assert r["invalid_reasons"] == [f"{rec.late / rec.sent:.1%} of sends were more than 1 ms late"]
+
+
+def test_validity_rules():
+    assert load.invalid_reasons(0.0, 0.1, 0.0) == []
+    assert load.invalid_reasons(load.MAX_LATE_FRACTION, load.MAX_CLIENT_CPU, load.MAX_ERROR_FRACTION) == []
+    assert load.invalid_reasons(None, 0.1, 0.0) == []  # a closed loop has no schedule to be late for
+    late, cpu, errors = load.invalid_reasons(0.02, 0.9, 0.5)
+    assert "2.0% of sends" in late and "CPU 90%" in cpu and "50.0% of requests failed" in errors
+
+
+def test_the_schedule_is_drawn_up_front_and_does_not_drift():
+    a = load.arrivals(1000.0, 2.0, seed=7)
+    assert np.array_equal(a, load.arrivals(1000.0, 2.0, seed=7)) and np.all(np.diff(a) > 0) and a[-1] <= 2.0
+    # a Poisson process of 1,000/s over 2 s: 2,000 +- 5 sigma (sigma ~ 45)
+    assert abs(len(a) - 2000) < 5 * np.sqrt(2000)

@@ -47,6 +47,13 @@ def test_server_trial_end_to_end(tmp_path):
     assert m["accuracy_under_load_matches_offline"] and m["answers_consistent"]
     assert m["mean_batch_size"] >= 1 and m["peak_rss_mb"] > 0 and m["points"]
     assert all(pt["passed"] == (pt["slo_value_ms"] <= 200.0 and pt["error_fraction"] < 0.001) for pt in m["points"])
+    # whether the load run the result rests on was valid, and why not, is recorded with the result
+    from workbench.serve import load
+
+    assert all(pt["invalid_reasons"] == load.invalid_reasons(pt["late_fraction"], pt["client_cpu"],
+                                                             pt["error_fraction"]) for pt in m["points"])
+    best = max((pt for pt in m["points"] if pt["passed"]), key=lambda pt: pt["offered_qps"])
+    assert m["load_valid"] == (not best["invalid_reasons"]) and m["load_invalid_reason"] == "; ".join(best["invalid_reasons"])
     rows = list(csv.DictReader(open(tmp_path / "monitor.csv")))
     assert rows and tuple(rows[0]) == COLUMNS
     assert (tmp_path / "server.log").exists()

@@ -158,6 +158,45 @@ def test_decide_skips_the_in_process_remeasurement_for_server(tmp_path):
     assert json.loads((run_dir / "best.json").read_text())["question"].startswith("server: highest QPS with p99")
 
 
+
+def test_an_invalid_load_run_is_marked_in_the_table_best_json_and_the_report(tmp_path):
+    """A server trial whose load run was invalid keeps its figures, is marked in its row with the
+    reason, and best.json and the report say the recommendation rests on it."""
+    from workbench.report import summary
+
+    row = table.make_row("trial", "0", "COMPLETE", {}, {"max_qps_at_slo": 800.0, "size_bytes": 900,
+                                                         "accuracy_drop": 0.0, "load_valid": False,
+                                                         "load_invalid_reason": "4.0% of sends were more than 1 ms late"},
+                         table.SERVER_NEEDED)
+    assert row["load_valid"] is False and "late" in row["load_invalid_reason"] and row["reason"] is None
+    valid_row = table.make_row("trial", "1", "COMPLETE", {}, {"max_qps_at_slo": 500.0, "size_bytes": 900,
+                                                               "accuracy_drop": 0.0, "load_valid": True,
+                                                               "load_invalid_reason": ""}, table.SERVER_NEEDED)
+    assert valid_row["load_valid"] is True and valid_row["load_invalid_reason"] is None
+    assert "load_valid" in table.SERVER_SUMMARY_COLUMNS
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({**{k: INFO[k] for k in ("experiment", "study", "objectives",
+                                                                           "max_accuracy_drop")},
+                                                  "storage": "unused"}))
+    (run_dir / "experiment.yaml").write_text("scenario: server\nslo_ms: 10.0\nslo_percentile: 99.0\n")
+    reasons = {"load_invalid_reason": "4.0% of sends were more than 1 ms late"}
+    df = _server_table([dict(max_qps_at_slo=800.0, load_valid=False, **reasons),
+                        dict(max_qps_at_slo=500.0, load_valid=True)])
+    doc = best_mod.decide(run_dir, df=df)
+    written = json.loads((run_dir / "best.json").read_text())
+    assert doc["trial"] == written["trial"] == "0"
+    assert written["load_valid"] is False and written["load_invalid_reason"] == reasons["load_invalid_reason"]
+    assert written["load_runs"].startswith("rests on an INVALID load run (4.0% of sends")
+    assert written["invalid_load_trials"] == ["0"] and written["row"]["load_valid"] is False
+    md = summary.markdown(INFO, df, written, best_mod.headline(df, written))
+    assert "Its load run was INVALID" in md and "- load runs: rests on an INVALID load run" in md
+    assert "| load_valid |" in md.split("## All columns")[0]  # the trials table has the column
+    ok = _server_table([dict(max_qps_at_slo=800.0, load_valid=True), dict(max_qps_at_slo=500.0, load_valid=True)])
+    good = best_mod.decide(run_dir, df=ok)
+    assert good["load_valid"] and good["load_runs"].startswith("rests on valid load runs")
+    assert "INVALID" not in summary.markdown(INFO, ok, good, best_mod.headline(ok, good))
+
 # --- real sweeps ------------------------------------------------------------------------------
 
 def _servers(tmp_path: Path) -> list[psutil.Process]:
@@ -230,8 +269,11 @@ def test_server_experiment_sweeps_end_to_end(tmp_path):
     df = pd.read_csv(run_dir / "results.csv")
     trials = df[df.kind == "trial"]
     assert trials.max_qps_at_slo.notna().all() and set(trials.max_batch_size) == {1, 8}
+    assert trials.load_valid.notna().all()  # every server trial says whether its load run was valid
+    assert (trials.load_invalid_reason.notna() == ~trials.load_valid.astype(bool)).all()
+    assert isinstance(best["load_valid"], bool) and best["load_runs"]
     md = (run_dir / "report.md").read_text()
-    assert "max_qps_at_slo" in md and "QPS within the SLO" in md
+    assert "max_qps_at_slo" in md and "QPS within the SLO" in md and f"- load runs: {best['load_runs']}" in md
     html = (run_dir / "report.html").read_text()
     for name in ("serve_latency_load.png", "serve_throughput_p99.png", f"serve_monitor_{best['trial']}.png"):
         assert (run_dir / name).stat().st_size > 0

@@ -201,6 +201,8 @@ def _load(args: argparse.Namespace) -> int:
     result = load.run(args.url, rate=args.rate, duration=args.duration, concurrency=args.concurrency,
                       requests=args.requests, data=args.data, seed=args.seed, binary=args.binary)
     print(json.dumps(result, indent=2) if args.json else load.render(result))
+    if not result["valid"]:  # on stderr too, so a --json consumer's log says why
+        print("workbench load: INVALID run - " + "; ".join(result["invalid_reasons"]), file=sys.stderr)
     return 0 if result["valid"] else 1
 
 
@@ -294,8 +296,13 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the model")
     sv.set_defaults(func=_serve)
 
-    lp = sub.add_parser("load", help="open-loop Poisson (or closed-loop) load on a v2 infer URL")
-    lp.add_argument("url", help="e.g. http://127.0.0.1:8000/v2/models/model/infer")
+    lp = sub.add_parser("load", help="open-loop Poisson (or closed-loop) load on a v2 model",
+                        epilog="exit codes: 0 a valid run; 1 the run finished but is INVALID (over 1%% of "
+                               "sends more than 1 ms late, the generator over 80%% of a core, or over 0.1%% "
+                               "of requests failed; why: on stderr and in invalid_reasons); 2 bad arguments "
+                               "or a URL that is not a v2 model (nothing was sent)")
+    lp.add_argument("url", help="the server's root (http://127.0.0.1:8000, model 'model'), the model's URL "
+                                "(.../v2/models/NAME) or its infer route (.../v2/models/NAME/infer)")
     lp.add_argument("--rate", type=float, help="offered QPS (open loop, Poisson arrivals)")
     lp.add_argument("--duration", type=float, help="seconds of open-loop load")
     lp.add_argument("--concurrency", type=int, help="clients of a closed loop")

@@ -50,8 +50,35 @@ def decide(run_dir: str | Path, remeasure: bool = True, log=None, df=None) -> di
         doc.update(trial=None, reason="no completed feasible trial")
     if not sc.remeasure:
         doc["remeasure_skipped"] = sc.remeasure_why
+    if best and sc.name == "server":
+        doc.update(load_evidence(df, best))
     (run_dir / BEST_FILE).write_text(json.dumps(clean_json(doc), indent=2))
     return doc
+
+
+def load_evidence(df, best: dict) -> dict[str, Any]:
+    """Whether a server recommendation rests on valid load runs: the chosen trial's and those of
+    the candidates it was compared with. An invalid run's figures were shaped by the load
+    generator (late sends, its own CPU) or by failed requests, not by the server alone."""
+    rows = df[(df.kind == "trial") & df.trial.astype(str).isin([str(t) for t in best["candidates"]])]
+    chosen = rows[rows.trial.astype(str) == str(best["trial"])].iloc[0]
+    invalid = [str(t) for t, v in zip(rows.trial, rows.load_valid) if not _true(v)]
+    valid = _true(chosen.load_valid)
+    if valid and not invalid:
+        text = "rests on valid load runs (every candidate compared)"
+    elif valid:
+        text = (f"the chosen trial's load run is valid, but trial(s) {', '.join(invalid)} it was compared "
+                "with had invalid load runs")
+    else:
+        text = (f"rests on an INVALID load run ({chosen.load_invalid_reason or 'validity not recorded'}): "
+                "the figures describe the load generator as much as the server; re-run on a quieter machine")
+    return {"load_valid": valid, "load_invalid_reason": None if valid else chosen.load_invalid_reason,
+            "load_runs": text, "invalid_load_trials": invalid}
+
+
+def _true(v) -> bool:
+    """A table cell that holds True (a bool or numpy bool; not None or NaN)."""
+    return v is not None and v == v and bool(v)
 
 
 def _nan(v) -> float:

@@ -154,6 +154,8 @@ def _server_summary_items(head: dict, best: dict) -> list[tuple[str, str]]:
         items.append(("accuracy", f"{_nan(head.get('accuracy')):.2f}% (scored on the answers served under "
                                   f"load), drop {_nan(head['accuracy_drop'][0]):.3g} pt"))
     items.append(("why", best["reason"]))
+    if "load_runs" in best:
+        items.append(("load runs", best["load_runs"]))
     skipped = (best.get("interleaved") or {}).get("skipped")
     if skipped and skipped not in best["reason"]:
         items.append(("re-measurement", skipped))
@@ -191,8 +193,10 @@ def intro(info: dict, df) -> str:
                 "offered rate met the SLO. Each trial served its configuration and ramped an open-loop "
                 "Poisson load (latency from the scheduled send); max_qps_at_slo is the achieved rate at "
                 "the highest offered rate whose percentile was within the SLO with < 0.1% errors, and "
-                "the latency columns are at that rate. Baselines are in-process (batch 1): references "
-                "for size and accuracy.")
+                "the latency columns are at that rate. load_valid is false where that load run did not "
+                "measure the server alone (over 1% of sends more than 1 ms late, the generator over 80% "
+                "of a core, or over 0.1% failed requests; why: load_invalid_reason). Baselines are "
+                "in-process (batch 1): references for size and accuracy.")
     return (f"Question: {question(info)}. "
             "Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "none") +
             (f" ({reused} reused an identical measurement)" if reused else "") +
@@ -212,7 +216,9 @@ def markdown(info: dict, df, best: dict | None, head: dict | None = None,
                   f"**{best.get('question', '')}: trial {best['trial']}: {best['label']}**: "
                   f"{_nan(r.get('max_qps_at_slo')):.4g} QPS within the SLO (p50 {_ms(r.get('latency_p50_ms'))}, "
                   f"p99 {_ms(r.get('latency_p99_ms'))} at that rate), {quality_text(r)} "
-                  f"(drop {_nan(r['accuracy_drop']):.3g}), {r['size_bytes']:,} bytes.", ""]
+                  f"(drop {_nan(r['accuracy_drop']):.3g}), {r['size_bytes']:,} bytes."
+                  + ("" if best.get("load_valid", True) else " **Its load run was INVALID: see load runs below.**"),
+                  ""]
         lines += [f"- {k}: {v}" for k, v in summary_items(head or {}, best, run_dir)[2:]] + [""]
     elif decided:
         r = best["row"]

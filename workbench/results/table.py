@@ -45,7 +45,12 @@ METRIC_COLUMNS = ["accuracy", "accuracy_drop", "latency_p50_ms", "latency_p90_ms
                   "rejected_requests"]
 
 
-COLUMNS = (["trial", "kind", "state", "label"] + PARAM_COLUMNS + METRIC_COLUMNS +
+# scenario server: whether the load run the row's figures rest on measured the server (late
+# sends, a saturated client or failed requests make it invalid: workbench.serve.load), and why not
+LOAD_COLUMNS = ["load_valid", "load_invalid_reason"]
+
+
+COLUMNS = (["trial", "kind", "state", "label"] + PARAM_COLUMNS + METRIC_COLUMNS + LOAD_COLUMNS +
            ["speedup_vs_baseline", "speedup_vs_onnx_fp32", "feasible", "pareto", "reason",
             "reused_from", "notebook", "hardware_id"])
 
@@ -62,7 +67,7 @@ SUMMARY_COLUMNS = ["trial", "state", "label", "accuracy", "accuracy_drop", "late
 # A server run's table: the highest QPS within the SLO and the latency at that rate.
 SERVER_SUMMARY_COLUMNS = ["trial", "state", "label", "accuracy", "accuracy_drop", "max_qps_at_slo",
                           "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "mean_batch_size",
-                          "size_bytes", "feasible", "pareto", "reason"]
+                          "size_bytes", "load_valid", "feasible", "pareto", "reason"]
 
 
 # What a measured row needs to be compared and recommended; a row lacking one is shown, with
@@ -116,6 +121,9 @@ def make_row(kind: str, trial: str, state: str, params: dict, metrics: dict | No
             row[k] = None
     row.update({k: _number(m.get(k), k, problems) for k in METRIC_COLUMNS if k != "unstable"})
     row["unstable"] = m.get("unstable") if isinstance(m.get("unstable"), bool) else None
+    row["load_valid"] = m.get("load_valid") if isinstance(m.get("load_valid"), bool) else None
+    row["load_invalid_reason"] = ((_text(m.get("load_invalid_reason")) or "not recorded by the trial")
+                                  if row["load_valid"] is False else None)
     row["feasible"] = m.get("feasible") if isinstance(m.get("feasible"), bool) else None
     if m.get("feasible") is not None and row["feasible"] is None:
         problems.append(f"feasible is {m.get('feasible')!r:.40}")

@@ -17,6 +17,11 @@ the open-loop generator of :mod:`workbench.serve.load`:
 Requests carry the eval samples and the answers are scored: ``accuracy_under_load`` must equal
 the offline accuracy (the answers are exact), which is checked and reported. A 1 Hz
 ``monitor.csv`` (:mod:`workbench.measure.monitor`) is written beside the metrics.
+
+The result rests on one load run (the best passing point, else the last point measured): when
+:func:`workbench.serve.load.invalid_reasons` finds late sends, a saturated client or failed
+requests in it, ``load_valid`` is false and ``load_invalid_reason`` says why; the results table,
+the report and ``best.json`` carry both.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from workbench.measure.monitor import Monitor, cpu_seconds
 from workbench.serve import ServeOptions, engine, free_port, kserve, load
 
 AGREE = 0.10  # 3 consecutive windows agree when max/min - 1 <= this
-MAX_ERRORS = 0.001
 RAMP = 2.0
 BISECT_STEPS = 5
 
@@ -68,15 +72,12 @@ class _Point:
             i = len(self.values) + 1
             w = self.rec.window(start + i * self.window, start + (i + 1) * self.window)
             self.values.append(w[f"p{self.pct:g}_ms"])
-        if len(self.values) >= 3 and self._answered(start + self.window) >= self.needed:
+        if len(self.values) >= 3 and self.rec.answered_since(start + self.window) >= self.needed:
             last = self.values[-3:]
             if all(np.isfinite(last)) and min(last) > 0 and max(last) / min(last) - 1 <= AGREE:
                 self.converged = True
                 return False
         return now - start < self.cap
-
-    def _answered(self, since: float) -> int:
-        return int(np.sum(np.asarray(self.rec.done_at) >= since))
 
 
 def _measure(eng, items, rate: float, p, window: float, cap: float, monitor, seed: int) -> dict[str, Any]:
@@ -85,8 +86,8 @@ def _measure(eng, items, rate: float, p, window: float, cap: float, monitor, see
     before = eng.metrics()
     cpu0, wall0, own0 = cpu_seconds(eng.proc.pid), time.perf_counter(), time.process_time()
     monitor.load, monitor.offered = rec, rate
-    load.run_async(load.open_loop(eng.infer_url, items, rate, cap + window, seed=seed, rec=rec,
-                                          timeout=max(10.0, 20 * p.slo_ms / 1e3), keep_going=point.keep_going))
+    load.open_loop(eng.infer_url, items, rate, cap + window, seed=seed, rec=rec,
+                   timeout=max(10.0, 20 * p.slo_ms / 1e3), keep_going=point.keep_going)
     elapsed = time.perf_counter() - wall0
     after = eng.metrics()
     since = rec.start + window  # after the warm-up window
@@ -104,11 +105,13 @@ def _measure(eng, items, rate: float, p, window: float, cap: float, monitor, see
     for q in load.PERCENTILES:
         out[f"p{q:g}_ms"] = float(np.percentile(lat, q)) if lat.size else float("inf")
     out["slo_value_ms"] = float(np.percentile(lat, p.slo_percentile)) if lat.size else float("inf")
-    out["passed"] = bool(lat.size and out["slo_value_ms"] <= p.slo_ms and out["error_fraction"] < MAX_ERRORS)
+    out["passed"] = bool(lat.size and out["slo_value_ms"] <= p.slo_ms and out["error_fraction"] < load.MAX_ERROR_FRACTION)
     n = after.get("workbench_batch_size_count", 0) - before.get("workbench_batch_size_count", 0)
     s = after.get("workbench_batch_size_sum", 0) - before.get("workbench_batch_size_sum", 0)
     out["mean_batch_size"] = s / n if n > 0 else float("nan")
     out["rejected"] = int(rec.status.get("503", 0))
+    out["invalid_reasons"] = load.invalid_reasons(out["late_fraction"], out["client_cpu"], out["error_fraction"])
+    rec.accuracy()  # decode the answers now that the load is over
     out["answers"] = rec.answers
     return out
 
@@ -119,7 +122,7 @@ def search(eng, items, p, monitor, log=print) -> tuple[dict[str, Any] | None, li
     cap = max(5 * window, p.max_seconds)
     clients = max(4, 2 * p.max_batch_size * p.instances)
     for n in (2 * clients, 600):  # the first round opens the connections
-        probe = load.run_async(load.closed_loop(eng.infer_url, items, clients, n, score=False))
+        probe = load.closed_loop(eng.infer_url, items, clients, n, score=False)
         capacity = len(probe.latency_s) / max(1e-9, time.perf_counter() - probe.start)
     points: list[dict[str, Any]] = []
 
@@ -128,7 +131,8 @@ def search(eng, items, p, monitor, log=print) -> tuple[dict[str, Any] | None, li
         points.append(r)
         log(f"  {rate:9.1f} QPS offered: p{p.slo_percentile:g} {r['slo_value_ms']:.3f} ms, "
             f"errors {r['error_fraction']:.2%}, batch {r['mean_batch_size']:.2f} -> "
-            f"{'pass' if r['passed'] else 'fail'}")
+            f"{'pass' if r['passed'] else 'fail'}"
+            + (f" (load run INVALID: {'; '.join(r['invalid_reasons'])})" if r["invalid_reasons"] else ""))
         return r
 
     rate = max(1.0, capacity / 4)
@@ -203,6 +207,8 @@ def run_server_trial(params, out_dir: str | Path = ".", log=print) -> dict[str, 
     out.update(_accuracy(answers, offline_top1, data, quality, regression))
     out["points"] = points
     chosen = best or {}
+    judged = best or (points[-1] if points else {})  # the run the result rests on, else the last one
+    reasons = judged.get("invalid_reasons", ["no load run was measured"])
     out.update(
         max_qps_at_slo=float(best["achieved_qps"]) if best else 0.0,
         offered_qps_at_slo=float(best["offered_qps"]) if best else 0.0,
@@ -212,8 +218,7 @@ def run_server_trial(params, out_dir: str | Path = ".", log=print) -> dict[str, 
         server_cpu_pct=chosen.get("server_cpu_pct", float("nan")),
         peak_rss_mb=monitor.peak_rss_mb,
         rejected_requests=int(sum(pt["rejected"] for pt in points)),
-        load_valid=bool(chosen) and chosen["late_fraction"] <= load.MAX_LATE_FRACTION
-        and chosen["client_cpu"] <= load.MAX_CLIENT_CPU,
+        load_valid=not reasons, load_invalid_reason="; ".join(reasons),
         server_start_seconds=start_seconds,
         size_bytes=artifact_mod.size(artifact.path)[0],
         artifact=str(artifact.path), artifact_format=artifact.format,
