@@ -26,7 +26,7 @@ from workbench.measure.artifact import evaluate
 from workbench.measure.artifact import size as artifact_size
 from workbench.measure.timing import timing_batch
 from workbench.trial.server import run_server_trial
-from workbench.variants import onnx_export
+from workbench.variants import onnx_export, quantize
 from workbench.variants.prune import magnitude
 from workbench.variants.prune import transform as prune
 
@@ -41,6 +41,15 @@ def _pruning_metrics(model: models.ModelRef, data, p: TrialParams) -> dict[str, 
         "param_count": pruned.meta["params"],
         "params_removed_fraction": 1.0 - pruned.meta["params"] / model.meta["params"],
     }
+
+
+def _quantization_metrics(artifact) -> dict[str, Any]:
+    """Which nodes int8 left in float and why (the accuracy-aware fallback), for the table."""
+    rec = quantize.record(artifact.path)
+    if rec is None:
+        return {}
+    return {"quantization": rec, "float_nodes": "; ".join(
+        f"{f['node']} ({f['op']}): {f['why']}" for f in rec["float_nodes"]) or None}
 
 
 def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
@@ -101,6 +110,7 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
         artifact=str(artifact.path),
         artifact_format=artifact.format,
         transforms=list(artifact.transforms),
+        **_quantization_metrics(artifact),
         fingerprint=fingerprint.collect(),
         total_seconds=time.perf_counter() - t_start,
     )
