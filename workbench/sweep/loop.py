@@ -202,9 +202,13 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
             trial.set_user_attr("params", params)
             twin = _measured_twin(study, params, trial.number)
             if twin is not None:
-                # Not measured twice: recorded as pruned, and not counted against n_trials.
-                trial.set_user_attr("duplicate_of", twin)
-                trial.set_user_attr("reason", f"same parameters as trial {twin} (not measured twice)")
+                # Not run twice: recorded as pruned (TPE counts a pruned trial among the bad
+                # ones, so the sampler learns a failed configuration too), not counted against n_trials.
+                number, failed = twin
+                trial.set_user_attr("duplicate_of", number)
+                trial.set_user_attr("reason", f"same parameters as failed trial {number} ({failed}; not "
+                                    "run again)" if failed else
+                                    f"same parameters as trial {number} (not measured twice)")
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 duplicates += 1
                 if duplicates >= 25:
@@ -239,13 +243,25 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
     bar.close()
 
 
-def _measured_twin(study, params: dict, number: int) -> int | None:
-    """An earlier trial measured (or being measured) with exactly ``params``, if any."""
+def _measured_twin(study, params: dict, number: int) -> tuple[int, str | None] | None:
+    """An earlier trial measured (or being measured) with exactly ``params``, or one that
+    failed deterministically with them (its error, second), if any. A trial whose worker was
+    interrupted has no ``error``: its parameters are retried, not remembered as failing."""
     for t in study.get_trials(deepcopy=False):
-        if (t.number != number and t.user_attrs.get("params") == params and counts_towards_budget(t)
-                and t.state.name != "FAIL"):
-            return t.number
+        if t.number == number or t.user_attrs.get("params") != params or "duplicate_of" in t.user_attrs:
+            continue
+        if t.state.name == "FAIL":
+            if t.user_attrs.get("error") and not _transient(t.user_attrs["error"]):
+                return t.number, t.user_attrs["error"]
+        elif counts_towards_budget(t):
+            return t.number, None
     return None
+
+
+def _transient(error: str) -> bool:
+    """A failure that may not happen again with the same parameters: a timeout (a busy
+    machine) or a dead kernel (out of memory while another worker ran)."""
+    return error.startswith("timed out") or error == "kernel died"
 
 
 def _best_so_far(study) -> str:
