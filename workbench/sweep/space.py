@@ -7,8 +7,10 @@ trials never differ only in a value that has no effect.
 
 When an experiment gives no ``search_space``, :func:`auto` builds one from what this model and
 this machine allow: every installed runtime that can run the model's format, bits 32/16/8 (and
-4, plus dynamic int8, only where MatMul weights dominate: ``quantize.INT4_MIN_SHARE``), int8
-static with and without per-channel scales, threads 1..cores, channel pruning 0/0.25/0.5 for a
+4, plus dynamic int8, only where MatMul weights dominate: ``quantize.INT4_MIN_SHARE``; dynamic
+int8 always for a model that exists only as ONNX), int8 static with and without per-channel
+scales, int8 of all ops or of the compute ops only where the model's profile has both
+(``quantize.mixed_ops``), threads 1..cores, channel pruning 0/0.25/0.5 for a
 Keras model whose data has a training split, and the batch sizes of the scenario
 (single_stream: 1; offline: 1, 8, 32, 128); for ``server`` a small serving space instead
 (:func:`_server_space`). TensorFlow is left out: it runs only the fp32 Keras
@@ -171,12 +173,14 @@ def _model_facts(exp: Experiment) -> dict[str, Any]:
     data = data_mod.load(exp.resolve(exp.data), exp.task)
     model = models.resolve(exp.resolve(exp.model), data, exp.trust_model_code)
     facts = {"format": "onnx" if model.format == "onnx" else "keras", "share": 0.0,
-             "trainable": data.x_train is not None}
+             "trainable": data.x_train is not None, "mixed_ops": False}
     try:
         import onnx
 
-        facts["share"] = quantize.matmul_weight_share(onnx.load(str(onnx_export.onnx_fp32(model, data).path)))
-    except Exception:  # noqa: BLE001 - without the share, int4 is simply not proposed
+        graph = onnx.load(str(onnx_export.onnx_fp32(model, data).path))
+        facts["share"] = quantize.matmul_weight_share(graph)
+        facts["mixed_ops"] = quantize.mixed_ops(graph)
+    except Exception:  # noqa: BLE001 - without the profile, int4 and quant_ops are simply not proposed
         pass
     return facts
 
@@ -188,12 +192,15 @@ def auto(exp: Experiment, facts: dict[str, Any] | None = None) -> SearchSpace:
     dense = facts["share"] >= quantize.INT4_MIN_SHARE
     space: dict[str, Any] = {
         "bits": [32, 16, 8, 4] if dense else [32, 16, 8],
-        "int8_mode": ["static", "dynamic"] if dense else "static",
+        # dynamic int8 needs no calibration data: worth a trial on a model trained elsewhere
+        "int8_mode": ["static", "dynamic"] if dense or facts["format"] == "onnx" else "static",
         "per_channel": [False, True],
         "runtime": installed_runtimes(facts["format"]) or "onnxruntime",
         "threads": list(range(1, cores() + 1)),
         "batch_size": OFFLINE_BATCH_SIZES if "batch_size" in sc.searched else 1,
     }
+    if facts.get("mixed_ops"):  # compute ops among others: int8 of all, or of the compute ops only
+        space["quant_ops"] = ["all", "compute"]
     if facts["format"] == "keras" and facts["trainable"]:
         space["sparsity"] = PRUNE_SPARSITIES
         space["prune_structure"] = "channels"
