@@ -48,8 +48,19 @@ def _quantization_metrics(artifact) -> dict[str, Any]:
     rec = quantize.record(artifact.path)
     if rec is None:
         return {}
-    return {"quantization": rec, "float_nodes": "; ".join(
-        f"{f['node']} ({f['op']}): {f['why']}" for f in rec["float_nodes"]) or None}
+    groups: dict[str, list[dict]] = {}
+    for f in rec["float_nodes"]:
+        groups.setdefault(f["why"], []).append(f)
+    text = []
+    for why, nodes in groups.items():  # a few nodes by name, many by op type
+        if len(nodes) <= 3:
+            text += [f"{f['node']} ({f['op']}): {why}" for f in nodes]
+        else:
+            ops = {}
+            for f in nodes:
+                ops[f["op"]] = ops.get(f["op"], 0) + 1
+            text.append(f"{len(nodes)} nodes ({', '.join(f'{o} x{c}' for o, c in ops.items())}): {why}")
+    return {"quantization": rec, "float_nodes": "; ".join(text) or None}
 
 
 def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:

@@ -364,9 +364,17 @@ def _int8(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
                 break
             try:
                 sens = _sensitivity(fp32, dst, feeds, left)
-            except Exception as err:  # noqa: BLE001 - the artifact stands; the fallback stops, said why
-                rec["fallback_stopped"] = f"per-node error not measurable: {type(err).__name__}: {first_line(err)}"
-                break
+            except Exception as err:  # noqa: BLE001 - the QDQ graph cannot run unfused: greedy by op type
+                rest = {k: n for k, n in left.items() if n.op_type not in COMPUTE_OPS}
+                why = f"per-node error not measurable ({type(err).__name__}: {first_line(err, 120)})"
+                if not rest:
+                    rec["fallback_stopped"] = why
+                    break
+                rec["float_nodes"] += [{"node": k, "op": n.op_type, "why": (
+                    f"round {rnd + 1}: top-1 off fp32 on {off:.1f}% of calibration samples (budget "
+                    f"{r['fallback_budget']:g}); {why}: every op but MatMul/Gemm/Conv falls back")}
+                    for k, n in rest.items()]
+                continue
             worst = sorted(sens, key=sens.get, reverse=True)[:max(1, len(left) // 4)]
             rec["float_nodes"] += [{"node": k, "op": left[k].op_type, "why": (
                 f"round {rnd + 1}: top-1 off fp32 on {off:.1f}% of calibration samples (budget "
