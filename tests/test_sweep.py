@@ -126,8 +126,27 @@ def test_a_failed_configuration_is_remembered_and_an_interrupted_one_is_not():
     assert loop._measured_twin(study, p, number=99) is None
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
         "params": p, "error": "RuntimeError: onnxruntime 1.32.0 quantize_static failed: x"}))
-    assert loop._measured_twin(study, p, number=99) == (2, "RuntimeError: onnxruntime 1.32.0 quantize_static failed: x")
+    number, why = loop._measured_twin(study, p, number=99)
+    assert number == 2 and why.startswith("same parameters as failed trial 2 (RuntimeError: onnxruntime")
     assert loop._measured_twin(study, {**p, "bits": 32}, number=99) is None
+
+
+def test_an_artifact_that_could_not_be_built_is_not_built_again_for_other_threads_or_runtimes():
+    from optuna.trial import TrialState, create_trial
+
+    from workbench.sweep import loop
+
+    study = optuna.create_study()
+    p = {"bits": 8, "int8_mode": "static", "per_channel": True, "runtime": "onnxruntime", "threads": 1}
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={
+        "params": p, "reason": "onnxruntime 1.32.0 quantize_static failed: x", "build_failed": True}))
+    # the same ONNX artifact: another thread count, or OpenVINO reading the same file
+    for other in ({**p, "threads": 2}, {**p, "runtime": "openvino"}):
+        number, why = loop._measured_twin(study, other, number=99)
+        assert number == 0 and why.startswith("same artifact as trial 0, which could not be built")
+    # another artifact: per-tensor scales, or the TFLite route
+    assert loop._measured_twin(study, {**p, "per_channel": False}, number=99) is None
+    assert loop._measured_twin(study, {**p, "runtime": "litert"}, number=99) is None
 
 
 @pytest.mark.slow

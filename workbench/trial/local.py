@@ -79,7 +79,9 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
         out["baseline_accuracy"] = model.accuracy
     try:
         t0 = time.perf_counter()
+        out["stage"] = "build"  # a pruned trial says whether its artifact could not be built
         artifact = variants.build(model, data, p, p.calibration_samples)
+        out["stage"] = "run"
         out["build_seconds"] = time.perf_counter() - t0
         key = reuse.measurement_key(p.model_dump(), artifact.path)
         reused = reuse.reuse_metrics(key, out["params"], out["label"])

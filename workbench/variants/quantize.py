@@ -241,12 +241,14 @@ def _failed_in(err: BaseException) -> set[str]:
     return names
 
 
-def library_error(step: str, err: BaseException) -> RuntimeError:
-    """A quantizer failure that names the library and its version (what a report shows)."""
+def library_error(step: str, err: BaseException) -> TrialPruned:
+    """A quantizer failure that names the library and its version (what a report shows). The
+    configuration cannot be built here, like an artifact OpenVINO cannot compile: pruned with
+    the reason, and the sweep builds no other trial of the same artifact (``workbench.sweep.loop``)."""
     import onnxruntime
 
-    return RuntimeError(f"onnxruntime {onnxruntime.__version__} {step} failed: "
-                        f"{type(err).__name__}: {first_line(err)}")
+    return TrialPruned(f"onnxruntime {onnxruntime.__version__} {step} failed: "
+                       f"{type(err).__name__}: {first_line(err)}")
 
 
 def _quantize(src: Path, dst: Path, r: dict[str, Any], data: Dataset, exclude: list[str],
@@ -354,7 +356,7 @@ def _int8(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
                 got = _run_all(dst, feeds if ref is not None else feeds[:1])
             except Exception as err:  # noqa: BLE001 - onnxruntime's error, named
                 with_fix = f" with {', '.join(extra)}" if extra else ""
-                raise library_error(f"quantize_{r['mode']}{with_fix} wrote a model that cannot run:", err) from err
+                raise library_error(f"quantize_{r['mode']}{with_fix} (the model it wrote cannot run)", err) from err
             if ref is None:
                 break
             off = _disagreement(ref, got, output)
