@@ -179,7 +179,7 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
                                             if c in winner.index]).to_dict())}
     if detail is not None:
         out["interleaved"] = detail
-    if ref is not None and not (sc.batch_one is False and float(winner.batch_size) != float(ref.batch_size)):
+    if ref is not None:  # single_stream: at the same batch; offline: samples/s at any batch
         ours, theirs = value, float(ref[col])
         rounds = (interleaved or {}).get("rounds") or {}
         if str(ref.trial) in rounds and str(winner.trial) in rounds:  # timed together: paired
