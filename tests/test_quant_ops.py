@@ -142,3 +142,13 @@ def test_a_quantizer_failure_names_the_library_and_its_version(tmp_path, gemm_2d
     # the configuration cannot be built here: pruned with that reason (not a failed trial)
     with pytest.raises(TrialPruned, match=rf"^onnxruntime {onnxruntime.__version__} quantize_dynamic failed: "):
         quantize._quantize(src, tmp_path / "q.onnx", r, data_mod.load(data), [], {})
+
+
+def test_the_report_shows_which_nodes_stayed_float():
+    from workbench.report.summary import summary_items
+
+    kept = "widen (Mul): round 1: top-1 off fp32 on 92.5% of calibration samples (budget 1)"
+    best = {"trial": "3", "label": "onnxruntime int8-static b1 t1", "reason": "best", "question": "q",
+            "row": {"float_nodes": kept}}
+    head = {"accuracy": 97.5, "accuracy_drop": [0.5, 0.1, 0.9], "latency_p50_ms": [1.0, 0.9, 1.1], "batch_size": 1}
+    assert ("kept in float", kept) in summary_items(head, best)
