@@ -1,6 +1,8 @@
 """The decision on constructed inputs: scenarios, Pareto fronts per hardware, leading
 candidates, paired per-round ratios, ties, and reuse of identical measurements."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from workbench.decision import remeasure as remeasure_mod
 from workbench.measure import reuse
 from workbench.results import pareto, table
 from workbench.core.errors import ConfigError
+from workbench.core.scenarios import TIE_MARGIN
 
 INFO = {"experiment": "x", "study": "x", "objectives": ["accuracy", "latency_p90_ms", "size_bytes"],
         "max_accuracy_drop": 1.0, "scenario": "single_stream", "latency_percentile": 90}
@@ -290,3 +293,68 @@ def test_an_undecided_comparison_gets_more_rounds(tmp_path, monkeypatch):
     (tmp_path / "c").mkdir()
     monkeypatch.setattr(remeasure_mod, "rounds_in_subprocess", _fake_rounds([2.0], calls))
     assert remeasure_mod.remeasure_leaders(tmp_path / "c", lead, INFO, rounds=7)["processes"] == 1 and calls == [7]
+
+
+def _with_baseline(trials, base_p90, threads=2):
+    """Trials plus the fp32 ONNX baseline at ``base_p90`` (what the sweep measured first)."""
+    df = _table(trials + [dict(latency_p90_ms=base_p90, size_bytes=4000)])
+    last = df.index[-1]
+    df.loc[last, ["trial", "kind", "state", "label", "runtime", "threads"]] = [
+        "baseline:onnx-fp32:b1", "baseline", "BASELINE", f"onnxruntime fp32 b1 t{threads}", "onnxruntime", threads]
+    return df
+
+
+def test_nothing_faster_than_the_baseline_keeps_the_baseline():
+    base = 1.0
+    df = _with_baseline([dict(bits=16, latency_p90_ms=base / (1 + TIE_MARGIN / 2), size_bytes=2000)], base)
+    best = choose.choose(df, INFO)
+    assert best["trial"] == "baseline:onnx-fp32:b1" and best["keep_baseline"]
+    assert best["reason"].startswith("keep onnxruntime fp32, 2 threads: nothing tried is faster")
+    assert best["best_trial"] == "0"
+    # slower than doing nothing: the same answer
+    assert choose.choose(_with_baseline([dict(latency_p90_ms=base * 1.08)], base), INFO)["keep_baseline"]
+
+
+def test_a_trial_faster_beyond_the_margin_beats_the_baseline():
+    base = 1.0
+    best = choose.choose(_with_baseline([dict(bits=8, latency_p90_ms=base / 2)], base), INFO)
+    assert best["trial"] == "0" and not best.get("keep_baseline")
+    assert best["baseline"] == "baseline:onnx-fp32:b1"
+
+
+def test_the_baseline_timed_with_the_leaders_decides_on_paired_rounds():
+    # the sweep's numbers say 2x faster, the rounds timed together say the same speed: kept
+    rng = np.random.default_rng(0)
+    rounds = (1.0 + 0.01 * rng.standard_normal(7)).tolist()
+    df = _with_baseline([dict(bits=8, latency_p90_ms=0.5)], 1.0)
+    best = choose.choose(df, INFO, {"rounds": {"0": rounds, "baseline:onnx-fp32:b1": rounds[::-1]},
+                                    "n_rounds": 7})
+    assert best["keep_baseline"] and "nothing tried is faster" in best["reason"]
+
+
+def test_no_feasible_trial_keeps_the_fastest_feasible_baseline():
+    df = _with_baseline([dict(latency_p90_ms=0.1, feasible=False)], 1.0, threads=1)
+    best = choose.choose(df, INFO)
+    assert best["reason"] == "keep onnxruntime fp32, 1 thread: no trial is feasible"
+
+
+@pytest.mark.slow
+def test_a_sweep_that_finds_nothing_faster_recommends_and_exports_the_baseline(tmp_path):
+    # The only trial is the baseline's own configuration (onnxruntime fp32, 1 thread): it cannot
+    # beat it beyond the tie margin, so best.json keeps the baseline and export bundles it.
+    from workbench import sweep
+    from workbench.export.run import export
+
+    path = tmp_path / "keep.yaml"
+    path.write_text("\n".join([
+        "name: keep", "sampler: grid", "max_accuracy_drop: 1.0",
+        "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
+        "search_space:", "  bits: 32", "  runtime: onnxruntime", "  threads: 1"]) + "\n")
+    run_dir = sweep.run(config.load(path), runs_dir=tmp_path / "runs", progress=False)
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["keep_baseline"] and best["trial"].startswith("baseline:")
+    assert "nothing tried is faster" in best["reason"] or "no trial is feasible" in best["reason"]
+    assert best["params"]["runtime"] in ("onnxruntime", "tensorflow")
+    assert best["reason"] in (run_dir / "report.md").read_text()
+    bundle = export(run_dir)
+    assert (bundle / "predict.py").exists()

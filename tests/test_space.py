@@ -114,3 +114,40 @@ def test_a_new_sampled_study_measures_the_fast_paths_first(tmp_path):
     asked = [space.suggest(st.ask(), exp) for _ in range(len(first))]
     assert all(a[k] == v for a, p in zip(asked, first) for k, v in p.items())
     assert space.enqueue_first_points(st, exp, 16) == []  # not again in a study with trials
+
+
+def test_an_onnx_only_model_gets_dynamic_int8_and_the_op_choice():
+    # a model trained elsewhere, with little MatMul weight (a CNN) and ops besides its Conv/MatMul
+    exp = config.parse({"name": "x"})
+    onnx_conv = space.auto(exp, {"format": "onnx", "share": 0.1, "trainable": False, "mixed_ops": True})
+    assert _values(onnx_conv.int8_mode) == ["static", "dynamic"]
+    assert _values(onnx_conv.quant_ops) == ["all", "compute"]
+    assert 4 not in _values(onnx_conv.bits)
+    # the op choice comes from the model's profile: none when every computing op is a MatMul/Conv
+    assert _values(dict(space.auto(exp, {**KERAS_CONV, "mixed_ops": False})).get("quant_ops", "all")) == ["all"]
+
+
+def test_the_profile_says_where_the_op_choice_matters():
+    import onnx
+    from onnx import helper
+
+    def graph(*ops):
+        return helper.make_model(helper.make_graph(
+            [helper.make_node(op, ["a", "b"], [f"o{i}"], name=f"n{i}") for i, op in enumerate(ops)], "g", [], []))
+
+    from workbench.variants import quantize
+
+    assert quantize.mixed_ops(graph("MatMul", "Reshape", "Div", "MatMul"))
+    assert not quantize.mixed_ops(graph("Conv", "Reshape", "Gemm"))
+    assert not quantize.mixed_ops(graph("Add", "Mul"))
+    assert isinstance(graph("MatMul"), onnx.ModelProto)
+
+
+def test_an_onnx_only_model_has_no_tensorflow_baseline(tmp_path):
+    from workbench.sweep import baselines
+
+    (tmp_path / "m.onnx").write_bytes(b"")  # only its name is read: the format is the file type
+    onnx_only = config.parse({"name": "x", "model": "m.onnx"}, base_dir=tmp_path)
+    assert {p["runtime"] for p in baselines.points(onnx_only)} == {"onnxruntime"}
+    keras = config.parse({"name": "x"})
+    assert {p["runtime"] for p in baselines.points(keras)} == {"tensorflow", "onnxruntime"}

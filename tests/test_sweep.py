@@ -109,3 +109,62 @@ def test_papermill_cli_runs_the_trial_notebook(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "complete"
     assert metrics["params"]["bits"] == 8 and metrics["params"]["batch_size"] == 2
+
+
+def test_a_failed_configuration_is_remembered_and_an_interrupted_one_is_not():
+    # Real Optuna trials in an in-memory storage: a deterministic failure is a twin of the same
+    # parameters (never run again); an interrupted trial (no error) or a timeout is not.
+    from optuna.trial import TrialState, create_trial
+
+    from workbench.sweep import loop
+
+    study = optuna.create_study()
+    p = {"bits": 8, "runtime": "openvino"}
+    for state, attrs in ((TrialState.FAIL, {"interrupted": "worker pid 1 on h is gone"}),
+                         (TrialState.FAIL, {"error": "timed out after 60 s"})):
+        study.add_trial(create_trial(state=state, user_attrs={"params": p, **attrs}))
+    assert loop._measured_twin(study, p, number=99) is None
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "params": p, "error": "RuntimeError: onnxruntime 1.32.0 quantize_static failed: x"}))
+    number, why = loop._measured_twin(study, p, number=99)
+    assert number == 2 and why.startswith("same parameters as failed trial 2 (RuntimeError: onnxruntime")
+    assert loop._measured_twin(study, {**p, "bits": 32}, number=99) is None
+
+
+def test_an_artifact_that_could_not_be_built_is_not_built_again_for_other_threads_or_runtimes():
+    from optuna.trial import TrialState, create_trial
+
+    from workbench.sweep import loop
+
+    study = optuna.create_study()
+    p = {"bits": 8, "int8_mode": "static", "per_channel": True, "runtime": "onnxruntime", "threads": 1}
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={
+        "params": p, "reason": "onnxruntime 1.32.0 quantize_static failed: x", "build_failed": True}))
+    # the same ONNX artifact: another thread count, or OpenVINO reading the same file
+    for other in ({**p, "threads": 2}, {**p, "runtime": "openvino"}):
+        number, why = loop._measured_twin(study, other, number=99)
+        assert number == 0 and why.startswith("same artifact as trial 0, which could not be built")
+    # another artifact: per-tensor scales, or the TFLite route
+    assert loop._measured_twin(study, {**p, "per_channel": False}, number=99) is None
+    assert loop._measured_twin(study, {**p, "runtime": "litert"}, number=99) is None
+
+
+@pytest.mark.slow
+def test_sweep_runs_a_failing_configuration_once_and_tells_the_sampler(tmp_path, plugin):
+    plugin("failing_quantizer.py", "wb_test_failing_quantizer")
+    path = tmp_path / "fails.yaml"
+    path.write_text("\n".join([
+        "name: fails", "sampler: tpe", "n_trials: 6", "max_accuracy_drop: 5.0",
+        "measurement: {warmup: 2, min_runs: 20, min_seconds: 0.05, max_seconds: 2}",
+        "search_space:", "  bits: 32", "  failing_quant: [0, 1]", "  runtime: onnxruntime",
+        "  threads: 1"]) + "\n")
+    run_dir = sweep.run(config.load(path), runs_dir=tmp_path / "runs", progress=False)
+    study = optuna.load_study(study_name="fails", storage=f"sqlite:///{run_dir / 'study.db'}")
+    ran = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    failed = [t for t in ran if t.state.name == "FAIL"]
+    assert len(failed) == 1 and "failing-quantizer 1.0 quantize failed" in failed[0].user_attrs["error"]
+    assert [t.user_attrs["params"]["failing_quant"] for t in ran].count(1) == 1
+    repeats = [t for t in study.trials if t.user_attrs.get("duplicate_of") == failed[0].number]
+    # proposed again by the sampler: skipped, told as PRUNED (TPE counts it among the bad trials)
+    assert repeats and all(t.state.name == "PRUNED" for t in repeats)
+    assert all("same parameters as failed trial" in t.user_attrs["reason"] for t in repeats)

@@ -107,6 +107,8 @@ class TrialParams(BaseModel):
         bits = {32: "fp32", 16: "fp16", 8: f"int8-{self.int8_mode}", 4: "int4"}[self.bits]
         if self.bits == 8 and self.int8_mode == "static" and self.per_channel:
             bits += "-pc"  # per-channel scales: another artifact, so another label
+        if self.bits == 8 and getattr(self, "quant_ops", "all") == "compute":
+            bits += "-mm"  # only MatMul/Gemm/Conv quantized
         sp = f" sp{self.sparsity:g}-{self.prune_structure}" if self.sparsity else ""
         if self.distill_width < 1.0:
             sp = (" distill-student" if self.distill_student else f" distill{self.distill_width:g}") + sp

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from workbench.core.errors import WorkbenchError
 from workbench.core.scenarios import question, scenario
 from workbench.decision.choose import candidates, choose
@@ -32,9 +34,11 @@ def decide(run_dir: str | Path, remeasure: bool = True, log=None, df=None) -> di
     if not sc.remeasure:  # e.g. server: said in best.json
         interleaved, remeasure = {"skipped": sc.remeasure_why}, False
     best = choose(df, info, interleaved)
-    if best and remeasure and len(best["candidates"]) > 1:
+    if best and remeasure and len(best["candidates"]) + bool(best.get("baseline")) > 1:
         cands, _, col = candidates(df, info)
         lead = cands[cands.trial.astype(str).isin(best["candidates"])]
+        if best.get("baseline"):  # timed with the leaders: "faster than doing nothing" is paired too
+            lead = pd.concat([lead, df[df.trial.astype(str) == best["baseline"]]])
         try:
             interleaved = remeasure_leaders(run_dir, lead, info, log)
         except WorkbenchError as err:
@@ -100,7 +104,7 @@ def headline(df, best: dict | None) -> dict[str, Any]:
     """
     if not best:
         return {}
-    row = df[(df.kind == "trial") & (df.trial.astype(str) == str(best["trial"]))].iloc[0]
+    row = df[df.trial.astype(str) == str(best["trial"])].iloc[0]  # a trial, or the baseline kept
     if best.get("scenario") == "server":
         return _server_headline(df, row)
     out: dict[str, Any] = {"trial": best["trial"], "label": row.label, "batch_size": int(row.batch_size),

@@ -8,6 +8,11 @@
   (``workbench.decision.remeasure``) by paired per-round ratios (``workbench.decision.stats``);
   without one (server trials, or it failed), every leader within ``TIE_MARGIN`` of the best is
   tied, and the reason says so. Among tied candidates the smallest, simplest artifact wins.
+* Never worse than doing nothing: the fastest feasible fp32 baseline at the same batch size
+  and hardware takes part. When the chosen trial does not beat it beyond ``TIE_MARGIN`` (on the
+  interleaved re-measurement when the baseline was re-measured with the leaders, else on the
+  sweep's numbers), or no trial is feasible, the recommendation is to keep that baseline, and
+  says so in words (``keep onnxruntime fp32, 2 threads: nothing tried is faster``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from workbench.core.scenarios import TIE_MARGIN, question, scenario
-from workbench.decision.stats import settle
+from workbench.decision.stats import beats, paired_ratio, settle
 from workbench.results.best import clean, processes_text
 from workbench.results.pareto import complete_trials, feasible, pareto_flags
 
@@ -77,6 +82,39 @@ def pick_simplest(rows) -> Any:
                        _order=range(len(rows)))
     return rows.sort_values(["size_bytes", "_simplicity", "_order"]).iloc[0]
 
+def fastest_baseline(df, info: dict[str, Any], hw, batch: int | None, col: str):
+    """The fastest feasible baseline row on hardware ``hw`` at ``batch`` (None: any), or None.
+    A server run has none: its baselines are timed in-process, not served under load."""
+    sc = scenario(info.get("scenario", "single_stream"))
+    if sc.name == "server" or col not in df:
+        return None
+    sel = (df.kind == "baseline").to_numpy() & feasible(df, info).to_numpy() & df[col].notna().to_numpy()
+    if hw is not None:
+        sel &= (df.hardware_id == hw).to_numpy()
+    if batch is not None:
+        sel &= (df.batch_size == batch).to_numpy()
+    rows = df[sel].sort_values(col, ascending=sc.direction == "minimize")
+    return None if rows.empty else rows.iloc[0]
+
+
+def keep_text(base) -> str:
+    """"keep onnxruntime fp32, 2 threads" for a baseline row."""
+    threads = int(base.threads) if base.threads == base.threads and base.threads is not None else 1
+    return f"keep {base.runtime} fp32, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def _keep_baseline(base, info: dict[str, Any], col: str, why: str, extra: dict[str, Any]) -> dict[str, Any]:
+    sc = scenario(info.get("scenario", "single_stream"))
+    batch = int(base.batch_size) if sc.batch_one else None
+    return {"scenario": sc.name, "primary_metric": col, "direction": sc.direction,
+            "hardware_id": base.hardware_id, "candidates": [], **extra,
+            "question": question(info, batch), "trial": str(base.trial), "label": base.label, "keep_baseline": True,
+            "reason": f"{keep_text(base)}: {why}", "tie": False, "tied_with": [],
+            "primary_value": float(base[col]),
+            "row": clean(base.drop(labels=[c for c in ("latency_quantiles_ms", "params_full")
+                                           if c in base.index]).to_dict())}
+
+
 def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The recommendation of table ``df`` (``workbench.results.table.load_table(..., extras=True)``).
 
@@ -87,12 +125,18 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
     sc = scenario(info.get("scenario", "single_stream"))
     cands, hw, col = candidates(df, info)
     if cands.empty:
-        return None
+        fallback = fastest_baseline(df, info, None, None, col) if "kind" in df else None
+        if fallback is None:
+            return None
+        return _keep_baseline(fallback, info, col, "no trial is feasible", {"decided_by": "sweep measurements"})
     lead = leaders(cands, col, sc.direction)
     batch = int(cands.batch_size.iloc[0]) if sc.batch_one else None
+    ref = fastest_baseline(df, info, hw, batch if sc.batch_one else None, col)
     base = {"scenario": sc.name, "question": question(info, batch), "primary_metric": col,
             "direction": sc.direction, "hardware_id": hw,
             "candidates": [str(t) for t in lead.trial]}
+    if ref is not None:
+        base["baseline"] = str(ref.trial)
     if interleaved and "rounds" in interleaved:
         got = settle({t: interleaved["rounds"][t] for t in lead.trial.astype(str)}, sc.direction)
         tied = lead[lead.trial.astype(str).isin(got["tied"])]
@@ -136,5 +180,21 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
                                             if c in winner.index]).to_dict())}
     if detail is not None:
         out["interleaved"] = detail
+    if ref is not None:  # single_stream: at the same batch; offline: samples/s at any batch
+        ours, theirs = value, float(ref[col])
+        rounds = (interleaved or {}).get("rounds") or {}
+        if str(ref.trial) in rounds and str(winner.trial) in rounds:  # timed together: paired
+            r = paired_ratio(rounds[str(winner.trial)], rounds[str(ref.trial)])
+            theirs = ours / r[0]
+            faster = beats(r, sc.direction)
+        else:
+            faster = (ours < theirs / (1 + TIE_MARGIN) if sc.direction == "minimize"
+                      else ours > theirs * (1 + TIE_MARGIN))
+        if not faster:
+            why = (f"nothing tried is faster (best trial {winner.trial}, {winner.label}: {ours:.4g} {unit} "
+                   f"against {theirs:.4g} {unit}, not better by more than {TIE_MARGIN:.0%}; {how})")
+            return _keep_baseline(ref, info, col, why, {**base, "decided_by": decided_by,
+                                                         "best_trial": str(winner.trial),
+                                                         **({"interleaved": detail} if detail else {})})
     return out
 

@@ -28,7 +28,7 @@ def export(run_dir: str | Path, trial: str | int | None = None, out: str | Path 
         trial = json.loads(best_path.read_text()).get("trial")
         if trial is None:
             raise ExportError(f"{run_dir}: best.json recommends no trial (pass --trial)")
-    out = Path(out) if out else run_dir / "export" / f"trial-{trial}"
+    out = Path(out) if out else run_dir / "export" / f"trial-{trial}".replace(":", "-")
     check_out(out)  # before any work: a refused --out costs nothing
     try:
         metrics = trial_metrics(run_dir, str(trial))

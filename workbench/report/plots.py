@@ -216,7 +216,8 @@ def latency_distributions(df, path: Path, n: int = 5) -> int:
         empty(ax, "no latency distributions recorded")
     ax.set_xlabel("latency per sample (ms, log; dotted: p50)")
     ax.set_ylabel("percentile")
-    ax.set_title(f"Latency distribution of the {drawn} fastest feasible trials")
+    ax.set_title(f"Latency distribution of the {drawn} fastest feasible trials" if drawn != 1 else
+                 "Latency distribution of the fastest feasible trial")
     ax.grid(True, which="both", alpha=0.3)
     save_figure(fig, path)
     return drawn
@@ -269,6 +270,9 @@ def draw_all(df, out_dir: Path, objectives: list[str], max_drop: float) -> dict[
     else:  # one batch size: a line of one point says nothing
         del paths["latency_batch.png"]
     size_vs_accuracy(df, paths["size_accuracy.png"])
-    latency_distributions(df, paths["latency_dist.png"])
+    if top_candidates(df).empty:  # no feasible trial: no empty plot of "the 0 fastest" of them
+        paths.pop("latency_dist.png")
+    else:
+        latency_distributions(df, paths["latency_dist.png"])
     history(df, paths["history.png"], objectives)
     return paths

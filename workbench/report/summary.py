@@ -68,7 +68,14 @@ def quality_text(d: dict) -> str:
 def feasibility_text(info: dict, df) -> str:
     if regression_run(df):
         return f"feasible means the MAE increase is <= {info['max_accuracy_drop']:g} vs the fp32 model"
-    return f"feasible means accuracy drop <= {info['max_accuracy_drop']:g} points vs the fp32 Keras model"
+    return f"feasible means accuracy drop <= {info['max_accuracy_drop']:g} points vs the fp32 model"
+
+
+def recommended_text(best: dict) -> str:
+    """"trial 7: onnxruntime int8-static b1 t2", or the baseline kept when nothing beat it."""
+    if best.get("keep_baseline"):
+        return f"{best['reason'].split(':')[0]} (the fp32 baseline, {best['label']})"
+    return f"trial {best['trial']}: {best['label']}"
 
 
 METRIC_NAMES = {"throughput_sps": ("throughput", "samples/s"), "max_qps_at_slo": ("max QPS at SLO", "QPS")}
@@ -103,7 +110,7 @@ def summary_items(head: dict, best: dict | None, run_dir: Path | None = None) ->
     if best.get("scenario") == "server":
         items = _server_summary_items(head, best)
         return items[:3] + deploy + items[3:]
-    items = [("recommended", f"trial {best['trial']}: {best['label']}"),
+    items = [("recommended", recommended_text(best)),
              ("question", best.get("question", "?")),
              asked_metric(best), *deploy,
              ("p50 per batch", f"{_interval(head.get('latency_p50_ms'), ' ms')} at batch {head.get('batch_size')} "
@@ -123,6 +130,8 @@ def summary_items(head: dict, best: dict | None, run_dir: Path | None = None) ->
     else:
         items.append(("accuracy", f"{_nan(head['accuracy']):.2f}%, drop {_interval(head.get('accuracy_drop'), ' pt', 3)}"
                                   + (f" (paired, {n} eval samples)" if n else "")))
+    if (best.get("row") or {}).get("float_nodes"):  # int8's accuracy-aware fallback
+        items.append(("kept in float", best["row"]["float_nodes"]))
     items.append(("why", best["reason"]))
     items += _interleaved_items(best)
     return items
@@ -135,7 +144,7 @@ def _ms(v) -> str:
 def _server_summary_items(head: dict, best: dict) -> list[tuple[str, str]]:
     """A server recommendation: its QPS within the SLO, the latency at that rate, and the
     in-process fp32 baselines as size/accuracy references."""
-    items = [("recommended", f"trial {best['trial']}: {best['label']}"),
+    items = [("recommended", recommended_text(best)),
              ("question", best.get("question", "?")),
              ("max QPS at SLO", f"{_nan(head.get('max_qps_at_slo')):.4g} QPS (achieved, Poisson arrivals; "
                                 f"latency at that rate: p50 {_ms(head.get('latency_p50_ms'))}, p99 "
@@ -224,7 +233,7 @@ def markdown(info: dict, df, best: dict | None, head: dict | None = None,
         r = best["row"]
         name, text = asked_metric(best)
         lines += ["## Recommendation", "",
-                  f"**{best.get('question', '')}: trial {best['trial']}: {best['label']}**: {name} {text}; "
+                  f"**{best.get('question', '')}: {recommended_text(best)}**: {name} {text}; "
                   f"{quality_text(r)} "
                   f"(drop {_nan(r['accuracy_drop']):.3g}), p50 {r['latency_p50_ms']:.4f} ms "
                   f"[95% CI within one measurement {r['latency_p50_ci_low_ms']:.4f}-{r['latency_p50_ci_high_ms']:.4f}], "

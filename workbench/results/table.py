@@ -51,7 +51,7 @@ LOAD_COLUMNS = ["load_valid", "load_invalid_reason"]
 
 
 COLUMNS = (["trial", "kind", "state", "label"] + PARAM_COLUMNS + METRIC_COLUMNS + LOAD_COLUMNS +
-           ["speedup_vs_baseline", "speedup_vs_onnx_fp32", "feasible", "pareto", "reason",
+           ["speedup_vs_baseline", "speedup_vs_onnx_fp32", "feasible", "pareto", "float_nodes", "reason",
             "reused_from", "notebook", "hardware_id"])
 
 
@@ -128,6 +128,7 @@ def make_row(kind: str, trial: str, state: str, params: dict, metrics: dict | No
     if m.get("feasible") is not None and row["feasible"] is None:
         problems.append(f"feasible is {m.get('feasible')!r:.40}")
     row["reason"] = _text(m.get("reason"))
+    row["float_nodes"] = _text(m.get("float_nodes"))  # int8's fallback: nodes kept float, why
     row["reused_from"] = m.get("reused_from") if isinstance(m.get("reused_from"), (int, str)) else None
     row["notebook"] = _text(m.get("notebook"))
     fp = m.get("fingerprint")
@@ -185,14 +186,18 @@ def _trial_row(t, needed: list[str]) -> dict[str, Any]:
     return row
 
 
+def baseline_name(m: dict[str, Any]) -> str:
+    """The table's name of a baseline from its metrics, e.g. ``baseline:onnx-fp32:b1``."""
+    rt = m["params"]["runtime"]
+    return f"baseline:{'keras' if rt == 'tensorflow' else 'onnx-fp32'}:b{m['params']['batch_size']}"
+
+
 def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((run_dir / "baselines").glob("*/metrics.json")):
         try:
             m = json.loads(path.read_text())
-            rt = m["params"]["runtime"]
-            name = f"baseline:{'keras' if rt == 'tensorflow' else 'onnx-fp32'}:b{m['params']['batch_size']}"
-            rows.append(make_row("baseline", name, "BASELINE", {}, m))
+            rows.append(make_row("baseline", baseline_name(m), "BASELINE", {}, m))
         except Exception as err:  # noqa: BLE001 - shown as a row, not a crash
             rows.append({"trial": f"baseline:{path.parent.name}", "kind": "baseline", "state": "BASELINE",
                          "label": "", "reason": f"unreadable {path.name} ({type(err).__name__}: "
@@ -208,8 +213,8 @@ def load_table(run_dir: str | Path, extras: bool = False):
     """
     run_dir = Path(run_dir)
     info = run_info(run_dir)
-    df = pd.DataFrame(_baseline_rows(run_dir) + _trial_rows(info), columns=COLUMNS[:-6] +
-                      ["feasible", "reason", "reused_from", "notebook", "hardware_id"] + EXTRA_COLUMNS)
+    df = pd.DataFrame(_baseline_rows(run_dir) + _trial_rows(info), columns=COLUMNS[:-7] +
+                      ["feasible", "float_nodes", "reason", "reused_from", "notebook", "hardware_id"] + EXTRA_COLUMNS)
     for col in ("accuracy", "mae", "rmse"):  # a regression run has no accuracy (None -> NaN)
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["speedup_vs_baseline"] = _speedup(df, "tensorflow")
@@ -257,7 +262,14 @@ def summary_columns(df) -> list[str]:
 
 
 def trial_metrics(run_dir: Path, number: str) -> dict[str, Any]:
-    """The recorded metrics (and full parameters) of completed trial ``number`` of a run."""
+    """The recorded metrics (and full parameters) of completed trial ``number`` of a run, or
+    of its baseline named ``number`` (``baseline:onnx-fp32:b1``: best.json may keep one)."""
+    if str(number).startswith("baseline:"):
+        for path in sorted((Path(run_dir) / "baselines").glob("*/metrics.json")):
+            m = json.loads(path.read_text())
+            if baseline_name(m) == str(number):
+                return m
+        raise WorkbenchError(f"{run_dir}: no baseline {number} in {Path(run_dir) / 'baselines'}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     info = run_info(run_dir)
     study = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))

@@ -1,4 +1,5 @@
-"""Baselines: the unmodified Keras model in TensorFlow and its fp32 ONNX export in onnxruntime.
+"""Baselines: the unmodified Keras model in TensorFlow and its fp32 ONNX export in onnxruntime
+(a model that exists only as ONNX has the one in onnxruntime: no row for a framework it lacks).
 
 Measured once per run directory, through the same trial notebook and protocol as the trials,
 so every trial's speed-up is against a number taken the same way on the same machine.
@@ -12,10 +13,19 @@ from typing import Any
 
 from workbench.config import Experiment, Range
 from workbench.core.errors import TrialFailed
+from workbench.models.builtin import BUILTIN
+from workbench.models.user import detect
 from workbench.sweep import notebook
 from workbench.sweep.study import trial_settings
 
 RUNTIMES = ("tensorflow", "onnxruntime")
+
+
+def baseline_runtimes(exp: Experiment) -> tuple[str, ...]:
+    """TensorFlow only for a model TensorFlow has (builtin, .keras, SavedModel)."""
+    spec = exp.resolve(exp.model)
+    fmt = "keras" if spec in BUILTIN else detect(Path(spec))
+    return RUNTIMES if fmt != "onnx" else ("onnxruntime",)
 
 
 def points(exp: Experiment) -> list[dict[str, Any]]:
@@ -28,7 +38,7 @@ def points(exp: Experiment) -> list[dict[str, Any]]:
                   threads if isinstance(threads, list) else [threads])
     return [dict(runtime=rt, bits=32, sparsity=0.0, provider="CPUExecutionProvider",
                  batch_size=int(b), threads=int(threads))
-            for rt in RUNTIMES for b in batches]
+            for rt in baseline_runtimes(exp) for b in batches]
 
 
 def run(exp: Experiment, run_dir: Path, log=print, kernels: notebook.Kernels | None = None

@@ -19,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from workbench import report
+from workbench import report, runtimes, variants
 from workbench.config import Experiment
 from workbench.core.errors import TrialFailed, WorkbenchError, first_line
 from workbench.decision import best as best_mod
@@ -50,6 +50,8 @@ def _tell(study, trial, exp: Experiment, params: dict, metrics: dict | None, err
     trial.set_user_attr("notebook", metrics.get("notebook"))
     if metrics["status"] == "pruned":
         trial.set_user_attr("reason", metrics["reason"])
+        if metrics.get("stage") == "build":  # remembered for every trial of the same artifact
+            trial.set_user_attr("build_failed", True)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return "pruned"
     trial.set_user_attr("metrics", metrics)
@@ -218,9 +220,11 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
             trial.set_user_attr("params", params)
             twin = _measured_twin(study, params, trial.number)
             if twin is not None:
-                # Not measured twice: recorded as pruned, and not counted against n_trials.
-                trial.set_user_attr("duplicate_of", twin)
-                trial.set_user_attr("reason", f"same parameters as trial {twin} (not measured twice)")
+                # Not run twice: recorded as pruned (TPE counts a pruned trial among the bad
+                # ones, so the sampler learns a failed configuration too), not counted against n_trials.
+                number, failed = twin
+                trial.set_user_attr("duplicate_of", number)
+                trial.set_user_attr("reason", failed or f"same parameters as trial {number} (not measured twice)")
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 if space.finite(exp):  # the configurations not yet tried are enumerated instead
                     enumerate_rest = True
@@ -258,13 +262,43 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
     bar.close()
 
 
-def _measured_twin(study, params: dict, number: int) -> int | None:
-    """An earlier trial measured (or being measured) with exactly ``params``, if any."""
+def _measured_twin(study, params: dict, number: int) -> tuple[int, str | None] | None:
+    """An earlier trial measured (or being measured) with exactly ``params``, or one that
+    failed deterministically with them, or whose artifact (the same as ``params``') could not be
+    built; with why it is not run again for the last two. A trial whose worker was interrupted
+    has no ``error``: its parameters are retried, not remembered as failing."""
     for t in study.get_trials(deepcopy=False):
-        if (t.number != number and t.user_attrs.get("params") == params and counts_towards_budget(t)
-                and t.state.name != "FAIL"):
-            return t.number
+        if (t.number != number and t.user_attrs.get("build_failed") and "duplicate_of" not in t.user_attrs
+                and _same_artifact(t.user_attrs.get("params") or {}, params)):
+            return t.number, (f"same artifact as trial {t.number}, which could not be built "
+                              f"({t.user_attrs.get('reason')}); not run again")
+        if t.number == number or t.user_attrs.get("params") != params or "duplicate_of" in t.user_attrs:
+            continue
+        if t.state.name == "FAIL":
+            if t.user_attrs.get("error") and not _transient(t.user_attrs["error"]):
+                return t.number, f"same parameters as failed trial {t.number} ({t.user_attrs['error']}; not run again)"
+        elif counts_towards_budget(t):
+            return t.number, None
     return None
+
+
+def _same_artifact(a: dict, b: dict) -> bool:
+    """Would ``a`` and ``b`` build the same artifact: the same model and data, the same values of
+    every transform's parameters, runtimes reading the same formats (threads and run options
+    do not change the bytes)."""
+    def formats(p):
+        rt = runtimes.registered().get(p.get("runtime", ""))
+        return rt.formats if rt else p.get("runtime")
+
+    names = {q.name for t in variants.registered() for q in t.parameters}
+    names |= {"model", "data", "calibration_samples", "max_accuracy_drop", "task", "output"}
+    return formats(a) == formats(b) and all(a.get(n) == b.get(n) for n in names)
+
+
+def _transient(error: str) -> bool:
+    """A failure that may not happen again with the same parameters: a timeout (a busy
+    machine) or a dead kernel (out of memory while another worker ran)."""
+    return error.startswith("timed out") or error == "kernel died"
 
 
 def _best_so_far(study) -> str:

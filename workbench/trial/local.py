@@ -26,7 +26,7 @@ from workbench.measure.artifact import evaluate
 from workbench.measure.artifact import size as artifact_size
 from workbench.measure.timing import timing_batch
 from workbench.trial.server import run_server_trial
-from workbench.variants import onnx_export
+from workbench.variants import onnx_export, quantize
 from workbench.variants.prune import magnitude
 from workbench.variants.prune import transform as prune
 
@@ -41,6 +41,26 @@ def _pruning_metrics(model: models.ModelRef, data, p: TrialParams) -> dict[str, 
         "param_count": pruned.meta["params"],
         "params_removed_fraction": 1.0 - pruned.meta["params"] / model.meta["params"],
     }
+
+
+def _quantization_metrics(artifact) -> dict[str, Any]:
+    """Which nodes int8 left in float and why (the accuracy-aware fallback), for the table."""
+    rec = quantize.record(artifact.path)
+    if rec is None:
+        return {}
+    groups: dict[str, list[dict]] = {}
+    for f in rec["float_nodes"]:
+        groups.setdefault(f["why"], []).append(f)
+    text = []
+    for why, nodes in groups.items():  # a few nodes by name, many by op type
+        if len(nodes) <= 3:
+            text += [f"{f['node']} ({f['op']}): {why}" for f in nodes]
+        else:
+            ops = {}
+            for f in nodes:
+                ops[f["op"]] = ops.get(f["op"], 0) + 1
+            text.append(f"{len(nodes)} nodes ({', '.join(f'{o} x{c}' for o, c in ops.items())}): {why}")
+    return {"quantization": rec, "float_nodes": "; ".join(text) or None}
 
 
 def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
@@ -59,7 +79,9 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
         out["baseline_accuracy"] = model.accuracy
     try:
         t0 = time.perf_counter()
+        out["stage"] = "build"  # a pruned trial says whether its artifact could not be built
         artifact = variants.build(model, data, p, p.calibration_samples)
+        out["stage"] = "run"
         out["build_seconds"] = time.perf_counter() - t0
         key = reuse.measurement_key(p.model_dump(), artifact.path)
         reused = reuse.reuse_metrics(key, out["params"], out["label"])
@@ -101,6 +123,7 @@ def run(params: Mapping[str, Any] | TrialParams) -> dict[str, Any]:
         artifact=str(artifact.path),
         artifact_format=artifact.format,
         transforms=list(artifact.transforms),
+        **_quantization_metrics(artifact),
         fingerprint=fingerprint.collect(),
         total_seconds=time.perf_counter() - t_start,
     )
