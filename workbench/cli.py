@@ -165,7 +165,8 @@ def _serve(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     opts = serve.ServeOptions(name=args.name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                               max_queue_delay_ms=args.max_queue_delay_ms, batch_policy=args.batch_policy,
-                              max_queue=args.max_queue, instances=args.instances, threads=args.threads)
+                              max_queue=args.max_queue, instances=args.instances, threads=args.threads,
+                              trust_model_code=args.trust_model_code)
     eng = serve.engine(args.engine, args.bundle, opts)
 
     def terminate(signum, frame):
@@ -292,6 +293,9 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=256, help="queued requests beyond this get 503")
     sv.add_argument("--instances", type=int, help="model instances (sessions) serving batches (default: as measured)")
     sv.add_argument("--threads", type=int, help="intra-op threads per instance (default: the bundle's)")
+    sv.add_argument("--trust-model-code", action="store_true",
+                    help="let the model run Python code it carries (a .keras Lambda layer); a bundle's "
+                         "own config.json never decides this")
     sv.add_argument("--log", help="append the server's output to this file")
     sv.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the model")
     sv.set_defaults(func=_serve)

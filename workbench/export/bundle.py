@@ -16,6 +16,12 @@ from a temporary directory.
 :func:`workbench.runtimes.load`, the same call the trial used, so what is served is what was
 measured.
 
+A bundle is data, never a decision to run code: whoever hands over a bundle is trusted for the
+model's numbers, not for the machine. ``trust_model_code`` (a ``.keras`` Lambda layer runs Python)
+comes from the caller of :func:`open_bundle` (``workbench serve --trust-model-code``, or the
+experiment of the server trial that wrote it), never from the bundle's ``config.json``; the
+artifact ``bundle.json`` names must lie inside the bundle directory.
+
 Writing never deletes what it did not write: ``.workbench-bundle.json`` lists the files of a
 bundle; an existing directory without it (and not empty) is refused, and re-writing over a
 bundle removes only the files its marker lists.
@@ -27,7 +33,7 @@ import inspect
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Mapping
 
 import numpy as np
@@ -91,9 +97,16 @@ class Bundle:
 
 
 def _artifact(path: Path, info: dict[str, Any]) -> Path:
-    """The bundle's model file (named in ``bundle.json``; else the one ``model.*`` beside it)."""
+    """The bundle's model file (named in ``bundle.json``; else the one ``model.*`` beside it).
+    The name must stay inside the bundle: no absolute path, no ``..`` (a bundle must not make
+    the server load a model from elsewhere on the machine)."""
     if info.get("artifact"):
-        if not (path / info["artifact"]).exists():
+        name = info["artifact"]
+        rel = PurePath(name) if isinstance(name, str) else None
+        if rel is None or rel.is_absolute() or rel.anchor or ".." in rel.parts or "\\" in name:
+            raise BundleError(f"{path / 'bundle.json'}: artifact {name!r} is not a path inside the bundle "
+                              "(no absolute path, no ..)")
+        if not (path / name).exists():
             raise BundleError(f"{path / 'bundle.json'}: its artifact {info['artifact']} is missing")
         return path / info["artifact"]
     found = sorted(p for p in path.iterdir() if p.name.startswith("model") and p.suffix in SUFFIXES)
@@ -102,15 +115,20 @@ def _artifact(path: Path, info: dict[str, Any]) -> Path:
     return found[0]
 
 
-def open_bundle(path: str | Path) -> Bundle:
-    """Read ``config.json`` and locate the artifact; a bad bundle is a one-line error."""
+def open_bundle(path: str | Path, trust_model_code: bool = False) -> Bundle:
+    """Read ``config.json`` and locate the artifact; a bad bundle is a one-line error.
+
+    ``trust_model_code`` is the operator's word (``workbench serve --trust-model-code``): the
+    bundle's own ``config.json`` value is ignored, so a bundle cannot decide to run code."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BundleError(f"{path}: not a bundle (no config.json; write one with `workbench export`)")
     config, info = _json(path / "config.json"), {}
     if (path / "bundle.json").is_file():
         info = _json(path / "bundle.json")
-    params = TrialParams.parse(config)
+    if not isinstance(config, dict) or not isinstance(info, dict):
+        raise BundleError(f"{path}: config.json and bundle.json must each hold a JSON object")
+    params = TrialParams.parse({**config, "trust_model_code": bool(trust_model_code)})
     file = _artifact(path, info)
     fmt = "savedmodel" if file.is_dir() else file.suffix.lstrip(".")
     artifact = Artifact(file, fmt, "bundle", ())

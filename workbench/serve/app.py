@@ -42,6 +42,7 @@ class Options:
     threads: int | None = None  # intra-op threads per instance (default: the bundle's)
     instance_kind: str = "auto"  # thread | process | auto (threads if run() releases the GIL)
     max_body_bytes: int = 16 * 2**20
+    trust_model_code: bool = False  # from the operator's command line only (see open_bundle)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -50,7 +51,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def build_app(bundle_path: str, opts: Options) -> Starlette:
     """The ASGI app serving ``bundle_path`` under ``opts.name``."""
-    bundle = open_bundle(bundle_path)
+    bundle = open_bundle(bundle_path, opts.trust_model_code)
     metrics = ServerMetrics()
     state: dict = {"ready": False}
 
@@ -67,7 +68,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
             instances = [thread_instance(s) for s in sessions]
         else:
             first.close()
-            instances = [process_instance(str(bundle.path), opts.threads) for _ in range(opts.instances)]
+            instances = [process_instance(str(bundle.path), opts.threads, opts.trust_model_code) for _ in range(opts.instances)]
         batcher = Batcher(instances, opts.max_batch_size, opts.max_queue_delay_ms, opts.batch_policy,
                           opts.max_queue, observe=metrics.observe_batch)
         batcher.start()

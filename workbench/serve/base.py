@@ -36,6 +36,7 @@ class ServeOptions:
     max_queue: int = 256
     instances: int = 1
     threads: int | None = None
+    trust_model_code: bool = False  # the operator's word (--trust-model-code), never the bundle's
     extra: dict[str, Any] = field(default_factory=dict)
 
 

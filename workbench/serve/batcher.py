@@ -58,10 +58,10 @@ class Instance:
 _PROCESS_SESSION = None
 
 
-def _process_init(bundle_path: str, threads: int | None) -> None:
+def _process_init(bundle_path: str, threads: int | None, trust_model_code: bool) -> None:
     global _PROCESS_SESSION
 
-    _PROCESS_SESSION = open_bundle(bundle_path).session(threads)
+    _PROCESS_SESSION = open_bundle(bundle_path, trust_model_code).session(threads)
 
 
 def _process_run(batch: np.ndarray) -> np.ndarray:
@@ -73,9 +73,10 @@ def thread_instance(session) -> Instance:
                     lambda b: np.asarray(session.run(b)))
 
 
-def process_instance(bundle_path: str, threads: int | None) -> Instance:
+def process_instance(bundle_path: str, threads: int | None, trust_model_code: bool = False) -> Instance:
     ex = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_process_init, initargs=(bundle_path, threads))
+                                                initializer=_process_init,
+                                                initargs=(bundle_path, threads, trust_model_code))
     return Instance(ex, _process_run)
 
 

@@ -39,6 +39,8 @@ class KServeEngine(Engine):
                "--http_port", str(o.port), "--model_name", o.name, "--workers", "1"]
         if o.threads:
             cmd += ["--threads", str(o.threads)]
+        if o.trust_model_code:
+            cmd += ["--trust-model-code"]
         return cmd
 
     def metrics(self) -> dict[str, float]:

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--model_name", default="model")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--parent-pid", type=int)
+    ap.add_argument("--trust-model-code", action="store_true")
     args, rest_args = ap.parse_known_args()
     # kserve parses sys.argv when imported: hand it only its own flags
     sys.argv = [sys.argv[0], *rest_args]
@@ -53,7 +54,7 @@ def main() -> None:
             self.session = None
 
         def load(self) -> bool:
-            self.bundle = open_bundle(args.bundle)
+            self.bundle = open_bundle(args.bundle, args.trust_model_code)
             self.session = self.bundle.session(args.threads)
             self.ready = True
             return True

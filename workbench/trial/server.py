@@ -187,7 +187,8 @@ def run_server_trial(params, out_dir: str | Path = ".", log=print) -> dict[str, 
     regression = p.task == "regression"
     items = load.payloads(data.x_eval, None if regression else data.y_eval)
     opts = ServeOptions(port=free_port(), max_batch_size=p.max_batch_size, max_queue_delay_ms=p.max_queue_delay_ms,
-                        batch_policy=p.batch_policy, instances=p.instances, threads=p.threads)
+                        batch_policy=p.batch_policy, instances=p.instances, threads=p.threads,
+                        trust_model_code=p.trust_model_code)  # the experiment's word, as the trial ran
     with tempfile.TemporaryDirectory(prefix="workbench-bundle-") as tmp:
         bundle = write_bundle(Path(tmp), p, artifact, data)
         eng = engine(p.serving_engine, bundle, opts)
