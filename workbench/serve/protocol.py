@@ -10,13 +10,21 @@ Three request bodies are understood:
 * a raw ``.npy`` array with ``Content-Type: application/octet-stream`` (answered with ``.npy``).
 
 Anything malformed raises :class:`BadRequest`, which the server answers with 400 and a one-line
-JSON error; the server itself never sees a half-parsed tensor.
+JSON error; the server itself never sees a half-parsed tensor. Everything a client controls is
+checked before inference, because an error found after it (an ``outputs`` that is not a list)
+wastes the batch and used to be a 500: JSON nested too deeply, shapes (non-negative integers, not
+booleans; their product with :func:`math.prod`, never a wrapping numpy product, and no more
+elements than the body has bytes), the types of ``name``, ``datatype``, ``parameters``,
+``outputs`` and ``id``, and the values of a numeric tensor (numbers only: no ``null``, strings,
+booleans, ``NaN`` or ``Infinity``; floats finite in every form, JSON, binary or ``.npy``).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -25,6 +33,9 @@ DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64"
              "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
 NPY = "application/octet-stream"
 HEADER_LENGTH = "inference-header-content-length"
+MAX_DIMS = 32  # numpy's own limit in 1.x; no model input comes near it
+_JSON_NAMES = {type(None): "null", str: "a string", bool: "true/false", dict: "an object", int: "an integer",
+               float: "a number"}
 
 
 class BadRequest(ValueError):
@@ -43,6 +54,8 @@ Spec = tuple  # (name or None, sample shape, numpy dtype name): workbench.data.i
 
 def _check(x: np.ndarray, spec: Spec, max_rows: int, what: str) -> np.ndarray:
     name, sample_shape, dtype = spec
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise BadRequest(f"{what}: holds NaN or infinite values")
     if x.dtype != np.dtype(dtype):
         raise BadRequest(f"{what}: datatype {datatype_of(x.dtype)} is not accepted: the model input is "
                          f"{datatype_of(np.dtype(dtype))}")
@@ -53,35 +66,95 @@ def _check(x: np.ndarray, spec: Spec, max_rows: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _tensor(tensor: Any, i: int, raw: bytes, at: int) -> tuple[str | None, np.ndarray, int]:
-    """One JSON (or binary-data) input tensor; returns its name, array and the raw bytes used."""
+def _flat(data: list, what: str) -> list:
+    """The values of ``data`` (flat or nested row-major lists), checked to be one level of lists
+    per dimension, at most :data:`MAX_DIMS` deep, never ragged between lists and values."""
+    level = data
+    for _ in range(MAX_DIMS):
+        types = set(map(type, level))
+        if list not in types:
+            return level
+        if types != {list}:
+            raise BadRequest(f"{what} mixes lists and values at one level")
+        level = list(chain.from_iterable(level))
+    raise BadRequest(f"{what} is nested deeper than {MAX_DIMS} levels")
+
+
+def _values(data: list, dtype: np.dtype, datatype: str, what: str) -> np.ndarray:
+    """The array of JSON ``data``: numbers for numeric datatypes (integers for integer ones),
+    true/false for BOOL; anything else (null, strings, booleans) is refused, never converted."""
+    flat = _flat(data, what)
+    allowed = {bool} if dtype.kind == "b" else {int} if dtype.kind in "iu" else {int, float}
+    wrong = set(map(type, flat)) - allowed
+    if wrong:
+        names = sorted(_JSON_NAMES.get(t, t.__name__) for t in wrong)
+        raise BadRequest(f"{what} holds {', '.join(names)}: a {datatype} tensor takes "
+                         + ("true/false" if dtype.kind == "b" else "integers" if dtype.kind in "iu" else "numbers"))
+    try:
+        with np.errstate(over="raise"):
+            return np.asarray(flat, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError):
+        raise BadRequest(f"{what} has values outside the range of {datatype}") from None
+
+
+def _dict_or_none(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object")
+    return value
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    """The request-level fields read after inference, checked before it."""
+    _dict_or_none(header.get("parameters"), "parameters")
+    if "id" in header and not isinstance(header["id"], str):
+        raise BadRequest("id must be a string")
+    outputs = header.get("outputs")
+    if outputs is None:
+        return
+    if not isinstance(outputs, list):
+        raise BadRequest("outputs must be a list of objects")
+    for i, o in enumerate(outputs):
+        if not isinstance(o, dict):
+            raise BadRequest(f"outputs[{i}] must be an object")
+        if "name" in o and not isinstance(o["name"], str):
+            raise BadRequest(f"outputs[{i}].name must be a string")
+        _dict_or_none(o.get("parameters"), f"outputs[{i}].parameters")
+
+
+def _tensor(tensor: Any, i: int, raw: bytes, at: int, bound: int) -> tuple[str | None, np.ndarray, int]:
+    """One JSON (or binary-data) input tensor; returns its name, array and the raw bytes used.
+    ``bound``: the most elements the body could hold (its size in bytes)."""
     if not isinstance(tensor, dict):
         raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype and data")
-    shape, datatype = tensor.get("shape"), tensor.get("datatype")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise BadRequest(f"inputs[{i}].shape must be a list of non-negative integers")
-    if datatype not in DATATYPES:
-        raise BadRequest(f"inputs[{i}].datatype {datatype!r} is not a v2 numeric datatype")
+    shape, datatype, name = tensor.get("shape"), tensor.get("datatype"), tensor.get("name")
+    if name is not None and not isinstance(name, str):
+        raise BadRequest(f"inputs[{i}].name must be a string")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(type(s) is int and s >= 0 for s in shape)):
+        raise BadRequest(f"inputs[{i}].shape must be a list of at most {MAX_DIMS} non-negative integers")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise BadRequest(f"inputs[{i}].datatype {str(datatype)[:40]!r} is not a v2 numeric datatype")
     dtype = np.dtype(DATATYPES[datatype])
-    size = int(np.prod(shape)) if shape else 1
-    params = tensor.get("parameters") or {}
+    if any(s > bound for s in shape) or math.prod(shape) > bound:  # each dimension first: no huge product
+        raise BadRequest(f"inputs[{i}].shape holds more elements than the body of {bound} bytes can")
+    size = math.prod(shape)
+    params = _dict_or_none(tensor.get("parameters"), f"inputs[{i}].parameters")
     if "binary_data_size" in params:
         n = params["binary_data_size"]
-        if not isinstance(n, int) or n != size * dtype.itemsize or at + n > len(raw):
-            raise BadRequest(f"inputs[{i}]: binary_data_size {n!r} does not hold shape {shape} of {datatype} "
+        if type(n) is not int or n != size * dtype.itemsize or at + n > len(raw):
+            raise BadRequest(f"inputs[{i}]: binary_data_size {str(n)[:40]} does not hold shape {shape} of {datatype} "
                              f"in the {len(raw) - at} bytes left")
         x = np.frombuffer(raw[at:at + n], dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-        return tensor.get("name"), x, n
+        return name, x, n
     data = tensor.get("data")
     if not isinstance(data, list):
         raise BadRequest(f"inputs[{i}].data must be a list")
-    try:
-        x = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
-        raise BadRequest(f"inputs[{i}].data is not a list of {datatype} values") from None
+    x = _values(data, dtype, datatype, f"inputs[{i}].data")
     if x.size != size:
         raise BadRequest(f"inputs[{i}].data has {x.size} values but shape {shape} needs {size}")
-    return tensor.get("name"), x.reshape(shape), 0
+    return name, x.reshape(shape), 0
 
 
 def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[Spec],
@@ -105,18 +178,16 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
         if not 0 < n <= len(body):
             raise BadRequest(f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes")
         body, raw = body[:n], body[n:]
-    try:
-        header = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"body is not valid JSON ({getattr(err, 'msg', type(err).__name__)})") from None
+    header = loads(body)
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise BadRequest('body must be {"inputs": [tensors]}')
+    _check_header(header)
     tensors = header["inputs"]
     if len(tensors) != len(specs):
         raise BadRequest(f"{len(tensors)} input tensors given; the model has {len(specs)}")
     got, at = {}, 0
     for i, t in enumerate(tensors):
-        name, x, used = _tensor(t, i, raw, at)
+        name, x, used = _tensor(t, i, raw, at, max(len(body) + len(raw), 1))
         at += used
         got[name if len(specs) > 1 else None] = x
     if at != len(raw):
@@ -131,6 +202,23 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
     if len({len(v) for v in out.values()}) > 1:
         raise BadRequest("the input tensors have different numbers of rows")
     return out, header
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"body holds {name}: not a number JSON allows")
+
+
+def loads(body: bytes) -> Any:
+    """JSON of a request body: invalid JSON, ``NaN``/``Infinity`` and nesting deeper than the
+    interpreter's recursion limit are :class:`BadRequest` (the last one was a 500)."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(f"body is not valid JSON ({getattr(err, 'msg', type(err).__name__)})") from None
+    except RecursionError:
+        raise BadRequest("body is JSON nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise BadRequest(f"body is not valid JSON ({str(err).split(':')[0][:80]})") from None
 
 
 def wants_binary(header: dict[str, Any]) -> bool:
