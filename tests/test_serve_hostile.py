@@ -74,3 +74,287 @@ def test_bundle_json_paths_stay_inside_the_bundle(onnx_bundle, tmp_path, artifac
     (b / "bundle.json").write_text(json.dumps({**info, "artifact": "model.onnx"}))
     shutil.copy(onnx_bundle / "model.onnx", b / "model.onnx")
     assert open_bundle(b).artifact.path == b / "model.onnx"  # the same bundle, its own artifact: fine
+
+
+# --- the builtin engine on loopback -------------------------------------------------------------
+
+LIMITS = {"header_timeout": 2.0, "body_timeout": 2.0, "idle_timeout": 2.0, "max_connections": 100,
+          "limit_concurrency": 90}
+
+
+@pytest.fixture(scope="module")
+def server(onnx_bundle, tmp_path_factory):
+    from workbench.serve import ServeOptions, engine, free_port
+
+    eng = engine("builtin", onnx_bundle, ServeOptions(port=free_port(), max_batch_size=8, max_queue_delay_ms=1,
+                                                      extra={"limits": LIMITS}))
+    eng.start(log=tmp_path_factory.mktemp("log") / "server.log")
+    try:
+        eng.wait_ready(120)
+        yield eng
+    finally:
+        eng.stop()
+
+
+def _post(url, body: bytes, content_type="application/json", timeout=20.0):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _one_line_error(status: int, body: bytes) -> str:
+    error = json.loads(body)["error"]
+    assert error and "\n" not in error
+    return error
+
+
+GOOD = {"name": "input", "shape": [1, 8, 8, 1], "datatype": "FP32", "data": [0.0] * 64}
+
+
+def _with(**fields) -> bytes:
+    return json.dumps({"inputs": [{**GOOD, **fields}]}).encode()
+
+
+def _data_with(value: str) -> bytes:
+    return _with().replace(b"[0.0, ", b"[" + value.encode() + b", ", 1)
+
+
+MALFORMED = {
+    "2 tensor parameters 5": _with(parameters=5),
+    "3 deep JSON": b"[" * 100_000 + b"]" * 100_000,
+    "4 wrapping shape": _with(shape=[4611686018427387904, 4], data=[]),
+    "4 5000-digit dimension": b'{"inputs":[{"name":"input","shape":[' + b"9" * 5000 + b',4],"datatype":"FP32","data":[]}]}',
+    "4 boolean dimensions": _with(shape=[True, 8, 8, True]),
+    "5 parameters list": json.dumps({"inputs": [GOOD], "parameters": [1]}).encode(),
+    "5 outputs 5": json.dumps({"inputs": [GOOD], "outputs": 5}).encode(),
+    "5 output parameters 5": json.dumps({"inputs": [GOOD], "outputs": [{"parameters": 5}]}).encode(),
+    "14 NaN": _data_with("NaN"),
+    "14 Infinity": _data_with("Infinity"),
+    "14 null": _data_with("null"),
+    "14 string": _data_with('"0.5"'),
+    "14 true": _data_with("true"),
+    "datatype list": _with(datatype=["FP32"]),
+    "name list": _with(name=[1]),
+    "id object": json.dumps({"inputs": [GOOD], "id": {"a": 1}}).encode(),
+}
+
+
+def test_malformed_requests_are_400_with_one_line_and_counted(server):
+    """Rows 2-5 and 14: each a 400 with a one-line JSON error, never a 500, before inference."""
+    before = server.metrics()
+    for what, body in MALFORMED.items():
+        status, answer = _post(server.infer_url, body)
+        assert status == 400, (what, status, answer[:200])
+        _one_line_error(status, answer)
+    assert _post(server.infer_url, _with())[0] == 200
+    after = server.metrics()
+    key = "workbench_requests_failure_total{code=400}"
+    assert after[key] - before.get(key, 0) == len(MALFORMED)
+    assert after.get("workbench_requests_failure_total{code=500}", 0) == 0
+    # nothing ran: the batches the server computed are its warm-up and the one valid request
+    assert after["workbench_batch_size_count"] - before["workbench_batch_size_count"] == 1
+
+
+def _raw(server) -> "socket.socket":
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", server.options.port), timeout=10)
+    return s
+
+
+def _read_all(s, limit: int = 1 << 16) -> bytes:
+    out = b""
+    try:
+        while len(out) < limit:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            out += chunk
+    except OSError:
+        pass
+    return out
+
+
+def test_a_huge_header_is_431_after_a_bounded_read(server):
+    """Row 1: the head is cut at the cap (32 KiB), not read to 128 MB; the server stays ready."""
+    s = _raw(server)
+    s.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent, chunk = 0, b"a" * 65536
+    try:
+        while sent < 128 * 2**20:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except OSError:  # the server closed it
+        pass
+    answer = _read_all(s)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 431") and b"connection: close" in answer.lower()
+    assert sent < 16 * 2**20  # refused within a few chunks of the cap, not after the whole value
+    assert server.ready()
+
+
+def test_slow_and_idle_connections_are_closed(server):
+    """Row 7: headers at 1 byte per 0.2 s get 408 after the header timeout; a body under the size
+    limit sent slowly gets 408 after the body timeout; connect-only sockets are closed after the
+    idle timeout; all the while valid requests are answered."""
+    import time
+
+    slow_head, slow_body, idle = _raw(server), _raw(server), [_raw(server) for _ in range(5)]
+    slow_body.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{")
+    t0, head = time.monotonic(), b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    for byte in head:
+        try:
+            slow_head.sendall(bytes([byte]))
+            slow_body.sendall(b" ")
+        except OSError:
+            break
+        time.sleep(0.2)
+        if time.monotonic() - t0 > 10:
+            break
+    assert _post(server.infer_url, _with())[0] == 200
+    for s, status in ((slow_head, b"408"), (slow_body, b"408")):
+        answer = _read_all(s)
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:100]
+    for s in idle:
+        s.settimeout(10)
+        assert _read_all(s) == b""  # closed by the server, well before the 10 s read timeout
+    assert time.monotonic() - t0 < 10 + LIMITS["idle_timeout"] + 5
+
+
+def test_connections_beyond_the_limit_get_503(server):
+    """Row 7: no more than max_connections at once; beyond, 503 and closed; then answers again."""
+    socks = [_raw(server) for _ in range(LIMITS["max_connections"] + 8)]
+    try:
+        refused = 0
+        for s in socks[LIMITS["max_connections"]:]:
+            s.settimeout(5)
+            answer = _read_all(s)
+            refused += answer.startswith(b"HTTP/1.1 503")
+        assert refused >= 8 - 1  # the probe of the fixture may still hold one connection
+    finally:
+        for s in socks:
+            s.close()
+    assert _post(server.infer_url, _with())[0] == 200
+
+
+def test_64_clients_mixing_valid_and_invalid_requests(server, digits):
+    """Row 6: no connection errors on valid requests; every invalid one is a counted 400."""
+    import asyncio
+
+    import aiohttp
+
+    from workbench.serve import protocol
+
+    valid = [protocol.request_json(digits.x_eval[i:i + 1]) for i in range(64)]
+    bad = list(MALFORMED.values())
+    before = server.metrics()
+
+    statuses: list[int] = []
+
+    async def client(k: int, session) -> tuple[int, int, int]:
+        ok = errors = invalid = 0
+        for j in range(12):
+            body = bad[(k + j) % len(bad)] if j % 3 == 2 else valid[(k + j) % len(valid)]
+            try:
+                async with session.post(server.infer_url, data=body,
+                                        headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    statuses.append(r.status)
+                    if j % 3 == 2:
+                        invalid += r.status == 400
+                    else:
+                        ok += r.status == 200
+            except aiohttp.ClientError:
+                errors += 1
+        return ok, errors, invalid
+
+    async def run():
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), timeout=timeout) as s:
+            return await asyncio.gather(*(client(k, s) for k in range(64)))
+
+    results = asyncio.run(run())
+    assert sum(e for _, e, _ in results) == 0
+    assert sum(o for o, _, _ in results) == 64 * 8 and sum(i for _, _, i in results) == 64 * 4, \
+        sorted(set(statuses))
+    after = server.metrics()
+    key = "workbench_requests_failure_total{code=400}"
+    assert after[key] - before.get(key, 0) == 64 * 4
+
+
+# --- the parser under random bodies (hypothesis) ------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from workbench.serve import protocol  # noqa: E402
+
+SPECS = [(None, (8, 8, 1), "float32")]
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=6)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=6), max_leaves=40)
+_field_values = st.sampled_from(["FP32", "FP64", "INT64", "BOOL", "BYTES"]) | _json
+_tensor = st.fixed_dictionaries({}, optional={
+    "name": st.sampled_from(["input", "x"]) | _json, "shape": st.lists(st.integers(-2, 2**64), max_size=5) | _json,
+    "datatype": _field_values, "data": st.lists(st.floats() | st.integers() | _scalars, max_size=80) | _json,
+    "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-1, 300) | _json,
+                                                      "binary_data": _json}) | _json})
+_request = st.fixed_dictionaries({}, optional={
+    "inputs": st.lists(_tensor, max_size=3) | _json, "outputs": st.lists(st.dictionaries(
+        st.sampled_from(["name", "parameters"]), _json, max_size=2), max_size=2) | _json,
+    "parameters": _json, "id": _json})
+
+
+def _parse(body: bytes, content_type: str = "application/json", headers: dict | None = None):
+    try:
+        x, header = protocol.parse(body, content_type, headers or {}, SPECS, 64)
+    except protocol.BadRequest as err:
+        assert str(err) and "\n" not in str(err)
+        return None
+    protocol.encode(np.zeros((len(x), 10), np.float32), header, "model", "output")  # what follows inference
+    return x
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_request, st.binary(max_size=600), st.booleans())
+def test_random_json_and_binary_bodies_are_answers_or_bad_requests(request, raw, binary):
+    head = json.dumps(request, allow_nan=True).encode()
+    if binary:
+        _parse(head + raw, protocol.NPY, {protocol.HEADER_LENGTH: str(len(head))})
+    else:
+        _parse(head)
+    _parse(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3), st.sampled_from(["<f4", "<f8", ">f4", "|u1", "<i8", "|b1", "<U3", "|O"]),
+       st.lists(st.integers(0, 9), max_size=5), st.binary(max_size=300), st.integers(0, 200))
+def test_random_npy_bodies_are_answers_or_bad_requests(version, descr, shape, payload, cut):
+    header = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
+    body = b"\x93NUMPY" + bytes([max(version, 1), 0]) + len(header).to_bytes(2, "little") + header.encode() + payload
+    _parse(body[: len(body) - cut] if cut < len(body) else body, protocol.NPY)
+    x = np.random.default_rng(cut).random((1, 8, 8, 1)).astype(np.float32)
+    x.flat[cut % 64] = [np.nan, np.inf, 0.5][version % 3]
+    assert (_parse(protocol.request_npy(x), protocol.NPY) is None) == (version % 3 != 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_request, st.binary(max_size=400))
+def test_random_bodies_never_give_a_500_from_the_server(server, request, raw):
+    """The same strategies against the live server: 400 or 200, and it keeps answering."""
+    for body in (json.dumps(request, allow_nan=True).encode(), raw):
+        for ctype in ("application/json", protocol.NPY):
+            status, answer = _post(server.infer_url, body, ctype)
+            assert status in (200, 400), (status, body[:200])
+
+
+def test_the_server_still_answers_after_the_random_bodies(server):
+    assert _post(server.infer_url, _with())[0] == 200
+    assert server.metrics().get("workbench_requests_failure_total{code=500}", 0) == 0

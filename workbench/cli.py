@@ -296,7 +296,8 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--trust-model-code", action="store_true",
                     help="let the model run Python code it carries (a .keras Lambda layer); a bundle's "
                          "own config.json never decides this")
-    sv.add_argument("--log", help="append the server's output to this file")
+    sv.add_argument("--log", help="append the server's output to this file (default: its errors "
+                                               "and tracebacks on this terminal's stderr)")
     sv.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the model")
     sv.set_defaults(func=_serve)
 

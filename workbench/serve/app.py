@@ -5,30 +5,43 @@ Run as its own process (``python -m workbench.serve.app BUNDLE --port P ...``); 
 drains: uvicorn stops accepting, in-flight requests are answered, then the batcher stops. With
 ``--parent-pid`` the server also exits when that process is gone (a sweep killed with SIGKILL
 leaves no server behind).
+
+Hostile input: limits before parsing are :mod:`workbench.serve.guard`'s (header size, read
+deadlines, connections); a body over ``max_body_bytes`` is refused before it is read; a body over
+``LARGE_BODY`` is read and parsed by at most ``LARGE_AT_ONCE`` requests at a time, its JSON in a
+thread, so that one client's 16 MiB bodies neither hold the event loop (health probes stay fast)
+nor multiply the memory. Anything malformed is a 400 (:mod:`workbench.serve.protocol`); an error
+the server did not expect is still an answer: a one-line 500 on a connection that stays usable,
+counted in ``workbench_requests_failure_total``, its traceback in the server's log (stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from workbench.core.errors import WorkbenchError
 from workbench.export.bundle import open_bundle
-from workbench.serve import protocol, watch_parent
+from workbench.serve import guard, protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
 
 MAX_ROWS = 1024
+LARGE_BODY = 2**20  # bytes: bodies above are read and parsed LARGE_AT_ONCE at a time, off the event loop
+LARGE_AT_ONCE = 2
+log = logging.getLogger("workbench.serve")
 
 
 @dataclass
@@ -43,6 +56,7 @@ class Options:
     instance_kind: str = "auto"  # thread | process | auto (threads if run() releases the GIL)
     max_body_bytes: int = 16 * 2**20
     trust_model_code: bool = False  # from the operator's command line only (see open_bundle)
+    limits: dict = field(default_factory=dict)  # guard.Limits fields
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -54,6 +68,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
     bundle = open_bundle(bundle_path, opts.trust_model_code)
     metrics = ServerMetrics()
     state: dict = {"ready": False}
+    large = asyncio.Semaphore(LARGE_AT_ONCE)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -114,7 +129,13 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
 
     async def infer(request: Request) -> Response:
         t0 = time.perf_counter()
-        response = await _infer(request)
+        try:
+            response = await _infer(request)
+        except ClientDisconnect:  # gone (or timed out by the guard) mid-body: nobody to answer
+            response = _error(408, "client disconnected before its body was read")
+        except Exception as err:  # noqa: BLE001 - a bug, not the client's: answered, counted, logged
+            log.exception("infer failed")
+            response = _error(500, f"internal error: {type(err).__name__}")
         if response.status_code == 200:
             metrics.success.inc()
             metrics.request.observe(time.perf_counter() - t0)
@@ -130,17 +151,14 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > opts.max_body_bytes:
             return _error(400, f"body of {declared} bytes is over the limit of {opts.max_body_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > opts.max_body_bytes:
-                return _error(400, f"body is over the limit of {opts.max_body_bytes} bytes")
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            x, header = protocol.parse(bytes(body), headers.get("content-type", ""), headers,
-                                       bundle.inputs, MAX_ROWS)
-        except protocol.BadRequest as err:
-            return _error(400, str(err))
+        if declared and declared.isdigit() and int(declared) <= LARGE_BODY:
+            parsed = await _read_and_parse(request, False)
+        else:
+            async with large:
+                parsed = await _read_and_parse(request, True)
+        if isinstance(parsed, Response):
+            return parsed
+        x, header = parsed
         try:
             y = await state["batcher"].submit(x)
         except QueueFull as err:
@@ -149,6 +167,21 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
             return _error(500, f"inference failed: {type(err).__name__}: {err}")
         content, out_headers = protocol.encode(y, header, opts.name, "output")
         return Response(content, headers=out_headers)
+
+    async def _read_and_parse(request: Request, in_thread: bool):
+        """The model inputs and JSON header of the request, or the 400 that refuses it."""
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > opts.max_body_bytes:
+                return _error(400, f"body is over the limit of {opts.max_body_bytes} bytes")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        args = (bytes(body), headers.get("content-type", ""), headers, bundle.inputs, MAX_ROWS)
+        del body
+        try:
+            return await asyncio.to_thread(protocol.parse, *args) if in_thread else protocol.parse(*args)
+        except protocol.BadRequest as err:
+            return _error(400, str(err))
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -172,16 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
 
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
-        app = build_app(args.bundle, Options(**json.loads(args.options)))
+        opts = Options(**json.loads(args.options))
+        limits = guard.Limits(**opts.limits)
+        app = build_app(args.bundle, opts)
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     if args.parent_pid:
         watch_parent(args.parent_pid)
-    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
-                            log_level="warning", access_log=False, timeout_graceful_shutdown=30,
-                            backlog=2048, timeout_keep_alive=30)
+    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http=guard.protocol(limits),
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                            backlog=2048, timeout_keep_alive=limits.idle_timeout,
+                            limit_concurrency=limits.limit_concurrency)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

@@ -90,16 +90,18 @@ class Engine:
         raise NotImplementedError
 
     def start(self, log: str | Path | None = None, watch_parent: bool = True) -> None:
-        """Start the server in its own process group (output to ``log`` if given)."""
+        """Start the server in its own process group (output to ``log`` if given; else its
+        stderr, where tracebacks go, is this process's own: never /dev/null)."""
         check_port(self.options.host, self.options.port)
         cmd = self.command()
         if watch_parent:
             cmd += ["--parent-pid", str(os.getpid())]
         out = open(log, "ab") if log else subprocess.DEVNULL
+        err = subprocess.STDOUT if log else None
         self.log_path = Path(log) if log else None
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
                                                                        os.environ.get("PYTHONPATH", "")] if p)}
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, env=env)
         if log:
             out.close()
 

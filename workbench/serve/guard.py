@@ -1,0 +1,109 @@
+"""Limits before parsing for the builtin engine: uvicorn's httptools protocol with a header cap,
+read deadlines and a connection cap.
+
+httptools accumulates a header value by concatenation, so one request with a 128 MB header cost
+18 s of CPU and stalled every other client; a client sending its headers or body at 1 byte/s,
+or connecting and sending nothing, held its connection (and a file descriptor) forever. Each
+limit here answers before the request reaches the app, in one line of JSON, and closes the
+connection, saying so (``connection: close``):
+
+* the head of a request (request line and headers) over ``max_header_bytes``: 431;
+* the head not complete ``header_timeout`` seconds after its first byte, or the body not
+  complete ``body_timeout`` seconds after the head: 408;
+* a connection that sends nothing for ``idle_timeout`` seconds (connect-only sockets too, not
+  only after a response as uvicorn does): closed;
+* a connection beyond ``max_connections``: 503. Below it, uvicorn's own ``limit_concurrency``
+  answers 503 to requests while too many are in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 32 * 2**10
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 30.0  # also uvicorn's keep-alive timeout
+    max_connections: int = 512
+    limit_concurrency: int = 384
+
+
+def _answer(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+def protocol(limits: Limits) -> type[HttpToolsProtocol]:
+    """The httptools protocol class of uvicorn, guarded by ``limits`` (``uvicorn.Config(http=...)``)."""
+
+    class Guarded(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_bytes, self._in_head, self._deadline = 0, False, None
+            if len(self.connections) > limits.max_connections:
+                self._refuse(503, "Service Unavailable",
+                             f"over {limits.max_connections} connections; retry later")
+                return
+            self.timeout_keep_alive_task = self.loop.call_later(limits.idle_timeout, self.timeout_keep_alive_handler)
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_head and not self.transport.is_closing():
+                self._head_bytes += len(data)  # counted after feeding: at most one chunk beyond the cap
+                if self._head_bytes > limits.max_header_bytes:
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"request head over {limits.max_header_bytes} bytes")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_bytes, self._in_head = 0, True
+            self._arm(limits.header_timeout, f"request head not received within {limits.header_timeout:g} s")
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._arm(limits.body_timeout, f"request body not received within {limits.body_timeout:g} s")
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def _arm(self, seconds: float, message: str) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._expire, message)
+
+        def _disarm(self) -> None:
+            if getattr(self, "_deadline", None) is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self, message: str) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+                self.transport.close()  # an answer is being written: no status line can follow
+                return
+            if self.cycle is not None:
+                self.cycle.disconnected = True  # the app's receive() ends: it answers nobody
+                self.cycle.message_event.set()
+            self._refuse(408, "Request Timeout", message)
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            self._in_head = False
+            self._disarm()
+            self.transport.write(_answer(status, reason, message))
+            self.transport.close()
+
+    return Guarded
