@@ -358,3 +358,86 @@ def test_random_bodies_never_give_a_500_from_the_server(server, request, raw):
 def test_the_server_still_answers_after_the_random_bodies(server):
     assert _post(server.infer_url, _with())[0] == 200
     assert server.metrics().get("workbench_requests_failure_total{code=500}", 0) == 0
+
+
+def _vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.fixture
+def default_server(onnx_bundle, tmp_path):
+    from workbench.serve import ServeOptions, engine, free_port
+
+    eng = engine("builtin", onnx_bundle, ServeOptions(port=free_port()))
+    eng.start(log=tmp_path / "server.log")
+    try:
+        eng.wait_ready(120)
+        yield eng
+    finally:
+        eng.stop()
+
+
+@pytest.mark.slow
+def test_large_bodies_at_once_keep_probes_fast_and_memory_bounded(default_server, digits):
+    """Row 8: 32 concurrent bodies near the 16 MiB limit: two are read and parsed at a time, in a
+    thread, a few wait, the rest get 503 before they are read. The liveness probe answers while
+    they are in flight, and the server's peak memory grows by less than the 32 bodies themselves
+    (parsing all at once took about 9 times that)."""
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from workbench.serve import protocol
+
+    server = default_server
+
+    body = protocol.request_json(np.repeat(digits.x_eval[:1], 1000, axis=0))  # 1000 rows, ~1.4 MB
+    body = protocol.request_json(np.repeat(digits.x_eval[:1], int(1000 * 15 * 2**20 / len(body)), axis=0))
+    assert 8 * 2**20 < len(body) < 16 * 2**20
+    base = _vm(server.proc.pid, "VmRSS")
+    statuses: list[int] = []
+    probes: list[float] = []
+
+    def send():
+        try:
+            statuses.append(_post(server.infer_url, body, timeout=120)[0])
+        except (urllib.error.URLError, OSError):  # a 503 sent before the body was read resets the send
+            statuses.append(0)
+
+    threads = [threading.Thread(target=send) for _ in range(32)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(f"{server.url}/v2/health/live", timeout=30) as r:
+            assert r.status == 200
+        probes.append(time.perf_counter() - t0)
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    assert statuses.count(400) >= 2 and set(statuses) <= {400, 503, 0}  # 400: over MAX_ROWS (1024), parsed
+    assert server.metrics()["workbench_requests_failure_total{code=503}"] + statuses.count(400) == 32
+    peak = _vm(server.proc.pid, "VmHWM")
+    print(f"row 8: probe max {max(probes):.3f} s over {len(probes)} probes; peak RSS growth "
+          f"{(peak - base) / 2**20:.0f} MiB for 32 bodies of {len(body) / 2**20:.1f} MiB")
+    assert peak - base < 32 * len(body)
+
+
+def test_a_slow_body_does_not_hold_sigterm(default_server):
+    """Row 7: a body trickling in under the size limit no longer delays SIGTERM by 30 s: the
+    graceful shutdown gives in-flight requests 5 s, then the server exits on its own."""
+    import signal
+    import time
+
+    s = _raw(default_server)
+    s.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    code = default_server.stop(timeout=25)
+    elapsed = time.monotonic() - t0
+    s.close()
+    assert code in (0, -signal.SIGTERM) and elapsed < 15, (code, elapsed)

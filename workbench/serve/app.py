@@ -10,7 +10,8 @@ Hostile input: limits before parsing are :mod:`workbench.serve.guard`'s (header 
 deadlines, connections); a body over ``max_body_bytes`` is refused before it is read; a body over
 ``LARGE_BODY`` is read and parsed by at most ``LARGE_AT_ONCE`` requests at a time, its JSON in a
 thread, so that one client's 16 MiB bodies neither hold the event loop (health probes stay fast)
-nor multiply the memory. Anything malformed is a 400 (:mod:`workbench.serve.protocol`); an error
+nor multiply the memory (parsing JSON takes about 9 times the body); beyond ``LARGE_WAITING``
+waiting their turn, a large body gets 503 before it is read. Anything malformed is a 400 (:mod:`workbench.serve.protocol`); an error
 the server did not expect is still an answer: a one-line 500 on a connection that stays usable,
 counted in ``workbench_requests_failure_total``, its traceback in the server's log (stderr).
 """
@@ -41,6 +42,7 @@ from workbench.serve.metrics import ServerMetrics
 MAX_ROWS = 1024
 LARGE_BODY = 2**20  # bytes: bodies above are read and parsed LARGE_AT_ONCE at a time, off the event loop
 LARGE_AT_ONCE = 2
+LARGE_WAITING = 6  # large bodies waiting their turn beyond these get 503 before they are read
 log = logging.getLogger("workbench.serve")
 
 
@@ -69,6 +71,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
     metrics = ServerMetrics()
     state: dict = {"ready": False}
     large = asyncio.Semaphore(LARGE_AT_ONCE)
+    large_count = [0]  # large bodies being read, parsed or waiting to be
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -153,9 +156,15 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
             return _error(400, f"body of {declared} bytes is over the limit of {opts.max_body_bytes}")
         if declared and declared.isdigit() and int(declared) <= LARGE_BODY:
             parsed = await _read_and_parse(request, False)
+        elif large_count[0] >= LARGE_AT_ONCE + LARGE_WAITING:
+            return _error(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later")
         else:
-            async with large:
-                parsed = await _read_and_parse(request, True)
+            large_count[0] += 1
+            try:
+                async with large:
+                    parsed = await _read_and_parse(request, True)
+            finally:
+                large_count[0] -= 1
         if isinstance(parsed, Response):
             return parsed
         x, header = parsed
