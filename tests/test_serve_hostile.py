@@ -78,8 +78,8 @@ def test_bundle_json_paths_stay_inside_the_bundle(onnx_bundle, tmp_path, artifac
 
 # --- the builtin engine on loopback -------------------------------------------------------------
 
-LIMITS = {"header_timeout": 2.0, "body_timeout": 2.0, "idle_timeout": 2.0, "max_connections": 100,
-          "limit_concurrency": 90}
+LIMITS = {"header_timeout": 2.0, "body_timeout": 2.0, "idle_timeout": 2.0, "max_connections": 150,
+          "limit_concurrency": 140}
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +230,8 @@ def test_slow_and_idle_connections_are_closed(server):
 
 def test_connections_beyond_the_limit_get_503(server):
     """Row 7: no more than max_connections at once; beyond, 503 and closed; then answers again."""
+    import time
+
     socks = [_raw(server) for _ in range(LIMITS["max_connections"] + 8)]
     try:
         refused = 0
@@ -241,6 +243,7 @@ def test_connections_beyond_the_limit_get_503(server):
     finally:
         for s in socks:
             s.close()
+    time.sleep(1)  # the server sees the closes (the next test wants its connections back)
     assert _post(server.infer_url, _with())[0] == 200
 
 
