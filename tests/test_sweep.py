@@ -165,6 +165,7 @@ def test_sweep_runs_a_failing_configuration_once_and_tells_the_sampler(tmp_path,
     assert len(failed) == 1 and "failing-quantizer 1.0 quantize failed" in failed[0].user_attrs["error"]
     assert [t.user_attrs["params"]["failing_quant"] for t in ran].count(1) == 1
     repeats = [t for t in study.trials if t.user_attrs.get("duplicate_of") == failed[0].number]
-    # proposed again by the sampler: skipped, told as PRUNED (TPE counts it among the bad trials)
-    assert repeats and all(t.state.name == "PRUNED" for t in repeats)
+    # proposed again by the sampler: skipped, told as PRUNED (TPE counts it among the bad trials);
+    # a finite space is enumerated once the sampler repeats itself, so there may be none
+    assert all(t.state.name == "PRUNED" for t in repeats)
     assert all("same parameters as failed trial" in t.user_attrs["reason"] for t in repeats)

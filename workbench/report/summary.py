@@ -87,7 +87,8 @@ def asked_metric(best: dict) -> tuple[str, str]:
     col = best.get("primary_metric") or "latency_p90_ms"
     name, unit = METRIC_NAMES.get(col, (f"{col.removeprefix('latency_').removesuffix('_ms')} latency", "ms"))
     r = best.get("row") or {}
-    text = f"{_nan(r.get(col)):.4g} {unit}" + (f" per batch of {r['batch_size']}" if unit == "ms" else "")
+    batch = f" per batch of {r['batch_size']}" if unit == "ms" and r.get("batch_size") is not None else ""
+    text = f"{_nan(r.get(col)):.4g} {unit}{batch}"
     text += " (sweep)"
     if best.get("decided_by") == "interleaved re-measurement" and best.get("primary_value") is not None:
         text += f"; {best['primary_value']:.4g} {unit} in the interleaved re-measurement"
