@@ -56,7 +56,8 @@ def test_cli_sweep_end_to_end_and_resume(tmp_path):
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
 
     best = json.loads((run_dir / "best.json").read_text())
-    assert best["trial"] in set(trials.trial.astype(str)) and best["reason"]
+    # a trial, or the fp32 baseline kept when nothing tried beats it (issue 19)
+    assert best["trial"] in set(df.trial.astype(str)) and best["reason"]
     assert (run_dir / "pareto.png").stat().st_size > 5000
     assert "## Recommendation" in (run_dir / "report.md").read_text()
     assert json.loads((run_dir / "environment.json").read_text())["cpu"]["cores"] >= 1
