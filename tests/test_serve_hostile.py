@@ -3,6 +3,7 @@ tries to run code or read outside itself, malformed requests (400 with one line,
 header and connection limits, and a mixed crowd of clients that sees no connection errors."""
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +162,7 @@ def test_malformed_requests_are_400_with_one_line_and_counted(server):
     assert after["workbench_batch_size_count"] - before["workbench_batch_size_count"] == 1
 
 
-def _raw(server) -> "socket.socket":
-    import socket
-
+def _raw(server) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", server.options.port), timeout=10)
     return s
 
@@ -439,8 +438,8 @@ def test_a_slow_body_does_not_hold_sigterm(default_server):
     s = _raw(default_server)
     s.sendall(b"POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
     time.sleep(0.5)
-    t0 = time.monotonic()
+    # stop() SIGKILLs after 25 s: an exit code of the server's own says it drained by itself
+    # (the old 30 s drain ended in SIGKILL); how long it took is not asserted on a shared machine
     code = default_server.stop(timeout=25)
-    elapsed = time.monotonic() - t0
     s.close()
-    assert code in (0, -signal.SIGTERM) and elapsed < 15, (code, elapsed)
+    assert code in (0, -signal.SIGTERM), code

@@ -142,14 +142,20 @@ def test_recommendation_is_the_highest_qps_and_ties_go_to_the_smallest():
     assert choose.choose(clear, INFO)["trial"] == "1"
 
 
-def test_decide_skips_the_in_process_remeasurement_for_server(tmp_path):
-    """decide() on a server run writes best.json without re-measuring, and says why."""
+def _server_run_dir(tmp_path):
+    """A run directory of a server experiment (run.json and experiment.yaml, no study)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({**{k: INFO[k] for k in ("experiment", "study", "objectives",
                                                                            "max_accuracy_drop")},
                                                   "storage": "unused"}))
     (run_dir / "experiment.yaml").write_text("scenario: server\nslo_ms: 10.0\nslo_percentile: 99.0\n")
+    return run_dir
+
+
+def test_decide_skips_the_in_process_remeasurement_for_server(tmp_path):
+    """decide() on a server run writes best.json without re-measuring, and says why."""
+    run_dir = _server_run_dir(tmp_path)
     df = _server_table([dict(max_qps_at_slo=1000.0, size_bytes=900), dict(max_qps_at_slo=1010.0, artifact="/none")])
     doc = best_mod.decide(run_dir, df=df)  # two leaders: a single_stream run would re-measure them
     assert doc["trial"] == "0" and doc["tie"] and doc["decided_by"] == "sweep measurements"  # within 2%: smaller
@@ -174,12 +180,7 @@ def test_an_invalid_load_run_is_marked_in_the_table_best_json_and_the_report(tmp
                                                                "load_invalid_reason": ""}, table.SERVER_NEEDED)
     assert valid_row["load_valid"] is True and valid_row["load_invalid_reason"] is None
     assert "load_valid" in table.SERVER_SUMMARY_COLUMNS
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps({**{k: INFO[k] for k in ("experiment", "study", "objectives",
-                                                                           "max_accuracy_drop")},
-                                                  "storage": "unused"}))
-    (run_dir / "experiment.yaml").write_text("scenario: server\nslo_ms: 10.0\nslo_percentile: 99.0\n")
+    run_dir = _server_run_dir(tmp_path)
     reasons = {"load_invalid_reason": "4.0% of sends were more than 1 ms late"}
     df = _server_table([dict(max_qps_at_slo=800.0, load_valid=False, **reasons),
                         dict(max_qps_at_slo=500.0, load_valid=True)])
