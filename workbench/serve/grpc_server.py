@@ -39,6 +39,7 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
+import workbench
 from workbench.serve import protocol
 from workbench.serve.base import grpc_address
 from workbench.serve.batcher import Batcher, QueueFull
@@ -145,7 +146,7 @@ class Service(GRPCInferenceServiceServicer):
         return ModelReadyResponse(ready=self.model.ready())
 
     async def ServerMetadata(self, request, context):
-        return ServerMetadataResponse(name="workbench", version="1", extensions=[])
+        return ServerMetadataResponse(name="workbench", version=workbench.__version__, extensions=[])
 
     async def ModelMetadata(self, request, context):
         await self._known(request.name, context)
