@@ -4,7 +4,8 @@ Run as its own process (``python -m workbench.serve.app BUNDLE --port P ...``); 
 :mod:`workbench.serve.engines` starts it in a process group of its own and stops it. SIGTERM
 drains: uvicorn stops accepting, in-flight requests are answered, then the batcher stops. With
 ``--parent-pid`` the server also exits when that process is gone (a sweep killed with SIGKILL
-leaves no server behind).
+leaves no server behind). With ``grpc_port`` in the options, the v2 gRPC service
+(:mod:`workbench.serve.grpc_server`) runs on the same event loop and batcher, and stops after REST.
 
 Hostile input: limits before parsing are :mod:`workbench.serve.guard`'s (header size, read
 deadlines, connections); a body over ``max_body_bytes`` is refused before it is read; a body over
