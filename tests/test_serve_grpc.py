@@ -140,11 +140,15 @@ def test_bad_requests_are_invalid_argument(bundle, session, digits):  # noqa: F8
                 "raw and contents": both,
             }
             codes = {k: await status(stub.ModelInfer(v)) for k, v in bad.items()}
+            as_bytes = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # no serializer: bytes sent as they are
+            for what, raw in (("not protobuf", b"\xff\xff\xff\xff"), ("a truncated field", b"\x0a\x10ab")):
+                codes[what] = await status(as_bytes(raw))
+            unimplemented = await status(ch.unary_unary("/inference.GRPCInferenceService/RepositoryModelLoad")(b""))
             big = await status(stub.ModelInfer(infer_request(np.zeros([1200, *shape[1:]], np.float32), raw=True)))
             after = await stub.ModelInfer(infer_request(x))  # still serving
-        return ok, ok_raw, codes, big, after
+        return ok, ok_raw, codes, big, after, unimplemented
 
-    ok, ok_raw, codes, big, after = asyncio.run(run())
+    ok, ok_raw, codes, big, after, unimplemented = asyncio.run(run())
     want = session.run(x)
     assert ok.id == "a" and not ok.raw_output_contents and list(ok.outputs[0].shape) == list(want.shape)
     assert np.array_equal(np.asarray(ok.outputs[0].contents.fp32_contents, np.float32).reshape(want.shape), want)
@@ -154,6 +158,7 @@ def test_bad_requests_are_invalid_argument(bundle, session, digits):  # noqa: F8
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (what, code, details)
         assert details and "\n" not in details, what
     assert big[0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # over max_body_bytes: refused before parsing
+    assert unimplemented[0] == grpc.StatusCode.UNIMPLEMENTED  # KServe's repository calls: not served
 
 
 def test_rest_and_grpc_share_one_batcher(bundle, tmp_path, digits, session):  # noqa: F811

@@ -9,7 +9,8 @@ calls in flight are answered within ``GRACE`` seconds, then the batcher stops.
 Requests are checked as REST checks them (:func:`workbench.serve.protocol.model_inputs`: the
 model's datatype, shape and rows, finite values) after the gRPC-specific ones here (a v2
 datatype, non-negative dimensions, exactly as many values - raw bytes or typed contents - as the
-shape needs). A malformed request is ``INVALID_ARGUMENT`` with one line naming what was wrong;
+shape needs), and after parsing the message in the call (bytes that are not the call's protobuf
+are malformed too). A malformed request is ``INVALID_ARGUMENT`` with one line naming what was wrong;
 a message over ``max_message_bytes`` is ``RESOURCE_EXHAUSTED`` (grpcio's own limit, before it is
 parsed); an unknown model ``NOT_FOUND``; a full queue or a model not yet ready ``UNAVAILABLE``.
 The answer comes in the request's form: ``raw_output_contents`` for ``raw_input_contents``,
@@ -38,21 +39,21 @@ from typing import Any, Callable
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 import workbench
-from workbench.serve import protocol
+from workbench.serve import grpc_predict_v2_pb2, protocol
 from workbench.serve.base import grpc_address
 from workbench.serve.batcher import Batcher, QueueFull
 from workbench.serve.grpc_predict_v2_pb2 import (InferTensorContents, ModelInferRequest, ModelInferResponse,
                                                  ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse,
                                                  ServerMetadataResponse, ServerReadyResponse)
-from workbench.serve.grpc_predict_v2_pb2_grpc import (GRPCInferenceServiceServicer,
-                                                      add_GRPCInferenceServiceServicer_to_server)
 from workbench.serve.metrics import ServerMetrics
 
 GRACE = 5.0  # seconds calls in flight get on shutdown (uvicorn's timeout_graceful_shutdown too)
-SERVICE = "/inference.GRPCInferenceService/"
-OPEN_METHODS = {SERVICE + m for m in ("ServerLive", "ServerReady", "ModelReady")}  # health probes: no token
+SERVICE = "inference.GRPCInferenceService"
+METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+OPEN_METHODS = {f"/{SERVICE}/{m}" for m in ("ServerLive", "ServerReady", "ModelReady")}  # health probes: no token
 # the typed-contents field of each v2 datatype (FP16 has none: raw_input_contents only)
 TYPED = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents",
          "INT8": "int_contents", "UINT8": "uint_contents", "BOOL": "bool_contents"}
@@ -129,8 +130,9 @@ def encode(y: np.ndarray, request: ModelInferRequest, model: str) -> ModelInferR
     return answer
 
 
-class Service(GRPCInferenceServiceServicer):
-    """The six calls of the v2 gRPC protocol on the REST app's model."""
+class Service:
+    """The six calls of the v2 gRPC protocol on the REST app's model (the repository calls of
+    KServe's .proto are not served: grpcio answers them ``UNIMPLEMENTED``)."""
 
     def __init__(self, model: Model):
         self.model = model
@@ -210,6 +212,26 @@ async def _refuse(request, context):
 _refusal = grpc.unary_unary_rpc_method_handler(_refuse)
 
 
+def handlers(service: Service) -> grpc.GenericRpcHandler:
+    """The service's calls, each parsing its own request: a message that is not the call's
+    protobuf is ``INVALID_ARGUMENT`` (given to grpcio to parse, it was ``UNKNOWN`` and a traceback)."""
+    methods = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name
+    out = {}
+    for name in METHODS:
+        request = getattr(grpc_predict_v2_pb2, methods[name].input_type.name)
+        response = getattr(grpc_predict_v2_pb2, methods[name].output_type.name)
+
+        async def call(raw: bytes, context, impl=getattr(service, name), request=request):
+            try:
+                message = request.FromString(raw)
+            except DecodeError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err).splitlines()[0][:300])
+            return await impl(message, context)
+
+        out[name] = grpc.unary_unary_rpc_method_handler(call, response_serializer=response.SerializeToString)
+    return grpc.method_handlers_generic_handler(SERVICE, out)
+
+
 async def start(model: Model, host: str, port: int, auth_token: str | None = None,
                 max_message_bytes: int = 16 * 2**20) -> grpc.aio.Server:
     """The gRPC server, listening on ``host:port`` on the running event loop. A port it cannot
@@ -219,7 +241,7 @@ async def start(model: Model, host: str, port: int, auth_token: str | None = Non
         interceptors=[_Token(auth_token)] if auth_token else [],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes)])
-    add_GRPCInferenceServiceServicer_to_server(Service(model), server)
+    server.add_generic_rpc_handlers((handlers(Service(model)),))
     try:
         server.add_insecure_port(grpc_address(host, port))
     except RuntimeError:
