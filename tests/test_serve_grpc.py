@@ -161,6 +161,20 @@ def test_bad_requests_are_invalid_argument(bundle, session, digits):  # noqa: F8
     assert unimplemented[0] == grpc.StatusCode.UNIMPLEMENTED  # KServe's repository calls: not served
 
 
+def test_calls_beyond_max_connections_are_resource_exhausted(bundle, digits):  # noqa: F811
+    x = np.ascontiguousarray(digits.x_eval[:1])
+
+    async def run():
+        app, target = in_process(bundle, limits={"max_connections": 2}, max_batch_size=8,
+                                 max_queue_delay_ms=1000, batch_policy="delay")
+        async with app.router.lifespan_context(app), grpc.aio.insecure_channel(target) as ch:
+            stub = GRPCInferenceServiceStub(ch)
+            return await asyncio.gather(*(status(stub.ModelInfer(infer_request(x), timeout=30)) for _ in range(4)))
+
+    codes = sorted(code.name for code, _ in asyncio.run(run()))
+    assert codes == ["OK", "OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
+
+
 def test_rest_and_grpc_share_one_batcher(bundle, tmp_path, digits, session):  # noqa: F811
     """With a long batching delay, one REST and one gRPC request leave in one batch of two."""
     eng = start(bundle, tmp_path, grpc_port=free_port(), max_batch_size=2, max_queue_delay_ms=60_000,

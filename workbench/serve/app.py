@@ -103,7 +103,8 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
         if opts.grpc_port is not None:  # listening before REST says ready
             model = grpc_server.Model(opts.name, bundle.inputs, MAX_ROWS, lambda: state["ready"],
                                       lambda: state["batcher"], metadata, metrics)
-            rpc = await grpc_server.start(model, host, opts.grpc_port, auth_token, opts.max_body_bytes)
+            rpc = await grpc_server.start(model, host, opts.grpc_port, auth_token, opts.max_body_bytes,
+                                          guard.Limits(**opts.limits))
         state["ready"] = True
         yield
         state["ready"] = False

@@ -45,6 +45,7 @@ import workbench
 from workbench.serve import grpc_predict_v2_pb2, protocol
 from workbench.serve.base import grpc_address
 from workbench.serve.batcher import Batcher, QueueFull
+from workbench.serve.guard import Limits
 from workbench.serve.grpc_predict_v2_pb2 import (InferTensorContents, ModelInferRequest, ModelInferResponse,
                                                  ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse,
                                                  ServerMetadataResponse, ServerReadyResponse)
@@ -233,14 +234,17 @@ def handlers(service: Service) -> grpc.GenericRpcHandler:
 
 
 async def start(model: Model, host: str, port: int, auth_token: str | None = None,
-                max_message_bytes: int = 16 * 2**20) -> grpc.aio.Server:
+                max_message_bytes: int = 16 * 2**20, limits: Limits = Limits()) -> grpc.aio.Server:
     """The gRPC server, listening on ``host:port`` on the running event loop. A port it cannot
     bind is a :class:`RuntimeError` naming it (``SO_REUSEPORT`` is off: another server's port
-    is refused, never shared)."""
+    is refused, never shared). REST's limits hold here too: calls beyond ``max_connections`` at
+    once are ``RESOURCE_EXHAUSTED``; a connection idle for ``idle_timeout`` is closed."""
     server = grpc.aio.server(
         interceptors=[_Token(auth_token)] if auth_token else [],
+        maximum_concurrent_rpcs=limits.max_connections,
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes)])
+                 ("grpc.max_send_message_length", max_message_bytes),
+                 ("grpc.max_connection_idle_ms", int(limits.idle_timeout * 1000))])
     server.add_generic_rpc_handlers((handlers(Service(model)),))
     try:
         server.add_insecure_port(grpc_address(host, port))
