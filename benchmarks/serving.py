@@ -13,7 +13,10 @@ the page records the load average before and after).
   ``max_batch_size: 1``, at the same SLO;
 * server p50 at a low rate (20 QPS, policy idle) vs the in-process p50 of the same session;
 * the load generator vs ``mlcommons-loadgen``'s Server scenario: only when ``mlperf_loadgen``
-  imports (it is not a dependency); otherwise the page says so.
+  imports (it is not a dependency); otherwise the page says so;
+* gRPC beside REST (:func:`grpc_side_by_side`, its own section and ``serving_grpc.json``;
+  ``--grpc`` measures only it): one builtin server with ``--grpc-port``, closed-loop clients at
+  c=1 and c=8, REST and gRPC alternated in rounds, in one run.
 """
 
 from __future__ import annotations
@@ -139,6 +142,133 @@ def loadgen_comparison(rate: float = 200.0, seconds: float = 10.0, repeats: int 
     return {"rate": rate, "seconds": seconds, "rows": rows}
 
 
+GRPC_CONFIGS = {"batch 1": dict(max_batch_size=1, batch_policy="idle"),
+                "batch<=8 idle": dict(max_batch_size=8, batch_policy="idle")}
+GRPC_CLIENTS = ("REST JSON", "REST binary (.npy)", "gRPC raw_input_contents", "gRPC typed contents")
+GRPC_ROUNDS, GRPC_REQUESTS = 2, 3000
+
+
+def grpc_closed_loop(target: str, request, concurrency: int, requests: int) -> dict:
+    """``concurrency`` client threads, one channel each, each sending the next ModelInfer when its
+    answer is in (as ``workbench load --concurrency`` does over HTTP); ``requests`` in all."""
+    import threading
+
+    import grpc
+    import numpy as np
+
+    from workbench.serve.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    counter, take = iter(range(requests)), threading.Lock()
+    latencies: list[float] = []
+    errors = [0]
+    ready = threading.Barrier(concurrency + 1)
+
+    def client() -> None:
+        with grpc.insecure_channel(target) as channel:
+            call = GRPCInferenceServiceStub(channel).ModelInfer
+            call(request, timeout=30)  # connected before the clock starts
+            ready.wait()
+            mine = []
+            while True:
+                with take:
+                    if next(counter, None) is None:
+                        break
+                t0 = time.perf_counter()
+                try:
+                    call(request, timeout=30)
+                except grpc.RpcError:
+                    errors[0] += 1
+                    continue
+                mine.append(time.perf_counter() - t0)
+            with take:
+                latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for th in threads:
+        th.start()
+    ready.wait()
+    t0 = time.perf_counter()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    ms = np.asarray(latencies) * 1e3
+    return {"achieved_qps": len(ms) / wall, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "errors": errors[0]}
+
+
+def grpc_side_by_side() -> dict:
+    """digits_cnn (onnxruntime fp32, 1 thread) served by the builtin engine with ``--grpc-port``:
+    REST (JSON and .npy bodies, ``workbench load``'s closed loop) and gRPC (raw and typed
+    contents, :func:`grpc_closed_loop`) at c=1 and c=8 against the same server, alternated in
+    ``GRPC_ROUNDS`` rounds; every client in Python threads on the same 2 cores as the server."""
+    import numpy as np
+
+    from workbench.config.params import TrialParams
+    from workbench.export.bundle import write_bundle
+    from workbench.serve import ServeOptions, engine, free_port, load
+    from workbench.serve.grpc_predict_v2_pb2 import ModelInferRequest
+    from workbench.variants import artifact_for
+
+    p = TrialParams.parse({"model": "digits_cnn", "data": "digits"})
+    d, _, art = artifact_for(p)
+    bundle = write_bundle(HERE / "serving-runs" / "bundle-grpc", p, art, d)
+    x = np.ascontiguousarray(d.x_eval[:1])
+    raw, typed = (ModelInferRequest(model_name="model") for _ in range(2))
+    for r in (raw, typed):
+        r.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    raw.raw_input_contents.append(x.tobytes())
+    typed.inputs[0].contents.fp32_contents.extend(x.reshape(-1).tolist())
+    json_items, npy_items = load.payloads(x), load.payloads(x, binary=True)
+    rows = []
+    for label, cfg in GRPC_CONFIGS.items():
+        eng = engine("builtin", bundle, ServeOptions(port=free_port(), grpc_port=free_port(), **cfg))
+        eng.start()
+        try:
+            eng.wait_ready(120)
+            run = {
+                "REST JSON": lambda c, n: load.run(eng.infer_url, concurrency=c, requests=n, items=json_items),
+                "REST binary (.npy)": lambda c, n: load.run(eng.infer_url, concurrency=c, requests=n, items=npy_items),
+                "gRPC raw_input_contents": lambda c, n: grpc_closed_loop(eng.grpc_target, raw, c, n),
+                "gRPC typed contents": lambda c, n: grpc_closed_loop(eng.grpc_target, typed, c, n),
+            }
+            for client in GRPC_CLIENTS:  # warm-up, not recorded
+                run[client](8, 500)
+            for rnd in range(GRPC_ROUNDS):
+                for c in (1, 8):
+                    order = GRPC_CLIENTS if rnd % 2 == 0 else GRPC_CLIENTS[::-1]
+                    for client in order:
+                        r = run[client](c, GRPC_REQUESTS)
+                        rows.append({"server": label, "client": client, "concurrency": c, "round": rnd + 1,
+                                     **{k: r.get(k) for k in ("achieved_qps", "p50_ms", "p99_ms")},
+                                     "errors": r.get("errors") if isinstance(r.get("errors"), int)
+                                     else sum((r.get("errors") or {}).values())})
+                        print(rows[-1], flush=True)
+        finally:
+            eng.stop()
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "fingerprint": fingerprint.collect(),
+            "loadavg": os.getloadavg(), "requests": GRPC_REQUESTS, "rows": rows}
+
+
+def render_grpc(res: dict) -> str:
+    fp = res["fingerprint"]
+    out = ["## gRPC beside REST", "",
+           f"Generated by `benchmarks/serving.py --grpc` on {res['date']} ({fp['cpu'].get('model', '?')}, "
+           f"{fp['cpu'].get('cores', '?')} cores; load average at the end {_load(res, 'loadavg')}). One builtin "
+           "server per configuration (digits_cnn, onnxruntime fp32, 1 thread) with `--grpc-port`; closed-loop "
+           f"clients (Python threads, one connection or channel each, {res['requests']} requests a point) on the "
+           "same machine, REST and gRPC alternated in rounds against the same server, all numbers from this one "
+           "run. Compare rows within this table only: the clients share the 2 cores with the server, so on a "
+           "busy machine two rounds of one point differ as much as the load moved between them; they show gRPC "
+           "answering through the same batcher at rates of the same order as REST, and rank nothing unless the "
+           "rounds agree. The gRPC client is grpcio's synchronous stub: its own per-call cost is in its "
+           "latencies, as the REST client's is in REST's.", "",
+           "| server | client | c | round | req/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(res["rows"], key=lambda r: (r["server"], r["concurrency"], r["client"], r["round"])):
+        out.append(f"| {r['server']} | {r['client']} | {r['concurrency']} | {r['round']} | {r['achieved_qps']:,.0f} | "
+                   f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} |")
+    return "\n".join(out)
+
+
 NOTES = """## Reading these numbers
 
 * `max QPS at SLO` is the answered rate at the highest offered rate that passed (p99 within the
@@ -209,7 +339,29 @@ def _load(res: dict, key: str) -> str:
     return ", ".join(f"{v:.1f}" for v in res.get(key, [])) or "?"
 
 
+GRPC_HEADING, KEPT_HEADING = "## gRPC beside REST", "## Load generator validity"
+
+
+def with_grpc_section(page: str, grpc_json: Path) -> str:
+    """``page`` with its gRPC section (from ``grpc_json``) put or replaced before the load
+    generator's section, the rest of the page untouched."""
+    if not grpc_json.exists():
+        return page
+    section = render_grpc(json.loads(grpc_json.read_text()))
+    start, kept = page.find(GRPC_HEADING), page.find(KEPT_HEADING)
+    head = page[:start] if start >= 0 else page[:kept] if kept >= 0 else page
+    return head.rstrip("\n") + "\n\n" + section + ("\n\n" + page[kept:] if kept >= 0 else "\n")
+
+
 def main() -> None:
+    grpc_json = HERE / "serving_grpc.json"
+    if "--grpc" in sys.argv:  # only the gRPC section: measured (unless --render) and put in the page
+        if "--render" not in sys.argv:
+            grpc_json.write_text(json.dumps(grpc_side_by_side(), indent=2, default=str))
+        page = (HERE / "serving.md").read_text() if (HERE / "serving.md").exists() else ""
+        (HERE / "serving.md").write_text(with_grpc_section(page, grpc_json))
+        print(render_grpc(json.loads(grpc_json.read_text())))
+        return
     if "--render" not in sys.argv:
         t0 = time.time()
         res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "fingerprint": fingerprint.collect(),
@@ -218,10 +370,11 @@ def main() -> None:
         res["seconds"] = time.time() - t0
         res["loadavg_after"] = os.getloadavg()
         (HERE / "serving.json").write_text(json.dumps(res, indent=2, default=str))
+        grpc_json.write_text(json.dumps(grpc_side_by_side(), indent=2, default=str))
     res = json.loads((HERE / "serving.json").read_text())
     page, old = render(res), (HERE / "serving.md").read_text() if (HERE / "serving.md").exists() else ""
-    kept = old.find("## Load generator validity")  # benchmarks/load_generator.py's section
-    (HERE / "serving.md").write_text(page + ("\n\n" + old[kept:] if kept >= 0 else ""))
+    kept = old.find(KEPT_HEADING)  # benchmarks/load_generator.py's section
+    (HERE / "serving.md").write_text(with_grpc_section(page + ("\n\n" + old[kept:] if kept >= 0 else ""), grpc_json))
     print((HERE / "serving.md").read_text())
 
 

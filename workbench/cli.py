@@ -154,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     for flag, value, low in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
                              ("--instances", args.instances, 1), ("--threads", args.threads, 1),
+                             ("--grpc-port", args.grpc_port, 1),
                              ("--max-queue-delay-ms", args.max_queue_delay_ms, 0)):
         if value is not None and value < low:
             raise WorkbenchError(f"{flag}: must be at least {low} (got {value})")
@@ -166,7 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
     opts = serve.ServeOptions(name=args.name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                               max_queue_delay_ms=args.max_queue_delay_ms, batch_policy=args.batch_policy,
                               max_queue=args.max_queue, instances=args.instances, threads=args.threads,
-                              trust_model_code=args.trust_model_code)
+                              trust_model_code=args.trust_model_code, grpc_port=args.grpc_port)
     eng = serve.engine(args.engine, args.bundle, opts)
 
     def terminate(signum, frame):
@@ -178,7 +179,8 @@ def _serve(args: argparse.Namespace) -> int:
         eng.wait_ready(args.ready_timeout)
         print(f"serving {args.bundle} as {opts.name!r} ({args.engine}) at {eng.url}\n"
               f"infer: POST {eng.infer_url}\nmetrics: {eng.url}/metrics\n"
-              f"batching: max batch {opts.max_batch_size}, policy {opts.batch_policy}"
+              + (f"grpc: inference.GRPCInferenceService at {eng.grpc_target}\n" if opts.grpc_port is not None else "")
+              + f"batching: max batch {opts.max_batch_size}, policy {opts.batch_policy}"
               + (f" (delay {opts.max_queue_delay_ms:g} ms)" if opts.batch_policy == "delay" else "")
               + f", {opts.instances} instance(s)", flush=True)
         while eng.proc.poll() is None:
@@ -283,6 +285,8 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--name", default="model", help="model name in the /v2/models/{name} routes")
+    sv.add_argument("--grpc-port", type=int, help="also serve the v2 protocol over gRPC on this port "
+                                                  "(same host; builtin engine)")
     # batching defaults: as the bundle's trial was measured (Bundle.serving: a server trial's own
     # settings; any other trial: batches up to its batch size, policy idle, no delay)
     sv.add_argument("--max-batch-size", type=int, help="rows per batch (1: no batching; default: as measured)")

@@ -4,7 +4,8 @@ Run as its own process (``python -m workbench.serve.app BUNDLE --port P ...``); 
 :mod:`workbench.serve.engines` starts it in a process group of its own and stops it. SIGTERM
 drains: uvicorn stops accepting, in-flight requests are answered, then the batcher stops. With
 ``--parent-pid`` the server also exits when that process is gone (a sweep killed with SIGKILL
-leaves no server behind).
+leaves no server behind). With ``grpc_port`` in the options, the v2 gRPC service
+(:mod:`workbench.serve.grpc_server`) runs on the same event loop and batcher, and stops after REST.
 
 Hostile input: limits before parsing are :mod:`workbench.serve.guard`'s (header size, read
 deadlines, connections); a body over ``max_body_bytes`` is refused before it is read; a body over
@@ -35,7 +36,7 @@ from starlette.routing import Route
 
 from workbench.core.errors import WorkbenchError
 from workbench.export.bundle import open_bundle
-from workbench.serve import guard, protocol, watch_parent
+from workbench.serve import grpc_server, guard, protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
 
@@ -59,14 +60,17 @@ class Options:
     max_body_bytes: int = 16 * 2**20
     trust_model_code: bool = False  # from the operator's command line only (see open_bundle)
     limits: dict = field(default_factory=dict)  # guard.Limits fields
+    grpc_port: int | None = None  # also serve v2 over gRPC there (workbench.serve.grpc_server)
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code=status)
 
 
-def build_app(bundle_path: str, opts: Options) -> Starlette:
-    """The ASGI app serving ``bundle_path`` under ``opts.name``."""
+def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_token: str | None = None) -> Starlette:
+    """The ASGI app serving ``bundle_path`` under ``opts.name``; with ``opts.grpc_port``, the
+    gRPC service too, on ``host`` (REST's), sharing the batcher, its calls but the health probes
+    requiring ``auth_token`` when given (REST's own token is not wired here)."""
     bundle = open_bundle(bundle_path, opts.trust_model_code)
     metrics = ServerMetrics()
     state: dict = {"ready": False}
@@ -93,10 +97,19 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
         await batcher.submit(sample)  # the model answers through the batcher before we say ready
         metrics.pending.set_function(lambda: batcher.pending)
         metrics.depth.set_function(lambda: len(batcher.queue))
-        state.update(ready=True, batcher=batcher, instance_kind=kind, output_shape=list(y.shape[1:]),
+        state.update(batcher=batcher, instance_kind=kind, output_shape=list(y.shape[1:]),
                      output_dtype=protocol.datatype_of(y.dtype))
+        rpc = None
+        if opts.grpc_port is not None:  # listening before REST says ready
+            model = grpc_server.Model(opts.name, bundle.inputs, MAX_ROWS, lambda: state["ready"],
+                                      lambda: state["batcher"], metadata, metrics)
+            rpc = await grpc_server.start(model, host, opts.grpc_port, auth_token, opts.max_body_bytes,
+                                          guard.Limits(**opts.limits))
+        state["ready"] = True
         yield
         state["ready"] = False
+        if rpc is not None:  # REST has drained; gRPC calls in flight get their answers too
+            await rpc.stop(grpc_server.GRACE)
         await batcher.stop()
 
     async def live(request: Request) -> Response:
@@ -113,11 +126,9 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
             return _error(404, f"unknown model {request.path_params['model']!r}")
         return JSONResponse({"name": opts.name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
 
-    async def model_meta(request: Request) -> Response:
-        if not _model(request):
-            return _error(404, f"unknown model {request.path_params['model']!r}")
+    def metadata() -> dict:
         p = bundle.params
-        return JSONResponse({
+        return {
             "name": opts.name, "versions": ["1"], "platform": f"{p.runtime}_{bundle.artifact.format}",
             "inputs": [{"name": name or "input", "datatype": protocol.datatype_of(np.dtype(dtype)),
                         "shape": [-1, *shape]} for name, shape, dtype in bundle.inputs],
@@ -128,7 +139,12 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
                            "max_queue": opts.max_queue, "instances": opts.instances,
                            "instance_kind": state.get("instance_kind"),
                            "threads": opts.threads or p.threads, "label": p.describe()},
-        })
+        }
+
+    async def model_meta(request: Request) -> Response:
+        if not _model(request):
+            return _error(404, f"unknown model {request.path_params['model']!r}")
+        return JSONResponse(metadata())
 
     async def infer(request: Request) -> Response:
         t0 = time.perf_counter()
@@ -218,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = Options(**json.loads(args.options))
         limits = guard.Limits(**opts.limits)
-        app = build_app(args.bundle, opts)
+        app = build_app(args.bundle, opts, args.host)
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

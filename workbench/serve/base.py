@@ -37,6 +37,7 @@ class ServeOptions:
     instances: int = 1
     threads: int | None = None
     trust_model_code: bool = False  # the operator's word (--trust-model-code), never the bundle's
+    grpc_port: int | None = None  # v2 over gRPC beside REST (the builtin engine only)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,7 +48,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, flag: str = "--port") -> None:
     """Refuse, in one line, a port another process listens on: the server would fail to bind
     in its own process, while the readiness probe could be answered by that other server."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -56,7 +57,12 @@ def check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as err:
             raise EngineError(f"{host}:{port}: cannot listen there ({err.strerror or err}); "
-                              "choose another --port (or --host)") from None
+                              f"choose another {flag} (or --host)") from None
+
+
+def grpc_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC reads it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
@@ -83,6 +89,12 @@ class Engine:
         return f"http://{host}:{self.options.port}"
 
     @property
+    def grpc_target(self) -> str:
+        """``host:port`` of the gRPC service (with ``grpc_port``), as a client dials it."""
+        host = self.options.host if self.options.host not in ("0.0.0.0", "") else "127.0.0.1"
+        return grpc_address(host, self.options.grpc_port)
+
+    @property
     def infer_url(self) -> str:
         return f"{self.url}/v2/models/{self.options.name}/infer"
 
@@ -93,6 +105,10 @@ class Engine:
         """Start the server in its own process group (output to ``log`` if given; else its
         stderr, where tracebacks go, is this process's own: never /dev/null)."""
         check_port(self.options.host, self.options.port)
+        if self.options.grpc_port is not None:
+            if self.options.grpc_port == self.options.port:
+                raise EngineError(f"--grpc-port: {self.options.grpc_port} is the REST --port too; choose another")
+            check_port(self.options.host, self.options.grpc_port, "--grpc-port")
         cmd = self.command()
         if watch_parent:
             cmd += ["--parent-pid", str(os.getpid())]

@@ -31,10 +31,13 @@ class KServeEngine(Engine):
     name = "kserve"
 
     def command(self) -> list[str]:
+        o = self.options
+        if o.grpc_port is not None:
+            raise EngineError("--grpc-port: the builtin engine's; the kserve engine serves REST only "
+                              "(kserve_main turns KServe's own gRPC server off)")
         reason = unavailable_reason()
         if reason:
             raise EngineError(f"--engine kserve: {reason}")
-        o = self.options
         cmd = [str(python()), "-m", "workbench.serve.kserve_main", str(self.bundle), "--host", o.host,
                "--http_port", str(o.port), "--model_name", o.name, "--workers", "1"]
         if o.threads:

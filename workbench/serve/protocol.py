@@ -192,8 +192,15 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
         got[name if len(specs) > 1 else None] = x
     if at != len(raw):
         raise BadRequest(f"{len(raw) - at} bytes of binary data belong to no input")
+    return model_inputs(got, specs, max_rows), header
+
+
+def model_inputs(got: dict[str | None, np.ndarray], specs: list[Spec], max_rows: int) -> Any:
+    """The model inputs of a request's decoded tensors (by name; ``None`` the one tensor of a
+    one-input model), checked against the model's: datatype, shape, rows, finite values. REST
+    and gRPC (:mod:`workbench.serve.grpc_server`) both end here, so both refuse the same."""
     if len(specs) == 1:
-        return _check(got[None], specs[0], max_rows, "input"), header
+        return _check(got[None], specs[0], max_rows, "input")
     out = {}
     for spec in specs:
         if spec[0] not in got:
@@ -201,7 +208,7 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
         out[spec[0]] = _check(got[spec[0]], spec, max_rows, f"input {spec[0]!r}")
     if len({len(v) for v in out.values()}) > 1:
         raise BadRequest("the input tensors have different numbers of rows")
-    return out, header
+    return out
 
 
 def _no_constant(name: str) -> Any:
