@@ -37,6 +37,7 @@ class ServeOptions:
     instances: int = 1
     threads: int | None = None
     trust_model_code: bool = False  # the operator's word (--trust-model-code), never the bundle's
+    auth_token_env: str | None = None  # the variable holding the bearer token; never the token itself
     extra: dict[str, Any] = field(default_factory=dict)
 
 

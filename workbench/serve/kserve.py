@@ -41,6 +41,8 @@ class KServeEngine(Engine):
             cmd += ["--threads", str(o.threads)]
         if o.trust_model_code:
             cmd += ["--trust-model-code"]
+        if o.auth_token_env:
+            cmd += ["--auth-token-env", o.auth_token_env]  # the variable's name: the token stays in the environment
         return cmd
 
     def metrics(self) -> dict[str, float]:

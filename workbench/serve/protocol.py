@@ -34,6 +34,7 @@ DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64"
 NPY = "application/octet-stream"
 HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 32  # numpy's own limit in 1.x; no model input comes near it
+MAX_ROWS = 1024  # rows in one request, every engine
 _JSON_NAMES = {type(None): "null", str: "a string", bool: "true/false", dict: "an object", int: "an integer",
                float: "a number"}
 
@@ -192,8 +193,16 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
         got[name if len(specs) > 1 else None] = x
     if at != len(raw):
         raise BadRequest(f"{len(raw) - at} bytes of binary data belong to no input")
+    return model_inputs(got, specs, max_rows), header
+
+
+def model_inputs(got: dict[str | None, np.ndarray], specs: list[Spec], max_rows: int) -> Any:
+    """The model's inputs from the decoded tensors (``{None: array}`` for a model with one input,
+    else by name), each checked against its spec: exactly the model's datatype (never cast: FP64
+    into an FP32 model is refused), its sample shape, finite floats, 1..``max_rows`` rows. Every
+    engine checks what it decoded here, whoever decoded it."""
     if len(specs) == 1:
-        return _check(got[None], specs[0], max_rows, "input"), header
+        return _check(got[None], specs[0], max_rows, "input")
     out = {}
     for spec in specs:
         if spec[0] not in got:
@@ -201,7 +210,7 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
         out[spec[0]] = _check(got[spec[0]], spec, max_rows, f"input {spec[0]!r}")
     if len({len(v) for v in out.values()}) > 1:
         raise BadRequest("the input tensors have different numbers of rows")
-    return out, header
+    return out
 
 
 def _no_constant(name: str) -> Any:
