@@ -42,9 +42,13 @@ def routes(name: str) -> re.Pattern:
 
 def _guard_patch(host: str, name: str, token: str | None) -> None:
     """Configure KServe's REST server as the workbench's own: bound to ``host`` instead of its
-    hard-coded 0.0.0.0, the guard's uvicorn protocol and limits, its app behind :class:`guard.Gate`."""
+    hard-coded 0.0.0.0, the guard's uvicorn protocol and limits, its app behind :class:`guard.Gate`,
+    a request it cannot decode or validate a 400 with one line (its own: 500, or 422 with a list)."""
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+    from kserve.errors import InvalidInput
     from kserve.model_server import app
+    from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest import server as rest
 
     original, limits = rest.RESTServer.__init__, guard.Limits()
@@ -57,7 +61,25 @@ def _guard_patch(host: str, name: str, token: str | None) -> None:
         c.app = guard.Gate(app, auth_token=token, routes=routes(name), max_body_bytes=MAX_BODY_BYTES)
 
     rest.RESTServer.__init__ = init
+
+    def decode(self, *a, **kw):  # KServe's binary-data decoding raises ValueError on a short body: a 500
+        try:
+            return decoded(self, *a, **kw)
+        except (ValueError, TypeError) as err:
+            raise InvalidInput(f"body: {str(err).splitlines()[0][:200]}") from None
+
+    decoded, DataPlane.decode = DataPlane.decode, decode
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+async def _http_error(request, exc):
+    """FastAPI's own refusals (``{"detail": ...}``: a body it cannot parse, a wrong method) in the
+    workbench's one-line form."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": str(exc.detail).splitlines()[0][:300] if exc.detail else "error"},
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _invalid_request(request, exc):
@@ -115,11 +137,18 @@ def main() -> None:
             if len(payload.inputs) != len(specs):
                 raise InvalidInput(f"{len(payload.inputs)} input tensors given; the model has {len(specs)}")
             try:
-                got = {(i.name if len(specs) > 1 else None): i.as_numpy() for i in payload.inputs}
+                got = {}
+                for n, i in enumerate(payload.inputs):
+                    if "binary_data_size" in (i.parameters or {}):  # raw bytes of the declared datatype
+                        name, x = i.name, i.as_numpy()
+                    else:  # KServe's as_numpy() would cast "0.5" or true into FP32: checked as ours
+                        name, x = protocol.json_tensor({"name": i.name, "shape": i.shape, "datatype": i.datatype,
+                                                        "data": i.data}, n, MAX_BODY_BYTES)
+                    got[name if len(specs) > 1 else None] = x
                 x = protocol.model_inputs(got, specs, protocol.MAX_ROWS)
             except protocol.BadRequest as err:
                 raise InvalidInput(str(err)) from None
-            except (ValueError, TypeError) as err:  # KServe's decoding: data that does not fill its shape
+            except (ValueError, TypeError) as err:  # KServe's binary decoding: bytes that do not fill the shape
                 raise InvalidInput(f"input: {str(err).splitlines()[0][:200]}") from None
             y = np.asarray(self.session.run(x))
             out = InferOutput(name="output", shape=list(y.shape), datatype="FP32")

@@ -158,6 +158,14 @@ def _tensor(tensor: Any, i: int, raw: bytes, at: int, bound: int) -> tuple[str |
     return name, x.reshape(shape), 0
 
 
+def json_tensor(tensor: Any, i: int, bound: int) -> tuple[str | None, np.ndarray]:
+    """One JSON input tensor (``{"name", "shape", "datatype", "data"}``) that a server decoded
+    itself (KServe's), checked exactly as a body's are: no value converted (a string or ``true``
+    in FP32 data is refused), data filling its shape. ``bound``: the most elements it may hold."""
+    name, x, _ = _tensor(tensor, i, b"", 0, bound)
+    return name, x
+
+
 def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[Spec],
           max_rows: int) -> tuple[Any, dict[str, Any]]:
     """The model inputs of a request (one array; a dict by name for a model with several) and
