@@ -599,7 +599,8 @@ def test_the_bearer_token_guards_every_route_but_health(token_server):
     import psutil
 
     eng = token_server
-    cmdlines = [" ".join(p.cmdline()) for p in [psutil.Process(eng.proc.pid), *psutil.Process(eng.proc.pid).children(True)]]
+    server = psutil.Process(eng.proc.pid)
+    cmdlines = [" ".join(p.cmdline()) for p in [server, *server.children(True)]]
     assert not any(TOKEN in c for c in cmdlines)  # the variable's name travels, not the token
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/model/ready"):
         assert _request(eng.url + path)[0] == 200, path

@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     if args.parent_pid:
         watch_parent(args.parent_pid)
-    config = uvicorn.Config(guard.Gate(app, auth_token=token) if token else app, host=args.host, port=args.port, loop="uvloop", http=guard.protocol(limits),
+    if token:  # the bearer token, in front of every route but the health probes
+        app = guard.Gate(app, auth_token=token)
+    config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http=guard.protocol(limits),
                             log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             backlog=2048, timeout_keep_alive=limits.idle_timeout,
                             limit_concurrency=limits.limit_concurrency)

@@ -128,7 +128,8 @@ class Gate:
             return await self.app(scope, receive, send)
         path = scope["path"]
         if self.routes is not None and not self.routes.fullmatch(path):
-            return await _send(send, 404, f"{path[:100]}: not a route of this server (the model repository and other routes are off)")
+            return await _send(send, 404, f"{path[:100]}: not a route of this server "
+                                          "(the model repository and other routes are off)")
         if self.token and not HEALTH.fullmatch(path):
             auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             if not bearer_ok(auth, self.token):
