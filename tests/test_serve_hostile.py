@@ -645,7 +645,7 @@ def test_the_concurrency_limit_503_is_one_line_json(server):
 @pytest.fixture(scope="module")
 def kserve_server(onnx_bundle, tmp_path_factory):
     _kserve_or_skip()
-    eng = _start("kserve", onnx_bundle, tmp_path_factory.mktemp("log") / "kserve.log")
+    eng = _start("kserve", onnx_bundle, tmp_path_factory.mktemp("log") / "kserve.log", extra={"limits": LIMITS})
     yield eng
     eng.stop()
 
@@ -658,6 +658,14 @@ def either_server(request):
 def test_a_huge_header_is_431_on_either_engine(either_server):
     """Row 1 on both engines: the kserve engine runs the same guarded uvicorn protocol."""
     test_a_huge_header_is_431_after_a_bounded_read(either_server)
+
+
+def test_kserve_closes_slow_and_idle_connections_and_caps_them(kserve_server):
+    """Row 7 on the kserve engine (same limits as the builtin fixture's): 408 for a slow head
+    and a slow body, idle sockets closed, 503 in JSON beyond the connection and concurrency caps."""
+    test_slow_and_idle_connections_are_closed(kserve_server)
+    test_connections_beyond_the_limit_get_503(kserve_server)
+    test_the_concurrency_limit_503_is_one_line_json(kserve_server)
 
 
 def _send_until_refused(server, head: bytes, total: int, chunked: bool = False) -> tuple[bytes, int]:

@@ -21,10 +21,10 @@ the body size), and the model checks every decoded tensor with
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import uuid
-
-import re
 
 from workbench.core.errors import WorkbenchError
 from workbench.export.bundle import open_bundle
@@ -40,7 +40,7 @@ def routes(name: str) -> re.Pattern:
     return re.compile(rf"/v2(/health/(live|ready)|/models/{model}(/ready|/infer)?)?|/metrics")
 
 
-def _guard_patch(host: str, name: str, token: str | None) -> None:
+def _guard_patch(host: str, name: str, token: str | None, limits: guard.Limits) -> None:
     """Configure KServe's REST server as the workbench's own: bound to ``host`` instead of its
     hard-coded 0.0.0.0, the guard's uvicorn protocol and limits, its app behind :class:`guard.Gate`,
     a request it cannot decode or validate a 400 with one line (its own: 500, or 422 with a list)."""
@@ -51,7 +51,7 @@ def _guard_patch(host: str, name: str, token: str | None) -> None:
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest import server as rest
 
-    original, limits = rest.RESTServer.__init__, guard.Limits()
+    original = rest.RESTServer.__init__
 
     def init(self, *a, **kw):
         original(self, *a, **kw)
@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--parent-pid", type=int)
     ap.add_argument("--trust-model-code", action="store_true")
     ap.add_argument("--auth-token-env")
+    ap.add_argument("--limits", default="{}", help="JSON of guard.Limits fields")
     args, rest_args = ap.parse_known_args()
     try:
         token = guard.auth_token(args.auth_token_env)
@@ -155,7 +156,7 @@ def main() -> None:
             out.set_data_from_numpy(y.astype(np.float32), binary_data=False)
             return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or uuid.uuid4().hex)
 
-    _guard_patch(args.host, args.model_name, token)
+    _guard_patch(args.host, args.model_name, token, guard.Limits(**json.loads(args.limits)))
     if args.parent_pid:
 
         watch_parent(args.parent_pid)
