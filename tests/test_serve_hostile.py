@@ -587,7 +587,7 @@ def token_server(request, onnx_bundle, tmp_path_factory):
     eng.stop()
 
 
-def _request(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 20.0):
+def _http(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 20.0):
     import urllib.error
     import urllib.request
 
@@ -607,17 +607,17 @@ def test_the_bearer_token_guards_every_route_but_health(token_server):
     cmdlines = [" ".join(p.cmdline()) for p in [server, *server.children(True)]]
     assert not any(TOKEN in c for c in cmdlines)  # the variable's name travels, not the token
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/model/ready"):
-        assert _request(eng.url + path)[0] == 200, path
+        assert _http(eng.url + path)[0] == 200, path
     good = {"Authorization": f"Bearer {TOKEN}"}
     for path, body in (("/v2/models/model/infer", _with()), ("/v2/models/model", None), ("/metrics", None),
                        ("/v2/models/model/infer", b"not json")):
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN}):
-            status, answer, h = _request(eng.url + path, body, headers)
+            status, answer, h = _http(eng.url + path, body, headers)
             assert status == 401 and h["www-authenticate"] == "Bearer", (path, headers, status)
             assert "bearer token" in _one_line_error(status, answer)
-    assert _request(eng.url + "/v2/models/model/infer", _with(), good)[0] == 200
-    assert _request(eng.url + "/v2/models/model", None, good)[0] == 200
-    assert _request(eng.url + "/v2/models/model/infer", b"not json", good)[0] == 400  # past the token: the parser
+    assert _http(eng.url + "/v2/models/model/infer", _with(), good)[0] == 200
+    assert _http(eng.url + "/v2/models/model", None, good)[0] == 200
+    assert _http(eng.url + "/v2/models/model/infer", b"not json", good)[0] == 400  # past the token: the parser
 
 
 # --- uvicorn's own limit_concurrency answers in JSON --------------------------------------------
@@ -716,10 +716,10 @@ def test_the_kserve_model_repository_is_off(kserve_server):
     for path in ("/v2/repository/models/model/unload", "/v2/repository/models/model/load", "/v2/repository/index",
                  "/v2/%72epository/models/model/unload", "/v1/models/model:predict", "/docs",
                  "/v2/models/model/versions/1/infer"):
-        status, answer, _ = _request(eng.url + path, b"{}")
+        status, answer, _ = _http(eng.url + path, b"{}")
         assert status == 404, (path, status, answer[:200])
         _one_line_error(status, answer)
-    assert _request(f"{eng.url}/v2/models/model/ready")[0] == 200
+    assert _http(f"{eng.url}/v2/models/model/ready")[0] == 200
     assert _post(eng.infer_url, _with())[0] == 200
 
 
@@ -778,3 +778,13 @@ def test_64_clients_mixing_valid_and_invalid_requests_on_kserve(kserve_server, d
     """Row 6 on the kserve engine: no connection errors; the invalid ones (all but the boolean
     shape, which pydantic reads as a valid one) 400."""
     _mixed_crowd(kserve_server, digits, [b for k, b in MALFORMED.items() if k != "4 boolean dimensions"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(_request, st.binary(max_size=400))
+def test_random_bodies_never_give_a_500_from_kserve(kserve_server, request, raw):
+    """The parser's strategies against the kserve engine: an answer or a 4xx, never a 500."""
+    for body in (json.dumps(request, allow_nan=True).encode(), raw):
+        for ctype in ("application/json", protocol.NPY):
+            status, answer = _post(kserve_server.infer_url, body, ctype)
+            assert status in (200, 400), (status, body[:200], answer[:200])
