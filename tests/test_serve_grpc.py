@@ -15,11 +15,17 @@ import pytest
 from google.protobuf import descriptor_pb2
 from test_serve import bundle, group_gone, post, session, start  # noqa: F401 - shared fixtures
 
-from workbench.serve import free_port, grpc_server, kserve, protocol
+from workbench.serve import free_port, kserve, protocol
 from workbench.serve.app import Options, build_app
-from workbench.serve.grpc_predict_v2_pb2 import (DESCRIPTOR, ModelInferRequest, ModelMetadataRequest,
-                                                 ModelReadyRequest, ServerLiveRequest, ServerMetadataRequest,
-                                                 ServerReadyRequest)
+from workbench.serve.grpc_predict_v2_pb2 import (
+    DESCRIPTOR,
+    ModelInferRequest,
+    ModelMetadataRequest,
+    ModelReadyRequest,
+    ServerLiveRequest,
+    ServerMetadataRequest,
+    ServerReadyRequest,
+)
 from workbench.serve.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 CLIENT = Path(__file__).with_name("grpc_kserve_client.py")

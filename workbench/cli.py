@@ -150,6 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from workbench import serve
     from workbench.export.bundle import open_bundle
+    from workbench.serve import guard
     from workbench.serve.batcher import POLICIES
 
     for flag, value, low in (("--max-batch-size", args.max_batch_size, 1), ("--max-queue", args.max_queue, 1),
@@ -160,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise WorkbenchError(f"{flag}: must be at least {low} (got {value})")
     if args.batch_policy is not None and args.batch_policy not in POLICIES:
         raise WorkbenchError(f"--batch-policy: one of {', '.join(POLICIES)} (got {args.batch_policy})")
+    guard.auth_token(args.auth_token_env)  # unset or empty: one line, before anything starts
     measured = open_bundle(args.bundle).serving()  # a bad bundle is one line here, not in the server's log
     for key, value in measured.items():  # batching as measured, unless given
         if getattr(args, key) is None:
@@ -167,8 +169,13 @@ def _serve(args: argparse.Namespace) -> int:
     opts = serve.ServeOptions(name=args.name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                               max_queue_delay_ms=args.max_queue_delay_ms, batch_policy=args.batch_policy,
                               max_queue=args.max_queue, instances=args.instances, threads=args.threads,
-                              trust_model_code=args.trust_model_code, grpc_port=args.grpc_port)
+                              trust_model_code=args.trust_model_code, grpc_port=args.grpc_port,
+                              auth_token_env=args.auth_token_env)
     eng = serve.engine(args.engine, args.bundle, opts)
+    if not guard.loopback(args.host):
+        print(f"warning: --host {args.host} exposes the endpoint beyond this machine, in plain HTTP"
+              + ("" if args.auth_token_env else " and without --auth-token-env")
+              + ": put it behind an authenticating TLS proxy (README, Serving)", file=sys.stderr, flush=True)
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -300,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--trust-model-code", action="store_true",
                     help="let the model run Python code it carries (a .keras Lambda layer); a bundle's "
                          "own config.json never decides this")
+    sv.add_argument("--auth-token-env", metavar="VAR",
+                    help="require 'Authorization: Bearer TOKEN' on every route but the health probes, TOKEN "
+                         "read from the environment variable VAR (never from the command line)")
     sv.add_argument("--log", help="append the server's output to this file (default: its errors "
                                                "and tracebacks on this terminal's stderr)")
     sv.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the model")

@@ -9,8 +9,8 @@ with several inputs), a small labelled eval sample (``check_inputs.np[yz]``,
 package and numpy, and ``requirements.txt`` naming their exact versions. ``predict.py`` opens
 the artifact with exactly the session options the trial was measured with: the dict its
 runtime plug-in's ``session_options`` returned for the trial, so what ships is what was
-measured. A server trial serves a minimal bundle (no metrics: the artifact linked, not copied)
-from a temporary directory.
+measured. A server trial serves a minimal bundle (no metrics: the artifact hard-linked where it can be,
+not copied) from a temporary directory.
 
 :func:`open_bundle` reads either. The session is re-created through
 :func:`workbench.runtimes.load`, the same call the trial used, so what is served is what was
@@ -20,7 +20,11 @@ A bundle is data, never a decision to run code: whoever hands over a bundle is t
 model's numbers, not for the machine. ``trust_model_code`` (a ``.keras`` Lambda layer runs Python)
 comes from the caller of :func:`open_bundle` (``workbench serve --trust-model-code``, or the
 experiment of the server trial that wrote it), never from the bundle's ``config.json``; the
-artifact ``bundle.json`` names must lie inside the bundle directory.
+artifact ``bundle.json`` names must lie inside the bundle directory, and so must every symbolic
+link in it resolve (a link is as good as an absolute path), with no exception: nothing in a
+bundle could tell a link the workbench made from a hostile one (a marker or a hash can be
+forged), so the workbench makes none. The server trial's minimal bundle holds its artifact as a
+hard link to the cached file (no copy, on the cache's file system), else a copy.
 
 Writing never deletes what it did not write: ``.workbench-bundle.json`` lists the files of a
 bundle; an existing directory without it (and not empty) is refused, and re-writing over a
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -115,14 +120,27 @@ def _artifact(path: Path, info: dict[str, Any]) -> Path:
     return found[0]
 
 
+def _links_stay_inside(path: Path) -> None:
+    """Refuse a symbolic link anywhere in the bundle that resolves outside it (or nowhere)."""
+    root = path.resolve()
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            link = Path(folder) / name
+            if link.is_symlink() and not link.resolve().is_relative_to(root):
+                raise BundleError(f"{link}: a symbolic link to {os.readlink(link)}, outside the bundle "
+                                  "(copy the file into the bundle)")
+
+
 def open_bundle(path: str | Path, trust_model_code: bool = False) -> Bundle:
     """Read ``config.json`` and locate the artifact; a bad bundle is a one-line error.
 
     ``trust_model_code`` is the operator's word (``workbench serve --trust-model-code``): the
-    bundle's own ``config.json`` value is ignored, so a bundle cannot decide to run code."""
+    bundle's own ``config.json`` value is ignored, so a bundle cannot decide to run code. A
+    symbolic link resolving outside the bundle is refused, so it cannot read elsewhere either."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BundleError(f"{path}: not a bundle (no config.json; write one with `workbench export`)")
+    _links_stay_inside(path)
     config, info = _json(path / "config.json"), {}
     if (path / "bundle.json").is_file():
         info = _json(path / "bundle.json")
@@ -232,7 +250,7 @@ def write_bundle(out: Path, params: TrialParams, artifact: Artifact, data: Datas
 
     (out / MARKER).write_text(json.dumps({"workbench_bundle": 1, "files": written}, indent=2))
     if metrics is None:
-        wrote(name).symlink_to(src)
+        _link_or_copy(src, wrote(name))
     elif src.is_dir():
         shutil.copytree(src, wrote(name))
     else:
@@ -263,6 +281,21 @@ def write_bundle(out: Path, params: TrialParams, artifact: Artifact, data: Datas
         load=runtime.bundle_loader(name), helpers=_helpers(),
         sample_ndim=({k: v.ndim - 1 for k, v in data.x_eval.items()} if several else data.x_eval.ndim - 1)))
     return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``src`` at ``dst`` without a copy where the file system allows (a hard link: a file of the
+    bundle like any other, not a symbolic link that :func:`open_bundle` refuses), else copied."""
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # another file system, or links not allowed here
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link)
+    else:
+        link(str(src), str(dst))
 
 
 def requirements(packages: tuple[str, ...]) -> str:

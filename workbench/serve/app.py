@@ -40,7 +40,6 @@ from workbench.serve import grpc_server, guard, protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
 
-MAX_ROWS = 1024
 LARGE_BODY = 2**20  # bytes: bodies above are read and parsed LARGE_AT_ONCE at a time, off the event loop
 LARGE_AT_ONCE = 2
 LARGE_WAITING = 6  # large bodies waiting their turn beyond these get 503 before they are read
@@ -59,18 +58,23 @@ class Options:
     instance_kind: str = "auto"  # thread | process | auto (threads if run() releases the GIL)
     max_body_bytes: int = 16 * 2**20
     trust_model_code: bool = False  # from the operator's command line only (see open_bundle)
+    auth_token_env: str | None = None  # the variable holding the bearer token (guard.auth_token)
     limits: dict = field(default_factory=dict)  # guard.Limits fields
     grpc_port: int | None = None  # also serve v2 over gRPC there (workbench.serve.grpc_server)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code=status)
+def _error(status: int, message: str, close: bool = False) -> JSONResponse:
+    """The one-line JSON error; ``close``: the rest of the body is not read, so the connection
+    cannot carry another request (uvicorn closes it after the answer, saying so)."""
+    return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code=status,
+                        headers={"connection": "close"} if close else None)
 
 
 def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_token: str | None = None) -> Starlette:
     """The ASGI app serving ``bundle_path`` under ``opts.name``; with ``opts.grpc_port``, the
     gRPC service too, on ``host`` (REST's), sharing the batcher, its calls but the health probes
-    requiring ``auth_token`` when given (REST's own token is not wired here)."""
+    requiring ``auth_token`` when given (REST's routes get the same token from :class:`guard.Gate`,
+    put in front of this app by :func:`main`)."""
     bundle = open_bundle(bundle_path, opts.trust_model_code)
     metrics = ServerMetrics()
     state: dict = {"ready": False}
@@ -101,7 +105,7 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
                      output_dtype=protocol.datatype_of(y.dtype))
         rpc = None
         if opts.grpc_port is not None:  # listening before REST says ready
-            model = grpc_server.Model(opts.name, bundle.inputs, MAX_ROWS, lambda: state["ready"],
+            model = grpc_server.Model(opts.name, bundle.inputs, protocol.MAX_ROWS, lambda: state["ready"],
                                       lambda: state["batcher"], metadata, metrics)
             rpc = await grpc_server.start(model, host, opts.grpc_port, auth_token, opts.max_body_bytes,
                                           guard.Limits(**opts.limits))
@@ -169,11 +173,11 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
             return _error(503, "model is not ready")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > opts.max_body_bytes:
-            return _error(400, f"body of {declared} bytes is over the limit of {opts.max_body_bytes}")
+            return _error(400, f"body of {declared} bytes is over the limit of {opts.max_body_bytes}", close=True)
         if declared and declared.isdigit() and int(declared) <= LARGE_BODY:
             parsed = await _read_and_parse(request, False)
         elif large_count[0] >= LARGE_AT_ONCE + LARGE_WAITING:
-            return _error(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later")
+            return _error(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later", close=True)
         else:
             large_count[0] += 1
             try:
@@ -199,9 +203,9 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
         async for chunk in request.stream():
             body += chunk
             if len(body) > opts.max_body_bytes:
-                return _error(400, f"body is over the limit of {opts.max_body_bytes} bytes")
+                return _error(400, f"body is over the limit of {opts.max_body_bytes} bytes", close=True)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        args = (bytes(body), headers.get("content-type", ""), headers, bundle.inputs, MAX_ROWS)
+        args = (bytes(body), headers.get("content-type", ""), headers, bundle.inputs, protocol.MAX_ROWS)
         del body
         try:
             return await asyncio.to_thread(protocol.parse, *args) if in_thread else protocol.parse(*args)
@@ -234,12 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = Options(**json.loads(args.options))
         limits = guard.Limits(**opts.limits)
-        app = build_app(args.bundle, opts, args.host)
+        token = guard.auth_token(opts.auth_token_env)
+        app = build_app(args.bundle, opts, args.host, token)
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     if args.parent_pid:
         watch_parent(args.parent_pid)
+    if token:  # the bearer token, in front of every route but the health probes
+        app = guard.Gate(app, auth_token=token)
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http=guard.protocol(limits),
                             log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             backlog=2048, timeout_keep_alive=limits.idle_timeout,

@@ -38,6 +38,7 @@ class ServeOptions:
     threads: int | None = None
     trust_model_code: bool = False  # the operator's word (--trust-model-code), never the bundle's
     grpc_port: int | None = None  # v2 over gRPC beside REST (the builtin engine only)
+    auth_token_env: str | None = None  # the variable holding the bearer token; never the token itself
     extra: dict[str, Any] = field(default_factory=dict)
 
 

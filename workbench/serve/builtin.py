@@ -15,6 +15,7 @@ class BuiltinEngine(Engine):
         o = self.options
         opts = {"name": o.name, "max_batch_size": o.max_batch_size, "max_queue_delay_ms": o.max_queue_delay_ms,
                 "batch_policy": o.batch_policy, "max_queue": o.max_queue, "instances": o.instances,
-                "threads": o.threads, "trust_model_code": o.trust_model_code, "grpc_port": o.grpc_port, **o.extra}
+                "threads": o.threads, "trust_model_code": o.trust_model_code, "grpc_port": o.grpc_port,
+                "auth_token_env": o.auth_token_env, **o.extra}
         return [sys.executable, "-m", "workbench.serve.app", str(self.bundle), "--host", o.host,
                 "--port", str(o.port), "--options", json.dumps(opts)]

@@ -30,7 +30,6 @@ repository root, with the kserve environment's grpcio-tools 1.81.1 (protoc 6.33.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import time
@@ -42,13 +41,19 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 import workbench
-from workbench.serve import grpc_predict_v2_pb2, protocol
+from workbench.serve import grpc_predict_v2_pb2, guard, protocol
 from workbench.serve.base import grpc_address
 from workbench.serve.batcher import Batcher, QueueFull
-from workbench.serve.guard import Limits
-from workbench.serve.grpc_predict_v2_pb2 import (InferTensorContents, ModelInferRequest, ModelInferResponse,
-                                                 ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse,
-                                                 ServerMetadataResponse, ServerReadyResponse)
+from workbench.serve.grpc_predict_v2_pb2 import (
+    InferTensorContents,
+    ModelInferRequest,
+    ModelInferResponse,
+    ModelMetadataResponse,
+    ModelReadyResponse,
+    ServerLiveResponse,
+    ServerMetadataResponse,
+    ServerReadyResponse,
+)
 from workbench.serve.metrics import ServerMetrics
 
 GRACE = 5.0  # seconds calls in flight get on shutdown (uvicorn's timeout_graceful_shutdown too)
@@ -195,13 +200,13 @@ class _Token(grpc.aio.ServerInterceptor):
     """Every call but the health probes carries ``authorization: Bearer <token>``."""
 
     def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
+        self.token = token
 
     async def intercept_service(self, continuation, details):
         if details.method in OPEN_METHODS:
             return await continuation(details)
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self.expected):
+        if guard.bearer_ok(given.decode(errors="replace") if isinstance(given, bytes) else given, self.token):
             return await continuation(details)
         return _refusal
 
@@ -234,7 +239,7 @@ def handlers(service: Service) -> grpc.GenericRpcHandler:
 
 
 async def start(model: Model, host: str, port: int, auth_token: str | None = None,
-                max_message_bytes: int = 16 * 2**20, limits: Limits = Limits()) -> grpc.aio.Server:
+                max_message_bytes: int = 16 * 2**20, limits: guard.Limits = guard.Limits()) -> grpc.aio.Server:
     """The gRPC server, listening on ``host:port`` on the running event loop. A port it cannot
     bind is a :class:`RuntimeError` naming it (``SO_REUSEPORT`` is off: another server's port
     is refused, never shared). REST's limits hold here too: calls beyond ``max_connections`` at

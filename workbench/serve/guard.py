@@ -15,15 +15,32 @@ connection, saying so (``connection: close``):
 * a connection beyond ``max_connections``: 503. uvicorn's own ``limit_concurrency`` is set as
   high, a backstop only: its 503 closes the connection and loses the requests pipelined on it
   (at 384 an open-loop overload at 3x capacity lost thousands that way), while the batcher's
-  ``max_queue`` sheds with 503 on connections that stay open.
+  ``max_queue`` sheds with 503 on connections that stay open. Its plain-text 503 is answered in
+  one line of JSON like every other refusal.
+
+Both engines use it: the builtin one directly, the kserve one by configuring KServe's own
+uvicorn server with it (:mod:`workbench.serve.kserve_main`), since KServe has no such limits.
+:class:`Gate` is the ASGI layer in front of an app, for what needs the request's path and
+headers: the bearer token (:func:`bearer_ok`, every route but the health probes) and, for an app
+that has no limits of its own (KServe's), the routes it may answer and the body size.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import os
+import re
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from workbench.core.errors import WorkbenchError
+
+HEALTH = re.compile(r"/v2/health/(live|ready)|/v2/models/[^/]+/ready")  # probes: never behind the token
 
 
 @dataclass(frozen=True)
@@ -37,9 +54,117 @@ class Limits:
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
-    body = json.dumps({"error": message}).encode()
+    body = json_body(message)
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+def json_body(message: str) -> bytes:
+    """The one-line JSON body of every refusal: ``{"error": message}``."""
+    return json.dumps({"error": message.splitlines()[0] if message else "error"}).encode()
+
+
+async def _over_concurrency(scope, receive, send) -> None:
+    """uvicorn's ``limit_concurrency`` answer, in JSON like the others (its own is plain text)."""
+    await _send(send, 503, "over the server's concurrency limit; retry later", close=True)
+
+
+async def _send(send, status: int, message: str, close: bool = False) -> None:
+    body = json_body(message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer_ok(authorization: str | None, token: str | None) -> bool:
+    """Whether an ``Authorization`` value carries the bearer ``token`` (no token: everything
+    passes). Compared in constant time, so the answer's timing says nothing about the token.
+    For REST and gRPC alike (gRPC: the ``authorization`` metadata)."""
+    if not token:
+        return True
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (``--host``) is a loopback address: anything else is reachable from elsewhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or 0.0.0.0-like wildcards are not loopback
+
+
+def auth_token(var: str | None) -> str | None:
+    """The bearer token in environment variable ``var`` (``--auth-token-env VAR``; never on a
+    command line, where ``ps`` shows it); ``None`` without ``var``. Unset or empty: one line."""
+    if not var:
+        return None
+    token = os.environ.get(var, "").strip()
+    if not token:
+        raise WorkbenchError(f"--auth-token-env {var}: the environment variable {var} is unset or empty")
+    return token
+
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+class Gate:
+    """ASGI middleware: the bearer token on every route but the health probes (401); with
+    ``routes``, any other path is 404 (KServe's model repository can unload the model); with
+    ``max_body_bytes``, a body over it is 400, refused before it is read when its length is
+    declared, else as soon as it grows over the limit, and the connection is closed."""
+
+    def __init__(self, app: ASGIApp, auth_token: str | None = None, routes: re.Pattern | None = None,
+                 max_body_bytes: int | None = None):
+        self.app, self.token, self.routes, self.max_body = app, auth_token or None, routes, max_body_bytes
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if self.routes is not None and not self.routes.fullmatch(path):
+            return await _send(send, 404, f"{path[:100]}: not a route of this server "
+                                          "(the model repository and other routes are off)")
+        if self.token and not HEALTH.fullmatch(path):
+            auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            if not bearer_ok(auth, self.token):
+                return await _send(send, 401, "missing or wrong bearer token (Authorization: Bearer ...)")
+        if self.max_body is not None and scope["method"] in ("POST", "PUT", "PATCH"):
+            return await self._bounded(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    async def _bounded(self, scope: dict, receive, send) -> None:
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return await _send(send, 400, f"body of {int(declared)} bytes is over the limit of {self.max_body}",
+                               close=True)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_body:
+                return await _send(send, 400, f"body is over the limit of {self.max_body} bytes", close=True)
+        body = b"".join(chunks)
+        del chunks
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def protocol(limits: Limits) -> type[HttpToolsProtocol]:
@@ -80,6 +205,9 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
         def on_message_complete(self) -> None:
             self._disarm()
             super().on_message_complete()
+
+        def _start_asgi_task(self, cycle, app) -> None:  # type: ignore[override]
+            super()._start_asgi_task(cycle, _over_concurrency if app is service_unavailable else app)
 
         def _arm(self, seconds: float, message: str) -> None:
             self._disarm()

@@ -3,6 +3,7 @@ manifest that runs a bundle on Kubernetes (``workbench export --engine kserve``)
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -44,6 +45,10 @@ class KServeEngine(Engine):
             cmd += ["--threads", str(o.threads)]
         if o.trust_model_code:
             cmd += ["--trust-model-code"]
+        if o.extra.get("limits"):  # guard.Limits fields, as the builtin engine takes them
+            cmd += ["--limits", json.dumps(o.extra["limits"])]
+        if o.auth_token_env:
+            cmd += ["--auth-token-env", o.auth_token_env]  # the variable's name: the token stays in the environment
         return cmd
 
     def metrics(self) -> dict[str, float]:

@@ -34,6 +34,7 @@ DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64"
 NPY = "application/octet-stream"
 HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 32  # numpy's own limit in 1.x; no model input comes near it
+MAX_ROWS = 1024  # rows in one request, every engine
 _JSON_NAMES = {type(None): "null", str: "a string", bool: "true/false", dict: "an object", int: "an integer",
                float: "a number"}
 
@@ -157,6 +158,14 @@ def _tensor(tensor: Any, i: int, raw: bytes, at: int, bound: int) -> tuple[str |
     return name, x.reshape(shape), 0
 
 
+def json_tensor(tensor: Any, i: int, bound: int) -> tuple[str | None, np.ndarray]:
+    """One JSON input tensor (``{"name", "shape", "datatype", "data"}``) that a server decoded
+    itself (KServe's), checked exactly as a body's are: no value converted (a string or ``true``
+    in FP32 data is refused), data filling its shape. ``bound``: the most elements it may hold."""
+    name, x, _ = _tensor(tensor, i, b"", 0, bound)
+    return name, x
+
+
 def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[Spec],
           max_rows: int) -> tuple[Any, dict[str, Any]]:
     """The model inputs of a request (one array; a dict by name for a model with several) and
@@ -196,9 +205,12 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
 
 
 def model_inputs(got: dict[str | None, np.ndarray], specs: list[Spec], max_rows: int) -> Any:
-    """The model inputs of a request's decoded tensors (by name; ``None`` the one tensor of a
-    one-input model), checked against the model's: datatype, shape, rows, finite values. REST
-    and gRPC (:mod:`workbench.serve.grpc_server`) both end here, so both refuse the same."""
+    """The model's inputs from the decoded tensors (``{None: array}`` for a model with one input,
+    else by name), each checked against its spec: exactly the model's datatype (never cast: FP64
+    into an FP32 model is refused), its sample shape, finite floats, 1..``max_rows`` rows. Every
+    engine and protocol (REST, gRPC in :mod:`workbench.serve.grpc_server`, the kserve engine)
+    checks what it decoded here, so all refuse the same.
+    """
     if len(specs) == 1:
         return _check(got[None], specs[0], max_rows, "input")
     out = {}
