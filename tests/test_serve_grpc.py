@@ -238,6 +238,31 @@ def test_bearer_token_on_every_call_but_the_health_probes(bundle, digits):  # no
             assert code == expected, (auth, call, code)
 
 
+def test_auth_token_env_guards_grpc_as_it_guards_rest(bundle, tmp_path, digits, monkeypatch):  # noqa: F811
+    """``workbench serve --auth-token-env VAR --grpc-port P``: the one token from the server's
+    environment guards REST and gRPC alike (health probes open), through the CLI's own wiring."""
+    token = "t0ken-from-env"
+    monkeypatch.setenv("WB_TEST_GRPC_TOKEN", token)
+    eng = start(bundle, tmp_path, grpc_port=free_port(), auth_token_env="WB_TEST_GRPC_TOKEN")
+    x = np.ascontiguousarray(digits.x_eval[:1])
+
+    async def calls():
+        async with grpc.aio.insecure_channel(eng.grpc_target) as ch:
+            stub = GRPCInferenceServiceStub(ch)
+            good = (("authorization", f"Bearer {token}"),)
+            return (await status(stub.ServerReady(ServerReadyRequest())),
+                    await status(stub.ModelInfer(infer_request(x))),
+                    await status(stub.ModelInfer(infer_request(x), metadata=good)))
+
+    try:
+        ready, anonymous, authorized = asyncio.run(asyncio.wait_for(calls(), 60))
+        rest_anonymous = post(eng.infer_url, protocol.request_json(x))[0]
+    finally:
+        eng.stop()
+    assert ready[0] == grpc.StatusCode.OK and authorized[0] == grpc.StatusCode.OK
+    assert anonymous[0] == grpc.StatusCode.UNAUTHENTICATED and rest_anonymous == 401
+
+
 def test_sigterm_answers_the_grpc_call_in_flight_and_exits(bundle, tmp_path, digits, session):  # noqa: F811
     """A call waiting in the batcher when SIGTERM comes is answered; the server exits by itself
     (uvicorn re-raises the SIGTERM it handled), leaving no process."""
