@@ -41,7 +41,10 @@ priority while the load runs (:class:`Realtime`; restored afterwards): the sende
 time, the receiver so that an answer's arrival time is not its wait for a core. Both sleep
 between events and together use a fifth of a core at 1,000 QPS, and the kernel caps all
 real-time threads at 95% of every second (``sched_rt_runtime_us``) whatever happens.
-Without the privilege they run as before, and the result says so (``sender_priority``).
+A sender that falls ``BEHIND_S`` behind its schedule (a rate beyond what it can send: that run
+is invalid anyway) goes back to normal priority for the rest of the run rather than hold a core
+at real-time priority. Without the privilege they run as before, and the result says so
+(``sender_priority``).
 
 Closed loop (``concurrency``): N client threads, one connection each, each sends the next
 request when the previous answer arrived; latency from the send.
@@ -87,6 +90,7 @@ SPIN_S = 0.0002  # sleep until this long before a deadline, then spin
 CHECK_S = 0.05  # how often an open loop asks ``keep_going``
 SWITCH_S = 0.0001  # the interpreter's switch interval while a load runs
 REALTIME_PRIORITY = 1  # SCHED_FIFO priority of the sender and receiver threads: the lowest real-time one
+BEHIND_S = 0.1  # a sender this far behind has lost the run anyway: it leaves real-time priority, not to hog a core
 SPARE = 4  # idle connections the receiver keeps open ahead of the sender (a connect is not a send)
 
 
@@ -486,21 +490,30 @@ class _Quiet:
 
 class Realtime:
     """The calling thread, and the threads it starts meanwhile (they inherit it), at
-    ``SCHED_FIFO`` priority ``REALTIME_PRIORITY`` when the process may; restored afterwards.
-    ``with Realtime() as got``: ``got`` says which it was, and why not (the module docstring
+    ``SCHED_FIFO`` priority ``REALTIME_PRIORITY`` when the process may; restored afterwards
+    (or earlier by :meth:`leave`). ``got`` says which it was, and why not (the module docstring
     says why at all)."""
 
-    def __enter__(self) -> str:
-        self.before = None
+    def __enter__(self) -> "Realtime":
+        self.before, self.got = None, "real-time (SCHED_FIFO)"
         if not hasattr(os, "sched_setscheduler"):
-            return "normal (no real-time scheduling on this platform)"
+            self.got = "normal (no real-time scheduling on this platform)"
+            return self
         try:
             before = (os.sched_getscheduler(0), os.sched_getparam(0))
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
         except OSError as err:  # PermissionError without root or CAP_SYS_NICE
-            return f"normal (real-time refused: {err.strerror or err})"
+            self.got = f"normal (real-time refused: {err.strerror or err})"
+            return self
         self.before = before
-        return "real-time (SCHED_FIFO)"
+        return self
+
+    def leave(self, why: str) -> None:
+        """Back to the calling thread's own scheduling now (threads started meanwhile keep theirs)."""
+        if self.before is not None:
+            os.sched_setscheduler(0, self.before[0], self.before[1])
+            self.before = None
+            self.got += f", then normal ({why})"
 
     def __exit__(self, *exc) -> None:
         if self.before is not None:
@@ -536,8 +549,8 @@ def open_loop(url: str, items: list[Payload], rate: float, duration: float, seed
     target = Target.of(url)
     reqs = [target.request(p) for p in items]
     offsets = arrivals(rate, duration, seed)
-    with _Quiet(), Realtime() as priority, _Client(target, rec, max_connections, timeout, score) as client:
-        rec.priority = priority
+    with _Quiet(), Realtime() as rt, _Client(target, rec, max_connections, timeout, score) as client:
+        rec.priority = rt.got
         client.warm(2 * SPARE)
         rec.start = start = time.perf_counter()
         next_check = start + CHECK_S
@@ -552,6 +565,9 @@ def open_loop(url: str, items: list[Payload], rate: float, duration: float, seed
             rec.sent += 1
             if sent_at - t > LATE_MS / 1e3:
                 rec.late += 1
+                if sent_at - t > BEHIND_S and rt.before is not None:
+                    rt.leave(f"{BEHIND_S * 1e3:g} ms behind its schedule")
+                    rec.priority = rt.got
         client.drain(timeout)
     return rec
 
