@@ -27,20 +27,19 @@ While the load runs the interpreter's switch interval is lowered (a waiting thre
 GIL within 0.1 ms instead of 5 ms) and the garbage collector is paused (a full collection in a
 kernel that imported TensorFlow takes milliseconds); both are restored afterwards.
 
-What still made sends late at 1,000 QPS was waiting, not the generator's own work (a few
-percent of a core): a sleeping thread of normal priority that wakes while other processes (the
+What still made sends late at 1,000 QPS was waiting, not the generator's own work (a fifth
+of a core there): a sleeping thread of normal priority that wakes while other processes (the
 server, other users' jobs) hold both cores waits for a time slice, and the sender can then wait
 again for the interpreter lock held by its receiver, itself waiting for a core. Measured on
-this machine at load average 10 (benchmarks/serving.md, "Load generator validity", 2026-11-30
-19:45 UTC), 50 to 1,000 QPS: the bare sleep-then-spin loop with nothing sent woke over 1 ms
-late for 13-30% of arrivals, the same loop as a ``SCHED_FIFO`` thread for 0-0.4%; this
-generator sent 21-58% late at normal priority and 0.00% (once 2%) at real-time priority.
-So, where the process may (root or
-``CAP_SYS_NICE``), the sending thread and the receiver it starts run at the lowest real-time
-priority while the load runs (:class:`Realtime`; restored afterwards): the sender to send on
-time, the receiver so that an answer's arrival time is not its wait for a core. Both sleep
-between events and together use a fifth of a core at 1,000 QPS, and the kernel caps all
-real-time threads at 95% of every second (``sched_rt_runtime_us``) whatever happens.
+this machine at load average 8-11 (benchmarks/serving.md, "Load generator validity", the runs
+of 2026-11-30 19:45 and 20:10 UTC), 50 to 1,000 QPS: the bare sleep-then-spin loop with
+nothing sent woke over 1 ms late for 13-30% of arrivals, the same loop as a ``SCHED_FIFO``
+thread for 0-3.3% (mostly 0); this generator sent 20-58% late at normal priority and 0-0.32%
+(once 2%) at real-time priority. So, where the process may (root or ``CAP_SYS_NICE``), the
+sending thread and the receiver it starts run at the lowest real-time priority while the load
+runs (:class:`Realtime`; restored afterwards): the sender to send on time, the receiver so that
+an answer's arrival time is not its wait for a core. Both sleep between events, and the kernel
+caps all real-time threads at 95% of every second (``sched_rt_runtime_us``) whatever happens.
 A sender that falls ``BEHIND_S`` behind its schedule (a rate beyond what it can send: that run
 is invalid anyway) goes back to normal priority for the rest of the run rather than hold a core
 at real-time priority. Without the privilege they run as before, and the result says so
