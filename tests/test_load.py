@@ -1,7 +1,9 @@
 """The load generator against the builtin server on loopback (bounded in time and count)."""
 
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ def test_open_loop_counts_scores_and_measures_from_the_schedule(slow_server, npz
     assert r["answers_consistent"]
     assert r["accuracy"] == pytest.approx(100.0 * np.mean(offline[:n] == digits.y_eval[:n]))
     assert isinstance(r["valid"], bool) and "late_fraction" in r and "client_cpu" in r
+    assert r["sender_priority"].startswith(("real-time", "normal ("))
 
 
 def test_closed_loop_and_errors_by_status(slow_server, npz):
@@ -173,6 +176,8 @@ def test_a_stalled_sender_counts_every_late_send_and_charges_its_latency(slow_se
     assert due > 10 and rec.sent == len(offsets) and rec.late >= due
     # the first arrival due in the stall waited for its end before it was even sent
     assert max(rec.latency_s) >= stall - (offsets[offsets > at][0] - at)
+    # a sender 0.2 s behind leaves real-time priority (where it had it) for the rest of the run
+    assert rec.priority.startswith("normal (") or rec.priority.endswith(", then normal (100 ms behind its schedule)")
     r = load.summarize(rec, duration, 0.05, rate)
     assert not r["valid"] and r["late_sends"] == rec.late
     assert r["invalid_reasons"] == [f"{rec.late / rec.sent:.1%} of sends were more than 1 ms late"]
@@ -191,3 +196,45 @@ def test_the_schedule_is_drawn_up_front_and_does_not_drift():
     assert np.array_equal(a, load.arrivals(1000.0, 2.0, seed=7)) and np.all(np.diff(a) > 0) and a[-1] <= 2.0
     # a Poisson process of 1,000/s over 2 s: 2,000 +- 5 sigma (sigma ~ 45)
     assert abs(len(a) - 2000) < 5 * np.sqrt(2000)
+
+
+def _policies() -> tuple[str, int, int]:
+    """What ``Realtime`` gave, the calling thread's policy inside, a thread started inside's."""
+    seen = []
+    with load.Realtime() as rt:
+        th = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+        th.start()
+        th.join()
+        inside = os.sched_getscheduler(0)
+    return rt.got, inside, seen[0]
+
+
+def test_the_sender_runs_real_time_when_allowed_and_is_restored():
+    """The sender and the receiver it starts run SCHED_FIFO while the load runs when the process
+    may; the calling thread (a notebook kernel's) gets its own scheduling back afterwards."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    got, inside, started = _policies()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    if got.startswith("real-time"):
+        assert inside == started == os.SCHED_FIFO
+    else:
+        assert got.startswith("normal (") and inside == started == before[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping the privilege needs root to begin with")
+def test_without_the_privilege_the_sender_runs_normal_and_says_why():
+    """A process that may not (here: a child that gave up root) keeps normal scheduling, and
+    says why, instead of failing the load run."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest from here on, only os._exit
+        try:
+            os.setresuid(65534, 65534, 65534)
+            os.write(write, json.dumps(_policies()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        got, inside, started = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert got.startswith("normal (real-time refused") and inside == started == os.SCHED_OTHER

@@ -27,6 +27,24 @@ While the load runs the interpreter's switch interval is lowered (a waiting thre
 GIL within 0.1 ms instead of 5 ms) and the garbage collector is paused (a full collection in a
 kernel that imported TensorFlow takes milliseconds); both are restored afterwards.
 
+What still made sends late at 1,000 QPS was waiting, not the generator's own work (a fifth
+of a core there): a sleeping thread of normal priority that wakes while other processes (the
+server, other users' jobs) hold both cores waits for a time slice, and the sender can then wait
+again for the interpreter lock held by its receiver, itself waiting for a core. Measured on
+this machine at load average 8-11 (benchmarks/serving.md, "Load generator validity", the runs
+of 2026-11-30 19:45 and 20:10 UTC), 50 to 1,000 QPS: the bare sleep-then-spin loop with
+nothing sent woke over 1 ms late for 13-30% of arrivals, the same loop as a ``SCHED_FIFO``
+thread for 0-3.3% (mostly 0); this generator sent 20-58% late at normal priority and 0-0.32%
+(once 2%) at real-time priority. So, where the process may (root or ``CAP_SYS_NICE``), the
+sending thread and the receiver it starts run at the lowest real-time priority while the load
+runs (:class:`Realtime`; restored afterwards): the sender to send on time, the receiver so that
+an answer's arrival time is not its wait for a core. Both sleep between events, and the kernel
+caps all real-time threads at 95% of every second (``sched_rt_runtime_us``) whatever happens.
+A sender that falls ``BEHIND_S`` behind its schedule (a rate beyond what it can send: that run
+is invalid anyway) goes back to normal priority for the rest of the run rather than hold a core
+at real-time priority. Without the privilege they run as before, and the result says so
+(``sender_priority``).
+
 Closed loop (``concurrency``): N client threads, one connection each, each sends the next
 request when the previous answer arrived; latency from the send.
 
@@ -40,6 +58,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import select
 import socket
 import sys
@@ -69,7 +88,13 @@ DEFAULT_MODEL = "model"  # the name both engines serve a bundle as unless told o
 SPIN_S = 0.0002  # sleep until this long before a deadline, then spin
 CHECK_S = 0.05  # how often an open loop asks ``keep_going``
 SWITCH_S = 0.0001  # the interpreter's switch interval while a load runs
-SPARE = 4  # idle connections the receiver keeps open ahead of the sender (a connect is not a send)
+REALTIME_PRIORITY = 1  # SCHED_FIFO priority of the sender and receiver threads: the lowest real-time one
+BEHIND_S = 0.1  # a sender this far behind has lost the run anyway: it leaves real-time priority, not to hog a core
+# Idle connections the receiver keeps open ahead of the sender: a connect is not a send, and on
+# the send path it is exposed to rare stalls (at 1,000 QPS against a saturated server, with 4
+# spare the sender opened ~150 connections in 5 s and one socket() took 17 ms: 1.2% late sends
+# in that run; with 32 it opened none, 0.1%; load average 8-9, 2026-11-30, a scratch run).
+SPARE = 32
 
 
 class LoadError(WorkbenchError):
@@ -168,6 +193,7 @@ class Recorder:
     status: Counter = field(default_factory=Counter)
     late: int = 0
     sent: int = 0
+    priority: str = ""  # the sender's scheduling: "real-time (SCHED_FIFO)" or "normal (why)"
     fail_at: list[float] = field(default_factory=list)
     answers: dict[int, set[int]] = field(default_factory=dict)
     labels: dict[int, int] = field(default_factory=dict)
@@ -362,8 +388,10 @@ class _Client:
                 conn.idle = True
                 self.idle.append(conn)
 
-    def send(self, req: bytes, p: Payload, t0: float) -> None:
-        """Send one pre-encoded request scheduled at ``t0`` (its latency counts from ``t0``)."""
+    def send(self, req: bytes, p: Payload, t0: float) -> float:
+        """Send one pre-encoded request scheduled at ``t0`` (its latency counts from ``t0``);
+        returns when it was handed to the socket (after choosing or opening a connection): the
+        time its lateness is measured at."""
         with self.lock:
             conn = None
             while self.idle and conn is None:
@@ -378,12 +406,15 @@ class _Client:
             if conn is None:
                 conn = self.open()
                 conn.pending.append((t0, p.index, p.label))
+            sent_at = time.perf_counter()
             conn.sock.sendall(req)
         except OSError as err:
+            sent_at = time.perf_counter()
             if conn is not None:
                 self._drop(conn, type(err).__name__)
             else:
-                self.rec.failed(time.perf_counter(), type(err).__name__)
+                self.rec.failed(sent_at, type(err).__name__)
+        return sent_at
 
     def busy(self) -> bool:
         return any(c.pending for c in list(self.conns.values()))
@@ -460,7 +491,41 @@ class _Quiet:
             gc.enable()
 
 
-def _wait_until(t: float) -> None:
+class Realtime:
+    """The calling thread, and the threads it starts meanwhile (they inherit it), at
+    ``SCHED_FIFO`` priority ``REALTIME_PRIORITY`` when the process may; restored afterwards
+    (or earlier by :meth:`leave`). ``got`` says which it was, and why not (the module docstring
+    says why at all)."""
+
+    def __enter__(self) -> "Realtime":
+        self.before, self.got = None, "real-time (SCHED_FIFO)"
+        if not hasattr(os, "sched_setscheduler"):
+            self.got = "normal (no real-time scheduling on this platform)"
+            return self
+        try:
+            before = (os.sched_getscheduler(0), os.sched_getparam(0))
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+        except OSError as err:  # PermissionError without root or CAP_SYS_NICE
+            self.got = f"normal (real-time refused: {err.strerror or err})"
+            return self
+        self.before = before
+        return self
+
+    def leave(self, why: str) -> None:
+        """Back to the calling thread's own scheduling now (threads started meanwhile keep theirs)."""
+        if self.before is not None:
+            os.sched_setscheduler(0, self.before[0], self.before[1])
+            self.before = None
+            self.got += f", then normal ({why})"
+
+    def __exit__(self, *exc) -> None:
+        if self.before is not None:
+            os.sched_setscheduler(0, self.before[0], self.before[1])
+
+
+def wait_until(t: float) -> None:
+    """Until ``perf_counter`` reaches ``t``: a sleep (which wakes late by the kernel's timer slack
+    and scheduling), then a spin of at most ``SPIN_S`` to land on it."""
     delay = t - time.perf_counter()
     if delay > SPIN_S:
         time.sleep(delay - SPIN_S)
@@ -487,7 +552,8 @@ def open_loop(url: str, items: list[Payload], rate: float, duration: float, seed
     target = Target.of(url)
     reqs = [target.request(p) for p in items]
     offsets = arrivals(rate, duration, seed)
-    with _Quiet(), _Client(target, rec, max_connections, timeout, score) as client:
+    with _Quiet(), Realtime() as rt, _Client(target, rec, max_connections, timeout, score) as client:
+        rec.priority = rt.got
         client.warm(2 * SPARE)
         rec.start = start = time.perf_counter()
         next_check = start + CHECK_S
@@ -497,11 +563,14 @@ def open_loop(url: str, items: list[Payload], rate: float, duration: float, seed
                 if not keep_going(time.perf_counter()):
                     break
                 next_check = time.perf_counter() + CHECK_S
-            _wait_until(t)
+            wait_until(t)
+            sent_at = client.send(reqs[i % len(reqs)], items[i % len(items)], t)
             rec.sent += 1
-            if time.perf_counter() - t > LATE_MS / 1e3:
+            if sent_at - t > LATE_MS / 1e3:
                 rec.late += 1
-            client.send(reqs[i % len(reqs)], items[i % len(items)], t)
+                if sent_at - t > BEHIND_S and rt.before is not None:
+                    rt.leave(f"{BEHIND_S * 1e3:g} ms behind its schedule")
+                    rec.priority = rt.got
         client.drain(timeout)
     return rec
 
@@ -584,6 +653,8 @@ def summarize(rec: Recorder, elapsed: float, cpu: float, offered: float | None) 
         "late_sends": rec.late, "late_fraction": rec.late / rec.sent if rec.sent else 0.0,
         "client_cpu": cpu,
     }
+    if offered is not None:
+        out["sender_priority"] = rec.priority
     for p in PERCENTILES:
         out[f"p{p:g}_ms"] = hist.get_value_at_percentile(p) / 1e3 if answered else float("nan")
     out["mean_ms"] = hist.get_mean_value() / 1e3 if answered else float("nan")
@@ -633,8 +704,9 @@ def render(r: dict[str, Any]) -> str:
               "latency ms: " + ", ".join(f"p{p:g} {r[f'p{p:g}_ms']:.3f}" for p in PERCENTILES)
               + f", mean {r['mean_ms']:.3f}",
               "errors: " + (", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "none"),
-              f"late sends (> {LATE_MS:g} ms): {r['late_sends']} ({r['late_fraction']:.2%}); "
-              f"client CPU {r['client_cpu']:.0%}"]
+              f"late sends (> {LATE_MS:g} ms): {r['late_sends']} ({r['late_fraction']:.2%})"
+              + (f", sender {r['sender_priority']}" if r.get("sender_priority") else "")
+              + f"; client CPU {r['client_cpu']:.0%}"]
     if "accuracy" in r:
         lines.append(f"accuracy of the answers: {r['accuracy']:.2f}% on {r['samples_scored']} samples"
                      f"{'' if r['answers_consistent'] else ' (answers to the same sample differed!)'}")
