@@ -47,6 +47,16 @@ def test_bad_tag_is_one_line(bundle):  # noqa: F811
     _one_line_error(run_cli("image", str(bundle), "--tag", "Bad Tag!"), "--tag")
 
 
+def test_a_manifest_workbench_did_not_write_is_kept(bundle, tmp_path):  # noqa: F811
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy, symlinks=True)
+    (copy / "inferenceservice.yaml").write_text("kind: Mine\n")
+    _one_line_error(run_cli("image", str(copy), "--tag", "x:1"), "inferenceservice.yaml", "not written by workbench")
+    assert (copy / "inferenceservice.yaml").read_text() == "kind: Mine\n"
+
+
 def test_missing_podman_is_one_line(bundle, tmp_path):  # noqa: F811
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -54,6 +64,21 @@ def test_missing_podman_is_one_line(bundle, tmp_path):  # noqa: F811
     res = subprocess.run([str(exe), "image", str(bundle), "--tag", "x:1"], capture_output=True, text=True,
                          env={**os.environ, "PATH": str(empty)})
     _one_line_error(res, "podman is not installed", "apt-get install podman runc mmdebstrap")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ["--host", "0.0.0.0", "--port", "8080"]),
+    ({"HOST": "127.0.0.1", "PORT": "9001", "GRPC_PORT": "9002"},
+     ["--host", "127.0.0.1", "--port", "9001", "--grpc-port", "9002"]),
+], ids=["defaults", "host-port-grpc"])
+def test_entrypoint_honours_host_port_grpc_port(env, expected):
+    """The image's entrypoint, run by /bin/sh as podman runs it, with its exec shown instead."""
+    script = image.ENTRYPOINT.replace("exec python", "printf '%s\\n' python", 1)
+    assert script != image.ENTRYPOINT
+    clean = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "GRPC_PORT")}
+    out = subprocess.run(["/bin/sh", "-c", script, "workbench-serve", "--max-batch-size", "8"],
+                         env={**clean, **env}, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["python", "-m", "workbench.cli", "serve", "/bundle", *expected, "--max-batch-size", "8"]
 
 
 def test_inferenceservice_for_the_image(bundle, tmp_path):  # noqa: F811
@@ -86,12 +111,13 @@ def test_image_serves_what_predict_py_answers(tmp_path):
         # the KServe manifest names the image it was built as
         manifest = yaml.safe_load((out / "inferenceservice.yaml").read_text())
         assert manifest["spec"]["predictor"]["containers"][0]["image"] == tag
-        # small: no TensorFlow for an onnxruntime bundle, no pip, no host pip configuration or CA bundle
+        # small: no TensorFlow for an onnxruntime bundle, no pip; nothing of the build's wheels mount
+        # (/mnt) or the host's pip configuration in it
         probe = image.podman("run", "--rm", "--network=none", "--entrypoint", "python", tag, "-c",
-                             "import importlib.util as u, os; print([m for m in ('tensorflow', 'pip', 'onnxruntime') "
-                             "if u.find_spec(m)], [p for p in ('/etc/pip.conf', '/etc/xdg/pip', '/wheels') "
-                             "if os.path.exists(p)])")
-        assert probe.stdout.split() == ["['onnxruntime']", "[]"], probe.stdout + probe.stderr
+                             "import importlib.util as u, json, os; print(json.dumps(["
+                             "[m for m in ('tensorflow', 'pip', 'onnxruntime') if u.find_spec(m)], os.listdir('/mnt'), "
+                             "[p for p in ('/etc/pip.conf', '/etc/xdg/pip') if os.path.exists(p)]]))")
+        assert json.loads(probe.stdout) == [["onnxruntime"], [], []], probe.stdout + probe.stderr
         port = free_port()
         cid = image.podman("run", "-d", "--network=host", "-e", "HOST=127.0.0.1", "-e", f"PORT={port}",
                            tag).stdout.strip()

@@ -135,13 +135,15 @@ def _export(args: argparse.Namespace) -> int:
 
 def _image(args: argparse.Namespace) -> int:
     from workbench.export.image import build
-    from workbench.serve.kserve import write_inferenceservice
+    from workbench.serve.kserve import manifest_path, write_inferenceservice
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    manifest_path(args.bundle)  # a file of that name the workbench did not write: refused before the build
     built = build(args.bundle, args.tag, log=log)
     print(f"image: {built['tag']} ({built['id']}, {built['size_bytes'] / 1e6:.0f} MB, built in {built['seconds']:g} s)"
-          f"\nrun it: podman run --rm -p 8080:8080 {built['tag']}  (HOST, PORT, GRPC_PORT; arguments after the "
-          f"image go to `workbench serve`)\nKServe InferenceService: "
+          f"\nrun it: CONTAINERS_CONF={built['containers_conf']} podman run --rm --network=host -e HOST=127.0.0.1 "
+          f"-e PORT=8080 {built['tag']}  (also GRPC_PORT; arguments after the image go to `workbench serve`)"
+          f"\nKServe InferenceService: "
           f"{write_inferenceservice(args.bundle, name=Path(args.bundle).resolve().name, image=built['tag'])}")
     return 0
 

@@ -39,8 +39,8 @@ from workbench.core import cache
 from workbench.core.errors import WorkbenchError
 from workbench.export.bundle import MARKER, open_bundle
 
-BASE = "localhost/workbench-base:{codename}-{key}"  # key: the recipe below and the apt sources
-BASE_LABEL = "workbench.base"  # podman rmi $(podman images -q --filter label=workbench.base) removes them
+BASE_REPO = "localhost/workbench-base"  # podman rmi $(podman images -q localhost/workbench-base) removes them
+BASE = BASE_REPO + ":{codename}-{key}"  # key: the recipe below and the apt sources
 # minbase + python3 and python3-venv; /usr merged by mmdebstrap's hook (the usrmerge package would
 # bring 47 MB of perl); no documentation, manual pages or translations (copyright kept)
 MMDEBSTRAP = ("--variant=minbase", "--include=python3,python3-venv", "--format=tar", "--quiet",
@@ -65,9 +65,10 @@ ENTRYPOINT = ('exec python -m workbench.cli serve /bundle --host "${HOST:-0.0.0.
 CONTAINERFILE = """FROM {base}
 RUN apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt /app/requirements.txt
-# one layer: a venv, pip installing offline from the mounted wheels, then pip and setuptools removed
+# one layer: a venv, pip installing offline from the wheels mounted on /mnt (an empty directory of the
+# base: the mount leaves nothing behind), then pip and setuptools removed
 RUN python3 -m venv /opt/venv \\
-    && /opt/venv/bin/pip install --no-index --find-links /wheels --no-cache-dir --no-compile \\
+    && /opt/venv/bin/pip install --no-index --find-links /mnt --no-cache-dir --no-compile \\
        --disable-pip-version-check -r /app/requirements.txt \\
     && /opt/venv/bin/python -m pip uninstall -q -y --disable-pip-version-check pip setuptools \\
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
@@ -205,7 +206,7 @@ def base_image(log: Callable[[str], None]) -> str:
             code, last = _run(["mmdebstrap", *MMDEBSTRAP, codename, str(tar), *sources], out, timeout=1800)
             if code != 0:
                 raise BuildFailed(f"mmdebstrap failed: {last} (its output: {out})")
-            podman("import", "--change", f"LABEL {BASE_LABEL}=1", "--message",
+            podman("import", "--message",
                    "workbench image base: Debian minbase + python3, python3-venv", str(tar), base, timeout=600)
     return base
 
@@ -293,14 +294,14 @@ def build(bundle: str | Path, tag: str, log: Callable[[str], None] = lambda msg:
             base=base, version=_version(), runtime=b.params.runtime, entrypoint=json.dumps(ENTRYPOINT)))
         log(f"building {tag} (podman build, base {base})")
         out = _log_file(f"build-{tag}")
-        code, last = _run(["podman", "build", "--force-rm", "--network=host", "--volume", f"{wheel_dir}:/wheels:ro",
+        code, last = _run(["podman", "build", "--force-rm", "--network=host", "--volume", f"{wheel_dir}:/mnt:ro",
                            "--tag", tag, "--file", str(ctx / "Containerfile"), str(ctx)], out, timeout=1800,
                           env=podman_env())
     if code != 0:
         raise BuildFailed(f"podman build of {tag} failed: {last} (its output: {out})")
     info = json.loads(podman("image", "inspect", tag).stdout)[0]
     return {"tag": tag, "id": info["Id"][:12], "size_bytes": int(info["Size"]), "base": base,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), "containers_conf": podman_env()["CONTAINERS_CONF"]}
 
 
 def _version() -> str:

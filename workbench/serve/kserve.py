@@ -125,6 +125,15 @@ RUNTIME_PACKAGES = {"onnxruntime": '"onnxruntime>=1.32,<1.33"', "openvino": '"op
                     "litert": '"ai-edge-litert>=2.3,<2.4"', "tensorflow": '"tensorflow>=2.21,<2.22"'}
 
 
+def manifest_path(bundle: str | Path) -> Path:
+    """``inferenceservice.yaml`` in the bundle, refused when a file of that name is there that the
+    workbench did not write (its first line is not one of the manifests' own)."""
+    path = Path(bundle) / "inferenceservice.yaml"
+    if path.is_file() and not path.read_text(errors="replace").startswith("# KServe InferenceService for"):
+        raise EngineError(f"{path}: exists and was not written by workbench; move it away to write the manifest")
+    return path
+
+
 def write_inferenceservice(bundle: str | Path, name: str = "model", image: str | None = None,
                            storage_uri: str = "s3://YOUR-BUCKET/path/to/this/bundle", max_replicas: int = 4) -> Path:
     """``inferenceservice.yaml`` in the bundle: how a user who outgrows one machine scales out.
@@ -132,12 +141,11 @@ def write_inferenceservice(bundle: str | Path, name: str = "model", image: str |
     Without ``image``: KServe's ModelServer (the kserve engine) in an image the user builds, the
     bundle fetched from ``storage_uri``. With ``image`` (a ``workbench image`` tag): that image,
     which carries the bundle and serves it with the builtin engine."""
-    b = open_bundle(bundle)
+    path, b = manifest_path(bundle), open_bundle(bundle)
     k8s_name = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "model"
     template = MANIFEST if image is None else IMAGE_MANIFEST
     text = template.format(name=k8s_name, image=image or "workbench-kserve:latest", storage_uri=storage_uri,
                            max_replicas=max_replicas, threads=b.params.threads,
                            runtime_pkg=RUNTIME_PACKAGES.get(b.params.runtime, ""))
-    path = Path(bundle) / "inferenceservice.yaml"
     path.write_text(text)
     return path
