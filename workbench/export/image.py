@@ -282,8 +282,11 @@ def build(bundle: str | Path, tag: str, log: Callable[[str], None] = lambda msg:
     _require("podman", "runc")
     bundle = Path(bundle)
     reqs = requirements(bundle)
+    steps = {"checks": time.perf_counter() - t0}
     base = base_image(log)
+    steps["base image"] = time.perf_counter() - t0 - sum(steps.values())
     wheel_dir = wheels(reqs, log)
+    steps["wheels"] = time.perf_counter() - t0 - sum(steps.values())
     package = Path(__file__).resolve().parents[1]  # the workbench package that runs this
     with tempfile.TemporaryDirectory(prefix="workbench-image-") as tmp:
         ctx = Path(tmp)
@@ -300,8 +303,10 @@ def build(bundle: str | Path, tag: str, log: Callable[[str], None] = lambda msg:
     if code != 0:
         raise BuildFailed(f"podman build of {tag} failed: {last} (its output: {out})")
     info = json.loads(podman("image", "inspect", tag).stdout)[0]
+    steps["podman build"] = time.perf_counter() - t0 - sum(steps.values())
     return {"tag": tag, "id": info["Id"][:12], "size_bytes": int(info["Size"]), "base": base,
-            "seconds": round(time.perf_counter() - t0, 1), "containers_conf": podman_env()["CONTAINERS_CONF"]}
+            "seconds": round(time.perf_counter() - t0, 1), "steps": {k: round(v, 1) for k, v in steps.items()},
+            "containers_conf": podman_env()["CONTAINERS_CONF"]}
 
 
 def _version() -> str:
