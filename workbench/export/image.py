@@ -140,7 +140,8 @@ def _run(cmd: list[str], out: Path, timeout: float, env: dict[str, str] | None =
     itself (podman its build containers, mmdebstrap its mounts) before SIGKILL."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as fh, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=err, env=env, text=True)
+        # its own session: a Ctrl-C reaches this process only, which stops the step with SIGTERM
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=err, env=env, text=True, start_new_session=True)
         try:
             code = proc.wait(timeout)
         except BaseException:
@@ -155,6 +156,28 @@ def _run(cmd: list[str], out: Path, timeout: float, env: dict[str, str] | None =
         text = err.read()
         fh.write(text)
     return code, _last_line(text)
+
+
+def _podman_state() -> tuple[set[str], set[str]]:
+    """The ids of podman's containers (build containers too) and of its untagged images."""
+    containers = podman("ps", "-a", "--external", "--format", "{{.ID}}", check=False).stdout.split()
+    images = podman("images", "-a", "--filter", "dangling=true", "--format", "{{.ID}}", check=False).stdout.split()
+    return set(containers), set(images)
+
+
+def _clean_up_after(before: tuple[set[str], set[str]]) -> None:
+    """Remove what a failed or interrupted ``podman build`` left (podman 4.3 leaves its working
+    containers, with their overlay mounts, and the intermediate images): the build containers
+    and untagged images that were not there before it (newest first: children before parents)."""
+    rows = podman("ps", "-a", "--external", "--format", "{{.ID}} {{.Names}}", check=False).stdout.splitlines()
+    left = [row.split()[0] for row in rows if row.split()[0] not in before[0]
+            and row.rstrip().endswith("-working-container")]
+    if left:
+        podman("rm", "-f", *left, check=False)
+    for image_id in podman("images", "-a", "--filter", "dangling=true", "--format", "{{.ID}}",
+                           check=False).stdout.split():
+        if image_id not in before[1]:
+            podman("rmi", image_id, check=False)
 
 
 def _log_file(name: str) -> Path:
@@ -296,10 +319,14 @@ def build(bundle: str | Path, tag: str, log: Callable[[str], None] = lambda msg:
         (ctx / "Containerfile").write_text(CONTAINERFILE.format(
             base=base, version=_version(), runtime=b.params.runtime, entrypoint=json.dumps(ENTRYPOINT)))
         log(f"building {tag} (podman build, base {base})")
-        out = _log_file(f"build-{tag}")
-        code, last = _run(["podman", "build", "--force-rm", "--network=host", "--volume", f"{wheel_dir}:/mnt:ro",
-                           "--tag", tag, "--file", str(ctx / "Containerfile"), str(ctx)], out, timeout=1800,
-                          env=podman_env())
+        out, before, code = _log_file(f"build-{tag}"), _podman_state(), None
+        try:
+            code, last = _run(["podman", "build", "--force-rm", "--network=host", "--volume",
+                               f"{wheel_dir}:/mnt:ro", "--tag", tag, "--file", str(ctx / "Containerfile"), str(ctx)],
+                              out, timeout=1800, env=podman_env())
+        finally:
+            if code != 0:  # failed, interrupted or timed out
+                _clean_up_after(before)
     if code != 0:
         raise BuildFailed(f"podman build of {tag} failed: {last} (its output: {out})")
     info = json.loads(podman("image", "inspect", tag).stdout)[0]
