@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from workbench.export.run import export_trial  # noqa: E402
 FAST = dict(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=2.0)
 HEADING = "## Container image (`workbench image`)"
 TAGS = ("localhost/workbench-bench:a", "localhost/workbench-bench:b")
+OTHER_RUNTIMES = ("litert", "openvino")  # their image sizes, built on the warm base
 
 
 def _bundle(out: Path, **params) -> Path:
@@ -79,6 +79,13 @@ def measure(cold: bool) -> dict:
             again = image.build(a, TAGS[0], log=log)
             other = image.build(b, TAGS[1], log=log)
             res["startup_s"] = [round(_startup(TAGS[0]), 2) for _ in range(3)]
+            res["runtimes"] = {}
+            for rt in OTHER_RUNTIMES:
+                tag = f"localhost/workbench-bench:{rt}"
+                try:
+                    res["runtimes"][rt] = image.build(_bundle(Path(tmp) / rt, runtime=rt), tag, log=log)
+                finally:
+                    image.podman("rmi", "-f", tag, check=False)
             base = json.loads(image.podman("image", "inspect", first["base"]).stdout)[0]
             layers = image.podman("history", "--format", "{{.Size}}\t{{.CreatedBy}}", TAGS[0]).stdout
             version = image.podman("--version").stdout.strip()
@@ -101,6 +108,8 @@ def render(res: dict) -> str:
         f"| another bundle (threads 2), same base and packages | {o['seconds']:g} s | {steps(o)} "
         f"| {mb(o['size_bytes'])} |",
     ]
+    rows += [f"| a bundle of runtime {rt}, same base | {r['seconds']:g} s | {steps(r)} | {mb(r['size_bytes'])} |"
+             for rt, r in res.get("runtimes", {}).items()]
     layers = "\n".join(f"| {size} | `{what.strip()[:70]}` |" for size, what in res["layers"])
     return f"""{HEADING}
 
