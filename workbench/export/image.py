@@ -3,7 +3,7 @@ with the builtin engine (``workbench serve``).
 
 No image registry is reachable from the machines this runs on, so nothing is pulled: the base
 is a Debian minbase root file system with python3 and python3-venv, made by ``mmdebstrap`` from
-the machine's own apt sources and ``podman import``-ed once (about a minute), then reused by
+the machine's own apt sources and ``podman import``-ed once (1.5-2.5 minutes on a busy 2-core machine), then reused by
 every build (:data:`BASE`; ``podman rmi`` it to rebuild). The Python packages are downloaded on
 the host by the host's own pip, so the image gets exactly the registries, certificates and
 constraints the host is configured with, and the versions it runs (the bundle's
@@ -222,7 +222,7 @@ def base_image(log: Callable[[str], None]) -> str:
     with cache.file_lock(cache.root() / "image" / "base.lock"):  # one build of the base at a time
         if podman("image", "exists", base, check=False).returncode == 0:
             return base
-        log(f"building the base image {base} with mmdebstrap (once; about a minute)")
+        log(f"building the base image {base} with mmdebstrap (once; a minute or two)")
         with tempfile.TemporaryDirectory(prefix="workbench-base-") as tmp:
             tar = Path(tmp) / "rootfs.tar"
             out = _log_file("base")
