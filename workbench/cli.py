@@ -1,4 +1,4 @@
-"""The ``workbench`` command: ``sweep``, ``plan``, ``trial``, ``report``, ``export``, ``serve``, ``load``, ``bench``, ``doctor``.
+"""The ``workbench`` command: ``sweep``, ``plan``, ``trial``, ``report``, ``export``, ``image``, ``serve``, ``load``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
 else is a bug: one line naming a log file that holds the traceback, exit code 1.
@@ -130,6 +130,21 @@ def _export(args: argparse.Namespace) -> int:
 
         print(f"KServe InferenceService: {write_inferenceservice(out, name=f'trial-{out.name}')}")
     print(f"serve it: workbench serve {out}" + (" --engine kserve" if args.engine == "kserve" else ""))
+    return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    from workbench.export.image import build
+    from workbench.serve.kserve import manifest_path, write_inferenceservice
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    manifest_path(args.bundle)  # a file of that name the workbench did not write: refused before the build
+    built = build(args.bundle, args.tag, log=log)
+    print(f"image: {built['tag']} ({built['id']}, {built['size_bytes'] / 1e6:.0f} MB, built in {built['seconds']:g} s)"
+          f"\nrun it: CONTAINERS_CONF={built['containers_conf']} podman run --rm --network=host -e HOST=127.0.0.1 "
+          f"-e PORT=8080 {built['tag']}  (also GRPC_PORT; arguments after the image go to `workbench serve`)"
+          f"\nKServe InferenceService: "
+          f"{write_inferenceservice(args.bundle, name=Path(args.bundle).resolve().name, image=built['tag'])}")
     return 0
 
 
@@ -277,6 +292,11 @@ def parser() -> argparse.ArgumentParser:
     ep.add_argument("--engine", default="builtin",
                     help="kserve: also write inferenceservice.yaml (KServe on Kubernetes)")
     ep.set_defaults(func=_export)
+
+    ip = sub.add_parser("image", help="build an OCI image (podman) that serves a bundle with the builtin engine")
+    ip.add_argument("bundle", help="a directory written by `workbench export`")
+    ip.add_argument("--tag", required=True, help="the image's name, e.g. digits-cnn:1")
+    ip.set_defaults(func=_image)
 
     bp = sub.add_parser("bench", help="p50 of the workbench's timing loop vs a bare loop (onnxruntime)")
     bp.add_argument("model", help="an .onnx file")

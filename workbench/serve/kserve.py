@@ -94,17 +94,66 @@ spec:
             memory: 1Gi
 """
 
+IMAGE_MANIFEST = """# KServe InferenceService for the image `workbench image --tag {image}` built from this bundle.
+# The image holds the bundle and serves it with the builtin engine (`workbench serve`) on $PORT.
+# 1. Push it where the cluster pulls from (podman push {image} REGISTRY/NAME) and put that name below.
+# 2. kubectl apply -f inferenceservice.yaml; the endpoint speaks the same v2 protocol as `workbench serve`.
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: {name}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: {max_replicas}
+    containers:
+      - name: kserve-container
+        image: {image}
+        args: ["--name", "{name}"]
+        env:
+          - name: PORT
+            value: "8080"
+        ports:
+          - containerPort: 8080
+            protocol: TCP
+        readinessProbe:
+          httpGet:
+            path: /v2/models/{name}/ready
+            port: 8080
+        resources:
+          requests:
+            cpu: "{threads}"
+            memory: 512Mi
+          limits:
+            cpu: "{threads}"
+            memory: 1Gi
+"""
+
 RUNTIME_PACKAGES = {"onnxruntime": '"onnxruntime>=1.32,<1.33"', "openvino": '"openvino>=2026.4,<2026.5"',
                     "litert": '"ai-edge-litert>=2.3,<2.4"', "tensorflow": '"tensorflow>=2.21,<2.22"'}
 
 
-def write_inferenceservice(bundle: str | Path, name: str = "model", image: str = "workbench-kserve:latest",
-                           storage_uri: str = "s3://YOUR-BUCKET/path/to/this/bundle", max_replicas: int = 4) -> Path:
-    """``inferenceservice.yaml`` in the bundle: how a user who outgrows one machine scales out."""
-    b = open_bundle(bundle)
-    k8s_name = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "model"
-    text = MANIFEST.format(name=k8s_name, image=image, storage_uri=storage_uri, max_replicas=max_replicas,
-                           threads=b.params.threads, runtime_pkg=RUNTIME_PACKAGES.get(b.params.runtime, ""))
+def manifest_path(bundle: str | Path) -> Path:
+    """``inferenceservice.yaml`` in the bundle, refused when a file of that name is there that the
+    workbench did not write (its first line is not one of the manifests' own)."""
     path = Path(bundle) / "inferenceservice.yaml"
+    if path.is_file() and not path.read_text(errors="replace").startswith("# KServe InferenceService for"):
+        raise EngineError(f"{path}: exists and was not written by workbench; move it away to write the manifest")
+    return path
+
+
+def write_inferenceservice(bundle: str | Path, name: str = "model", image: str | None = None,
+                           storage_uri: str = "s3://YOUR-BUCKET/path/to/this/bundle", max_replicas: int = 4) -> Path:
+    """``inferenceservice.yaml`` in the bundle: how a user who outgrows one machine scales out.
+
+    Without ``image``: KServe's ModelServer (the kserve engine) in an image the user builds, the
+    bundle fetched from ``storage_uri``. With ``image`` (a ``workbench image`` tag): that image,
+    which carries the bundle and serves it with the builtin engine."""
+    path, b = manifest_path(bundle), open_bundle(bundle)
+    k8s_name = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "model"
+    template = MANIFEST if image is None else IMAGE_MANIFEST
+    text = template.format(name=k8s_name, image=image or "workbench-kserve:latest", storage_uri=storage_uri,
+                           max_replicas=max_replicas, threads=b.params.threads,
+                           runtime_pkg=RUNTIME_PACKAGES.get(b.params.runtime, ""))
     path.write_text(text)
     return path
