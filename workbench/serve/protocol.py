@@ -28,6 +28,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
 DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
              "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
@@ -204,20 +205,13 @@ def parse(body: bytes, content_type: str, headers: dict[str, str], specs: list[S
     return out, header
 
 
-def _no_constant(name: str) -> Any:
-    raise BadRequest(f"body holds {name}: not a number JSON allows")
-
-
 def loads(body: bytes) -> Any:
-    """JSON of a request body: invalid JSON, ``NaN``/``Infinity`` and nesting deeper than the
-    interpreter's recursion limit are :class:`BadRequest` (the last one was a 500)."""
+    """JSON of a request body, with orjson (the standard library took half the engine's own time
+    per request on a small body): invalid JSON, invalid UTF-8, ``NaN``/``Infinity`` (not JSON),
+    integers beyond 64 bits and nesting deeper than orjson's 1024 levels are :class:`BadRequest`."""
     try:
-        return json.loads(body, parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"body is not valid JSON ({getattr(err, 'msg', type(err).__name__)})") from None
-    except RecursionError:
-        raise BadRequest("body is JSON nested too deeply") from None
-    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
         raise BadRequest(f"body is not valid JSON ({str(err).split(':')[0][:80]})") from None
 
 
@@ -242,10 +236,12 @@ def encode(y: np.ndarray, header: dict[str, Any], model: str, output_name: str) 
     if wants_binary(header):
         raw = np.ascontiguousarray(y).astype(y.dtype.newbyteorder("<")).tobytes()
         out["parameters"] = {"binary_data_size": len(raw)}
-        head = json.dumps(answer, separators=(",", ":")).encode()
+        head = orjson.dumps(answer)
         return head + raw, {"content-type": NPY, "inference-header-content-length": str(len(head))}
-    out["data"] = y.reshape(-1).tolist()
-    return json.dumps(answer, separators=(",", ":")).encode(), {"content-type": "application/json"}
+    # orjson writes numbers straight from the array (float32 in its shortest form, which reads back
+    # as the same float32); anything else as Python objects
+    out["data"] = np.ascontiguousarray(y).reshape(-1) if y.dtype.kind in "biuf" else y.reshape(-1).tolist()
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), {"content-type": "application/json"}
 
 
 def request_json(x: Any, name: str = "input") -> bytes:
