@@ -140,10 +140,10 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
             log.exception("infer failed")
             response = _error(500, f"internal error: {type(err).__name__}")
         if response.status_code == 200:
-            metrics.success.inc()
+            metrics.success += 1
             metrics.request.observe(time.perf_counter() - t0)
         else:
-            metrics.failure.labels(str(response.status_code)).inc()
+            metrics.add_failure(response.status_code)
         return response
 
     async def _infer(request: Request) -> Response:
@@ -169,7 +169,7 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
             return parsed
         x, header = parsed
         try:
-            y = await state["batcher"].submit(x)
+            y = await state["batcher"].submit(x, request.scope.get(guard.AHEAD, 0))
         except QueueFull as err:
             return _error(503, str(err))
         except Exception as err:  # noqa: BLE001 - the runtime failed on this batch
@@ -184,8 +184,9 @@ def build_app(bundle_path: str, opts: Options) -> Starlette:
             body += chunk
             if len(body) > opts.max_body_bytes:
                 return _error(400, f"body is over the limit of {opts.max_body_bytes} bytes")
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        args = (bytes(body), headers.get("content-type", ""), headers, bundle.inputs, MAX_ROWS)
+        headers = request.headers  # ASGI header names are lower case; parse reads two of them
+        binary = {protocol.HEADER_LENGTH: headers[protocol.HEADER_LENGTH]} if protocol.HEADER_LENGTH in headers else {}
+        args = (bytes(body), headers.get("content-type", ""), binary, bundle.inputs, MAX_ROWS)
         del body
         try:
             return await asyncio.to_thread(protocol.parse, *args) if in_thread else protocol.parse(*args)
