@@ -67,14 +67,15 @@ def _check(x: np.ndarray, spec: Spec, max_rows: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _flat(data: list, what: str) -> list:
+def _flat(data: list, what: str) -> tuple[list, set[type]]:
     """The values of ``data`` (flat or nested row-major lists), checked to be one level of lists
-    per dimension, at most :data:`MAX_DIMS` deep, never ragged between lists and values."""
+    per dimension, at most :data:`MAX_DIMS` deep, never ragged between lists and values; and the
+    set of their types (one pass over the values serves both checks)."""
     level = data
     for _ in range(MAX_DIMS):
         types = set(map(type, level))
         if list not in types:
-            return level
+            return level, types
         if types != {list}:
             raise BadRequest(f"{what} mixes lists and values at one level")
         level = list(chain.from_iterable(level))
@@ -84,9 +85,9 @@ def _flat(data: list, what: str) -> list:
 def _values(data: list, dtype: np.dtype, datatype: str, what: str) -> np.ndarray:
     """The array of JSON ``data``: numbers for numeric datatypes (integers for integer ones),
     true/false for BOOL; anything else (null, strings, booleans) is refused, never converted."""
-    flat = _flat(data, what)
+    flat, types = _flat(data, what)
     allowed = {bool} if dtype.kind == "b" else {int} if dtype.kind in "iu" else {int, float}
-    wrong = set(map(type, flat)) - allowed
+    wrong = types - allowed
     if wrong:
         names = sorted(_JSON_NAMES.get(t, t.__name__) for t in wrong)
         raise BadRequest(f"{what} holds {', '.join(names)}: a {datatype} tensor takes "
