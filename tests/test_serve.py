@@ -286,10 +286,74 @@ def test_batcher_policies(session, digits):
         try:
             return await asyncio.wait_for(b.submit(x), 30)
         finally:
-            b._task.cancel()
+            await b.stop()
 
     assert np.array_equal(asyncio.run(lone("idle", 600_000)), session.run(x))
     assert np.array_equal(asyncio.run(lone("delay", 50)), session.run(x))
+
+
+def test_inline_answers_are_the_batched_answers(session, digits):
+    """A request that would be a batch of one runs inline, on the event loop's thread (batch 1;
+    alone under policy idle, at once or from the queue when others were in the server; or when
+    its delay passed): requests that arrive together go to the instance's thread in batches.
+    Both give the same answer, bit for bit, and the same as the session offline."""
+    import threading
+
+    from workbench.serve.batcher import Batcher, thread_instance
+
+    xs = [np.ascontiguousarray(digits.x_eval[i:i + 1]) for i in range(20)]
+
+    async def serve(max_batch_size, policy, together, ahead=0):
+        inst, batches = thread_instance(session), []
+        run = inst.run
+        inst.run = lambda b: (batches.append((threading.current_thread().name, len(b))), run(b))[1]
+        b = Batcher([inst], max_batch_size, 50.0, policy, 64)
+        b.start()
+        try:
+            if together:
+                return await asyncio.gather(*(b.submit(x) for x in xs)), batches
+            return [await b.submit(x, ahead) for x in xs], batches
+        finally:
+            await b.stop()
+
+    main = threading.current_thread().name
+    offline = session.run(np.concatenate(xs))
+    batched, seen = asyncio.run(serve(8, "delay", True))
+    assert all(name != main for name, _ in seen) and max(n for _, n in seen) == 8
+    for max_batch_size, policy, ahead in ((1, "idle", 0), (8, "idle", 0), (8, "idle", 1), (8, "delay", 0)):
+        inline, seen = asyncio.run(serve(max_batch_size, policy, False, ahead))
+        assert seen == [(main, 1)] * len(xs)
+        for i, (a, b) in enumerate(zip(inline, batched)):
+            assert np.array_equal(a, b) and np.array_equal(a, offline[i:i + 1])
+
+
+def test_a_slow_model_never_holds_the_event_loop(session, digits):
+    """A model slower than INLINE_MAX_S per lone request leaves the inline path after a few
+    requests: its compute runs on the instance's thread, so the loop stays free for probes and
+    parsing; the answers are the session's."""
+    import threading
+    import time
+
+    from workbench.serve.batcher import INLINE_MAX_S, Batcher, thread_instance
+
+    xs = [np.ascontiguousarray(digits.x_eval[i:i + 1]) for i in range(20)]
+    inst, seen = thread_instance(session), []
+    run = inst.run
+    inst.run = lambda b: (seen.append(threading.current_thread().name), time.sleep(5 * INLINE_MAX_S), run(b))[2]
+
+    async def lone_requests():
+        b = Batcher([inst], 1, 0.0, "idle", 64)
+        b.start()
+        try:
+            return [await b.submit(x) for x in xs]
+        finally:
+            await b.stop()
+
+    answers = asyncio.run(lone_requests())
+    main = threading.current_thread().name
+    assert seen[0] == main and all(name != main for name in seen[5:]), seen
+    for i, y in enumerate(answers):
+        assert np.array_equal(y, session.run(xs[i]))
 
 
 def test_a_model_with_several_named_inputs(tmp_path):

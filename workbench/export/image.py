@@ -51,7 +51,7 @@ MMDEBSTRAP = ("--variant=minbase", "--include=python3,python3-venv", "--format=t
 # what the builtin engine imports beyond the bundle's runtime and numpy (workbench/serve/app.py and
 # what `workbench serve` loads on its way there)
 SERVING_PACKAGES = ("starlette", "uvicorn", "uvloop", "httptools", "prometheus-client", "pydantic", "pyyaml",
-                    "grpcio", "protobuf")  # gRPC: `workbench serve --grpc-port` ($GRPC_PORT)
+                    "orjson", "grpcio", "protobuf")  # grpc*: `workbench serve --grpc-port` ($GRPC_PORT)
 NOT_COPIED = (MARKER, "inferenceservice.yaml")  # bundle files that say nothing the server reads
 CONTAINERS_CONF = """# written by `workbench image`; podman reads it through CONTAINERS_CONF
 [containers]

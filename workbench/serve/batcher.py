@@ -7,8 +7,21 @@ company: at low load it costs nothing, under load batches form by themselves whi
 busy. A full queue refuses new requests (:class:`QueueFull`, answered 503) rather than letting
 latency grow without bound.
 
+Dispatch is a callback scheduled on the event loop (``call_soon``), not a task waiting on an
+event: the requests whose handlers run in the same turn of the loop all join the queue first, and
+waking a dispatcher task cost more than the model on a tiny one. A batch of one request on the
+only instance, a thread instance, runs inline, on the event loop's thread, as a hand-written
+endpoint does, while the model answers one within ``INLINE_MAX_S``; at once, without queueing, when the batch can only be that request
+(``max_batch_size`` 1, or policy ``idle`` and no other request in the server: ``ahead``, counted
+by :mod:`workbench.serve.guard`). Handing it to the instance's thread and back was the largest
+item of the engine's own time at batch 1 (py-spy: ``ThreadPoolExecutor.submit`` alone 9.5% of
+the event loop's samples, then the GIL hand-back; benchmarks/serving.md). Batches of several
+requests, several instances and process instances go to the instance's worker, where the model
+computes while the event loop reads and parses the next requests.
+
 Each request's answer is its own rows of the batch output: runtimes compute rows independently,
-so it is exactly the unbatched answer (tests/test_serve.py checks this under concurrent load).
+so it is exactly the unbatched answer (tests/test_serve.py checks this under concurrent load, and
+that the inline path answers bit for bit as a batch does).
 """
 
 from __future__ import annotations
@@ -19,7 +32,6 @@ import concurrent.futures
 import multiprocessing
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -28,25 +40,33 @@ from workbench.data import inputs
 from workbench.export.bundle import open_bundle
 
 POLICIES = ("delay", "idle")
+# A lone request runs on the event loop only while the model answers one in less than this
+# (smoothed): a hand-written endpoint does the same for a tiny model, but a slower one would hold
+# the loop (health probes, reading and parsing the next requests) for its whole compute, where
+# the thread hop (~0.1 ms) is noise against it.
+INLINE_MAX_S = 0.002
+_SMOOTH = 0.1  # weight of the newest single-request compute time in the running estimate
 
 
 class QueueFull(Exception):
     """The queue holds ``max_queue`` requests already."""
 
 
-@dataclass
 class _Item:
-    x: np.ndarray
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
+    __slots__ = ("x", "future", "enqueued")
+
+    def __init__(self, x, future: asyncio.Future) -> None:
+        self.x, self.future, self.enqueued = x, future, time.perf_counter()
 
 
 class Instance:
     """One model instance: a session driven by its own worker (a thread, or a process when the
-    runtime holds the GIL while it computes)."""
+    runtime holds the GIL while it computes). ``inline``: ``run`` may also be called on the event
+    loop's thread (a session in this process), which a lone request does."""
 
-    def __init__(self, executor: concurrent.futures.Executor, run: Callable[[np.ndarray], np.ndarray]):
-        self.executor, self.run = executor, run
+    def __init__(self, executor: concurrent.futures.Executor, run: Callable[[np.ndarray], np.ndarray],
+                 inline: bool = False):
+        self.executor, self.run, self.inline = executor, run, inline
 
     async def __call__(self, batch: np.ndarray) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, batch)
@@ -70,7 +90,7 @@ def _process_run(batch: np.ndarray) -> np.ndarray:
 
 def thread_instance(session) -> Instance:
     return Instance(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="instance"),
-                    lambda b: np.asarray(session.run(b)))
+                    lambda b: np.asarray(session.run(b)), inline=True)
 
 
 def process_instance(bundle_path: str, threads: int | None, trust_model_code: bool = False) -> Instance:
@@ -142,11 +162,12 @@ class Batcher:
         self.observe = observe or (lambda **_: None)
         self.queue: collections.deque[_Item] = collections.deque()
         self.running = 0  # requests inside a dispatched batch
-        self._wake = asyncio.Event()
-        self._free: asyncio.Queue[Instance] = asyncio.Queue()
-        for inst in instances:
-            self._free.put_nowait(inst)
-        self._task: asyncio.Task | None = None
+        self._free = list(instances)
+        self._inline = len(instances) == 1 and instances[0].inline
+        self._lone_s = 0.0  # smoothed compute time of a one-request batch (INLINE_MAX_S)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self._batches: set[asyncio.Task] = set()
 
     @property
@@ -154,51 +175,73 @@ class Batcher:
         return len(self.queue) + self.running
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._dispatch())
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
         """Finish dispatched batches, then stop (the server drains requests before calling this)."""
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
-        if self._task:
-            self._task.cancel()
+        if self._timer:
+            self._timer.cancel()
         for inst in self.instances:
             inst.close()
 
-    async def submit(self, x) -> np.ndarray:
+    async def submit(self, x, ahead: int = 0) -> np.ndarray:
+        """The outputs for rows ``x``. ``ahead``: requests the server received before this one and
+        has not answered (on the inline path they wait in the event loop, not in the queue)."""
         if len(self.queue) >= self.max_queue:
             raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
-        item = _Item(x, asyncio.get_running_loop().create_future())
+        if self._inline_now() and self._free and not self.queue and (
+                self.max_batch_size == 1 or (self.policy == "idle" and ahead == 0)):
+            # the batch is this request whatever comes next (batch 1), or nobody else is here
+            if ahead > self.max_queue:
+                raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
+            return self._inline_run(x)
+        item = _Item(x, self._loop.create_future())
         self.queue.append(item)
-        self._wake.set()
+        if not self._scheduled and self._free:
+            self._scheduled = True
+            self._loop.call_soon(self._dispatch)
         return await item.future
 
-    async def _wait_for(self, timeout: float | None) -> None:
-        self._wake.clear()
+    def _inline_now(self) -> bool:
+        return self._inline and self._lone_s < INLINE_MAX_S
+
+    def _lone(self, seconds: float) -> None:
+        self._lone_s += _SMOOTH * (seconds - self._lone_s)
+
+    def _inline_run(self, x, queued: float = 0.0) -> np.ndarray:
+        inst = self._free.pop()
+        self.running += 1
+        start = time.perf_counter()
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            y = inst.run(x)
+        finally:
+            self.running -= 1
+            self._free.append(inst)
+        compute = time.perf_counter() - start
+        self._lone(compute)
+        self.observe(batch_rows=inputs.rows(x), compute=compute, queued=(queued,))
+        return y
 
     def _rows(self) -> int:
         return sum(inputs.rows(i.x) for i in self.queue)
 
-    async def _dispatch(self) -> None:
-        while True:
-            inst = await self._free.get()
-            while True:
-                while self.queue and self.queue[0].future.done():  # its client went away
-                    self.queue.popleft()
-                if self.queue:
-                    break
-                await self._wait_for(None)
-            if self.policy == "delay":
-                deadline = self.queue[0].enqueued + self.delay
-                while self._rows() < self.max_batch_size:
-                    left = deadline - time.perf_counter()
-                    if left <= 0:
-                        break
-                    await self._wait_for(left)
+    def _dispatch(self) -> None:
+        """Send what is queued to the free instances (called on the loop, never awaited)."""
+        self._scheduled = False
+        while self._free:
+            while self.queue and self.queue[0].future.done():  # its client went away
+                self.queue.popleft()
+            if not self.queue:
+                return
+            if self.policy == "delay" and self._rows() < self.max_batch_size:
+                left = self.queue[0].enqueued + self.delay - time.perf_counter()
+                if left > 0:
+                    if self._timer:
+                        self._timer.cancel()
+                    self._timer = self._loop.call_later(left, self._dispatch)
+                    return
             items, rows = [], 0
             while self.queue and (not items or rows + inputs.rows(self.queue[0].x) <= self.max_batch_size):
                 item = self.queue.popleft()
@@ -206,10 +249,19 @@ class Batcher:
                     items.append(item)
                     rows += inputs.rows(item.x)
             if not items:
-                self._free.put_nowait(inst)
                 continue
+            if len(items) == 1 and self._inline_now():
+                item = items[0]
+                try:
+                    y = self._inline_run(item.x, time.perf_counter() - item.enqueued)
+                except Exception as err:  # noqa: BLE001 - its request gets the error
+                    item.future.set_exception(err)
+                else:
+                    item.future.set_result(y)
+                continue
+            inst = self._free.pop()
             self.running += len(items)
-            task = asyncio.get_running_loop().create_task(self._run(inst, items, rows))
+            task = self._loop.create_task(self._run(inst, items, rows))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
@@ -218,6 +270,8 @@ class Batcher:
         try:
             y = await inst(_concat([i.x for i in items]))
             end = time.perf_counter()
+            if len(items) == 1:  # a slow model's lone requests stay off the loop; a fast one's come back
+                self._lone(end - start)
             at = 0
             for item in items:
                 n = inputs.rows(item.x)
@@ -231,4 +285,5 @@ class Batcher:
                     item.future.set_exception(err)
         finally:
             self.running -= len(items)
-            self._free.put_nowait(inst)
+            self._free.append(inst)
+            self._dispatch()

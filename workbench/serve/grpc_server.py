@@ -142,6 +142,7 @@ class Service:
 
     def __init__(self, model: Model):
         self.model = model
+        self.in_flight = 0  # ModelInfer calls not yet answered: the batcher's ``ahead`` (REST's comes from the guard)
 
     async def ServerLive(self, request, context):
         return ServerLiveResponse(live=True)
@@ -175,7 +176,11 @@ class Service:
                 code, message = grpc.StatusCode.UNAVAILABLE, "model is not ready"
             else:
                 x = decode(request, m.specs, m.max_rows)
-                y = await m.batcher().submit(x)
+                self.in_flight += 1
+                try:
+                    y = await m.batcher().submit(x, self.in_flight - 1)
+                finally:
+                    self.in_flight -= 1
                 answer = encode(y, request, m.name)
         except protocol.BadRequest as err:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(err)
@@ -185,10 +190,10 @@ class Service:
             log.exception("grpc infer failed")
             code, message = grpc.StatusCode.INTERNAL, f"inference failed: {type(err).__name__}"
         if code is grpc.StatusCode.OK:
-            m.metrics.success.inc()
+            m.metrics.success += 1
             m.metrics.request.observe(time.perf_counter() - t0)
             return answer
-        m.metrics.failure.labels(code.name).inc()
+        m.metrics.add_failure(code.name)
         await context.abort(code, message.splitlines()[0] if message else code.name)
 
     async def _known(self, name: str, context) -> None:

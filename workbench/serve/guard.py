@@ -23,6 +23,11 @@ uvicorn server with it (:mod:`workbench.serve.kserve_main`), since KServe has no
 :class:`Gate` is the ASGI layer in front of an app, for what needs the request's path and
 headers: the bearer token (:func:`bearer_ok`, every route but the health probes) and, for an app
 that has no limits of its own (KServe's), the routes it may answer and the body size.
+
+Each request's scope also says how many requests were received and not yet answered when its
+head was complete (``scope[AHEAD]``): a request the batcher runs inline, on the event loop,
+never sees a queue - those ahead of it wait in the loop, not in the batcher - so this is its
+queue when ``max_queue`` is checked.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from workbench.core.errors import WorkbenchError
 
 HEALTH = re.compile(r"/v2/health/(live|ready)|/v2/models/[^/]+/ready")  # probes: never behind the token
+
+
+AHEAD = "workbench.ahead"  # scope key: requests the server held unanswered when this one's head was complete
 
 
 @dataclass(frozen=True)
@@ -170,10 +178,14 @@ class Gate:
 def protocol(limits: Limits) -> type[HttpToolsProtocol]:
     """The httptools protocol class of uvicorn, guarded by ``limits`` (``uvicorn.Config(http=...)``)."""
 
+    head_late = f"request head not received within {limits.header_timeout:g} s"
+    body_late = f"request body not received within {limits.body_timeout:g} s"
+
     class Guarded(HttpToolsProtocol):
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._head_bytes, self._in_head, self._deadline = 0, False, None
+            self._head_bytes, self._in_head, self._deadline, self._message = 0, False, None, ""
+            self._timer, self._wake = None, 0.0
             if len(self.connections) > limits.max_connections:
                 self._refuse(503, "Service Unavailable",
                              f"over {limits.max_connections} connections; retry later")
@@ -182,6 +194,9 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            if getattr(self, "_timer", None) is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -195,11 +210,12 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._head_bytes, self._in_head = 0, True
-            self._arm(limits.header_timeout, f"request head not received within {limits.header_timeout:g} s")
+            self._arm(limits.header_timeout, head_late)
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            self._arm(limits.body_timeout, f"request body not received within {limits.body_timeout:g} s")
+            self.scope[AHEAD] = len(self.tasks)  # requests received and not yet answered
+            self._arm(limits.body_timeout, body_late)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
@@ -210,18 +226,29 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             super()._start_asgi_task(cycle, _over_concurrency if app is service_unavailable else app)
 
         def _arm(self, seconds: float, message: str) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(seconds, self._expire, message)
+            # A deadline is a number; one timer per connection wakes at the earliest and looks at
+            # it: arming and cancelling a loop timer twice per request cost more than the checks
+            # it serves (py-spy, benchmarks/serving.md).
+            self._deadline, self._message = self.loop.time() + seconds, message
+            if self._timer is None or self._wake > self._deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._wake, self._timer = self._deadline, self.loop.call_at(self._deadline, self._check)
 
         def _disarm(self) -> None:
-            if getattr(self, "_deadline", None) is not None:
-                self._deadline.cancel()
-                self._deadline = None
+            self._deadline = None  # the timer, when it wakes, finds nothing to do
+
+        def _check(self) -> None:
+            self._timer = None
+            if self._deadline is None or self.transport.is_closing():
+                return
+            if self.loop.time() < self._deadline:  # re-armed since: wake at the new deadline
+                self._wake, self._timer = self._deadline, self.loop.call_at(self._deadline, self._check)
+                return
+            self._deadline = None
+            self._expire(self._message)
 
         def _expire(self, message: str) -> None:
-            self._deadline = None
-            if self.transport.is_closing():
-                return
             if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
                 self.transport.close()  # an answer is being written: no status line can follow
                 return
