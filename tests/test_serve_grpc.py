@@ -123,7 +123,7 @@ def test_bad_requests_are_invalid_argument(bundle, session, digits):  # noqa: F8
 
     async def run():
         app, target = in_process(bundle, max_body_bytes=1100 * row_bytes)
-        async with app.router.lifespan_context(app), grpc.aio.insecure_channel(target) as ch:
+        async with app.lifespan_context(app), grpc.aio.insecure_channel(target) as ch:
             stub = GRPCInferenceServiceStub(ch)
             ok = await stub.ModelInfer(infer_request(x, id="a"))
             ok_raw = await stub.ModelInfer(infer_request(x, raw=True))
@@ -173,7 +173,7 @@ def test_calls_beyond_max_connections_are_resource_exhausted(bundle, digits):  #
     async def run():
         app, target = in_process(bundle, limits={"max_connections": 2}, max_batch_size=8,
                                  max_queue_delay_ms=1000, batch_policy="delay")
-        async with app.router.lifespan_context(app), grpc.aio.insecure_channel(target) as ch:
+        async with app.lifespan_context(app), grpc.aio.insecure_channel(target) as ch:
             stub = GRPCInferenceServiceStub(ch)
             return await asyncio.gather(*(status(stub.ModelInfer(infer_request(x), timeout=30)) for _ in range(4)))
 
@@ -214,7 +214,7 @@ def test_bearer_token_on_every_call_but_the_health_probes(bundle, digits):  # no
 
     async def run():
         app, target = in_process(bundle, token)
-        async with app.router.lifespan_context(app), grpc.aio.insecure_channel(target) as ch:
+        async with app.lifespan_context(app), grpc.aio.insecure_channel(target) as ch:
             stub = GRPCInferenceServiceStub(ch)
             good = (("authorization", f"Bearer {token}"),)
             out = {}

@@ -236,6 +236,7 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
         else:
             await app(scope, receive, send)
 
+    asgi.lifespan_context = app.router.lifespan_context  # the server's start and stop, for use in-process
     return asgi
 
 
