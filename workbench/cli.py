@@ -7,6 +7,7 @@ else is a bug: one line naming a log file that holds the traceback, exit code 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -24,10 +25,20 @@ def _sweep(args: argparse.Namespace) -> int:
                                ("--workers", args.workers, 1)):
         if value is not None and value < least:
             raise WorkbenchError(f"{flag}: must be at least {least} (got {value})")
+    launcher = contextlib.nullcontext()
+    if args.dask is not None:
+        from workbench.sweep import dask
+
+        if args.workers > 1:
+            raise WorkbenchError("--workers and --dask: choose one (with --dask the cluster's workers run the trials)")
+        dask.check_address(args.dask)  # before anything is loaded or started
     exp = config.load(args.config)
-    run_dir = sweep.run(exp, n_trials=args.n_trials, add=args.add, study_name=args.study,
-                        storage=args.storage, runs_dir=args.runs_dir, workers=args.workers,
-                        progress=not args.quiet)
+    if args.dask is not None:
+        launcher = dask.Launcher(args.dask)  # connected, workers' code checked: still nothing written
+    with launcher:
+        run_dir = sweep.run(exp, n_trials=args.n_trials, add=args.add, study_name=args.study,
+                            storage=args.storage, runs_dir=args.runs_dir, workers=args.workers,
+                            progress=not args.quiet, launcher=launcher if args.dask else None)
     _print_table(run_dir)
     return 0
 
@@ -229,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--add", type=int, help="add this many trials to what the study has")
     sp.add_argument("--workers", type=int, default=1,
                     help="worker processes on this machine sharing the study (journal storage)")
+    sp.add_argument("--dask", metavar="ADDRESS",
+                    help="run the trial notebooks on a Dask cluster: tcp://HOST:PORT of a running "
+                         "scheduler, or local:N (N worker processes on 127.0.0.1)")
     sp.add_argument("--study", help="study name (default: the experiment name)")
     sp.add_argument("--storage", help="Optuna storage URL (default: $WORKBENCH_STORAGE, else sqlite in "
                                       "the run directory); prefer WORKBENCH_STORAGE for a password")
