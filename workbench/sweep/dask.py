@@ -113,10 +113,9 @@ class TrialRunner(WorkerPlugin):
         self.kernels.start_ahead()
 
     def teardown(self, worker) -> None:
-        kernels = getattr(self, "kernels", None)
-        if kernels is not None:
-            kernels.close()
-        shutil.rmtree(getattr(self, "dir", Path("/nonexistent")), ignore_errors=True)
+        if hasattr(self, "kernels"):  # set up (not refused)
+            self.kernels.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_notebook(name: str, params: dict, timeout_s: float | None, measured: dict[str, str]) -> dict:
@@ -244,7 +243,10 @@ class Launcher:
             baselines.run(exp, run_dir, log, execute=self.execute)
             self.work(exp, run_dir, study, target, log, progress)
         finally:
-            self.client.unregister_worker_plugin(PLUGIN)
+            try:  # the workers' kernels are shut down; the cluster may be gone already
+                self.client.unregister_worker_plugin(PLUGIN)
+            except Exception:  # noqa: BLE001 - closing the client ends them too
+                pass
 
     def submit(self, name: str, params: dict, run_dir: Path, timeout_s: float | None):
         measured = {p.name: p.read_text() for p in sorted((run_dir / "measured").glob("*.json"))}
