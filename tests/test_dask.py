@@ -7,6 +7,7 @@ no process left behind (kernels and workers are found by their directories under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -162,12 +163,13 @@ def test_local_cluster_runs_a_grid_sweep(tmp_path):
     assert_none_left(tmp_path)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A scheduler and two worker processes (one nanny each), started with Dask's CLI on loopback."""
+@contextlib.contextmanager
+def dask_cli(tmp_path: Path, nworkers: int = 2, tls: list[str] = (), protocol: str = "tcp"):
+    """A scheduler and ``nworkers`` worker processes (one nanny each), started with Dask's CLI
+    on loopback; stopped (process groups) and checked gone at the end."""
     sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--protocol", protocol, "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file), *tls],
                               cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
@@ -175,16 +177,12 @@ def cluster(tmp_path):
         while not sched_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         address = json.loads(sched_file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nworkers", "2",
+        assert address.startswith(f"{protocol}://127.0.0.1:")
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nworkers", str(nworkers),
                                        "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
-                                       "--local-directory", str(tmp_path / "dask-workers")],
+                                       "--local-directory", str(tmp_path / "dask-workers"), *tls],
                                       cwd=tmp_path, start_new_session=True,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from distributed import Client
-
-        with Client(address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=120)
         yield address
     finally:
         for p in reversed(procs):
@@ -197,6 +195,16 @@ def cluster(tmp_path):
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     assert_none_left(tmp_path)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with dask_cli(tmp_path) as address:
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
 
 
 @pytest.mark.slow
@@ -239,3 +247,34 @@ def test_a_worker_killed_mid_trial_reruns_the_trial(tmp_path, cluster):
     trials = check_run(tmp_path, "kill", workers=2)
     rerun = next(t for t in trials if t.number == number)
     assert rerun.state.name == "COMPLETE" and rerun.user_attrs["worker"]["pid"] != pid
+
+
+@pytest.mark.slow
+def test_tls_cluster_as_the_readme_shows_it(tmp_path):
+    """Dask's CLI with TLS (a CA and one certificate here), the sweep's client configured by
+    the README's environment variables; a plain tcp:// client is refused."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "node.key",
+            "-out", "node.csr")
+    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "san.cnf", "-out", "node.pem")
+    tls = ["--tls-ca-file", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "node.pem"),
+           "--tls-key", str(tmp_path / "node.key")]
+    probe = "import sys; from workbench.sweep.dask import Launcher; print(Launcher(sys.argv[1]).slots())"
+    with dask_cli(tmp_path, nworkers=1, tls=tls, protocol="tls") as address:
+        env = {**os.environ, "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+               "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(tmp_path / "ca.pem"),
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(tmp_path / "node.pem"),
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(tmp_path / "node.key")}
+        ok = subprocess.run([sys.executable, "-c", probe, address], env=env, capture_output=True,
+                            text=True, timeout=120)
+        assert ok.returncode == 0 and ok.stdout.strip() == "1", ok.stderr[-2000:]
+        plain = run_cli("sweep", str(write_grid(tmp_path, "plain")), "--dask", address.replace("tls://", "tcp://"),
+                        "--runs-dir", str(tmp_path / "runs"))
+        assert plain.returncode == 2 and "no Dask scheduler answered" in plain.stderr
+        assert not (tmp_path / "runs").exists()

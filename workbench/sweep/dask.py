@@ -41,6 +41,7 @@ import shutil
 import socket
 import threading
 import time
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from workbench.sweep.study import trial_settings
 
 PLUGIN = "workbench-trials"
 CONNECT_TIMEOUT_S = 10
+WORKERS_TIMEOUT_S = 60  # workers still starting (imports on a busy machine)
 ADDRESS = re.compile(r"^(tcp|tls)://[^/:\s]+:\d+$|^local:\d+$")
 USAGE = "expected tcp://HOST:PORT (or tls://) of a running Dask scheduler, or local:N (N worker processes here)"
 
@@ -167,10 +169,12 @@ class Launcher:
         self.address, self.cluster = address, None
         try:
             if address.startswith("local:"):
-                self.cluster = LocalCluster(n_workers=int(address.removeprefix("local:")),
-                                            threads_per_worker=1, processes=True, host="127.0.0.1",
-                                            dashboard_address=None, scheduler_port=0,
-                                            silence_logs=logging.CRITICAL)  # errors: one line each
+                with warnings.catch_warnings():  # its HTTP server (127.0.0.1) takes a free port
+                    warnings.filterwarnings("ignore", message="Port .* is already in use")
+                    self.cluster = LocalCluster(n_workers=int(address.removeprefix("local:")),
+                                                threads_per_worker=1, processes=True, host="127.0.0.1",
+                                                dashboard_address=None, scheduler_port=0,
+                                                silence_logs=logging.CRITICAL)  # errors: one line each
                 self.client = Client(self.cluster)
             else:
                 self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
@@ -181,12 +185,12 @@ class Launcher:
         self._check_code()
 
     def _wait_for_workers(self) -> None:
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        deadline = time.monotonic() + WORKERS_TIMEOUT_S
         while not self.client.scheduler_info(n_workers=-1)["workers"]:
             if time.monotonic() > deadline:
                 self.close()
                 raise ConfigError(f"--dask {self.address}: the scheduler has no workers "
-                                  f"(none joined in {CONNECT_TIMEOUT_S} s)")
+                                  f"(none joined in {WORKERS_TIMEOUT_S} s)")
             time.sleep(0.2)
 
     def _check_code(self) -> None:
