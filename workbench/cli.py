@@ -1,4 +1,4 @@
-"""The ``workbench`` command: ``sweep``, ``plan``, ``trial``, ``report``, ``export``, ``serve``, ``load``, ``bench``, ``doctor``.
+"""The ``workbench`` command: ``sweep``, ``k8s``, ``plan``, ``trial``, ``report``, ``export``, ``serve``, ``load``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
 else is a bug: one line naming a log file that holds the traceback, exit code 1.
@@ -58,6 +58,19 @@ def _work(args: argparse.Namespace) -> int:
     exp = config.load(args.config)
     study = open_study(exp, args.study, url, worker=args.worker)
     sweep.work(exp, Path(args.run_dir), study, url, args.n_trials, progress=False)
+    return 0
+
+
+def _k8s(args: argparse.Namespace) -> int:
+    from workbench import config
+    from workbench.sweep import k8s
+
+    opts = {k: getattr(args, k) for k in ("workers", "name", "namespace", "secret", "secret_key", "pvc",
+                                          "image", "cpu", "memory", "mount")}
+    k8s.check_options(**opts, config=args.config)
+    exp = config.load(args.config)
+    k8s.check_experiment(exp, Path(args.config), args.mount)
+    print(k8s.manifest(exp, Path(args.config), **opts), end="")
     return 0
 
 
@@ -249,6 +262,24 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs-dir", default="experiments/runs", help="where run directories go")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sweep)
+
+    kp = sub.add_parser("k8s", help="print a Kubernetes manifest that runs the sweep on Dask (scheduler, "
+                                    "workers, driver Job); kubectl apply -f it")
+    kp.add_argument("config", help="experiment YAML file (goes into a ConfigMap)")
+    kp.add_argument("--workers", type=int, required=True, help="Dask worker pods, one per node")
+    kp.add_argument("--image", required=True, help="an image with the workbench installed (its .venv on PATH: "
+                                                    "dask and workbench), the same for every pod")
+    kp.add_argument("--pvc", required=True, help="a ReadWriteMany PersistentVolumeClaim: file models and "
+                                                 "data, and the run directory (MOUNT/runs)")
+    kp.add_argument("--mount", default="/shared", help="where the claim is mounted in every pod")
+    kp.add_argument("--secret", default="workbench-storage",
+                    help="the Secret holding the storage URL (PostgreSQL), given to the driver as WORKBENCH_STORAGE")
+    kp.add_argument("--secret-key", default="url", help="the key of the URL in the Secret")
+    kp.add_argument("--name", default="workbench", help="prefix of every object's name")
+    kp.add_argument("--namespace", default="default")
+    kp.add_argument("--cpu", default="1", help="CPU request of a worker pod (no limit)")
+    kp.add_argument("--memory", default="2Gi", help="memory request and limit of a worker pod")
+    kp.set_defaults(func=_k8s)
 
     wp = sub.add_parser("work")  # no help: not listed (started by `sweep --workers`)
     wp.add_argument("config")
