@@ -39,7 +39,7 @@ def test_manifest_is_valid_kubernetes_and_runs_the_dask_sweep(capsys):
     kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     assert set(kinds) == {("ConfigMap", "digits-sweep-experiment"), ("Deployment", "digits-sweep-scheduler"),
                           ("Service", "digits-sweep-scheduler"), ("Deployment", "digits-sweep-worker"),
-                          ("Job", "digits-sweep-sweep")}
+                          ("Job", "digits-sweep-sweep"), ("NetworkPolicy", "digits-sweep-dask")}
     assert {d["metadata"]["namespace"] for d in docs} == {"sweeps"}
 
     workers = kinds[("Deployment", "digits-sweep-worker")]["spec"]
@@ -52,6 +52,14 @@ def test_manifest_is_valid_kubernetes_and_runs_the_dask_sweep(capsys):
     assert rule["topologyKey"] == "kubernetes.io/hostname"  # one worker, one timed trial, per node
     assert rule["labelSelector"]["matchLabels"].items() <= workers["template"]["metadata"]["labels"].items()
     assert rule["namespaceSelector"] == {}  # nor another sweep's worker, in any namespace
+
+    policy = kinds[("NetworkPolicy", "digits-sweep-dask")]["spec"]  # only this sweep's pods reach Dask
+    own = {"app.kubernetes.io/name": "workbench", "app.kubernetes.io/instance": "digits-sweep"}
+    assert policy["podSelector"]["matchLabels"] == own and policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": own}}]}]
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            assert d["spec"]["template"]["metadata"]["labels"].items() >= own.items()
 
     service = kinds[("Service", "digits-sweep-scheduler")]["spec"]
     scheduler = kinds[("Deployment", "digits-sweep-scheduler")]["spec"]["template"]["metadata"]["labels"]

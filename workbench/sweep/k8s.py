@@ -10,6 +10,9 @@ independent ``workbench sweep`` processes instead: each needs the credentials, t
 study through the ask lock, their run directory must be shared read-write, and a pod killed
 mid-trial leaves a RUNNING trial until another sweep recovers it.
 
+- Dask's scheduler and workers accept any client, and a client runs code on the workers: a
+  NetworkPolicy admits only this sweep's own pods (where the network plug-in enforces it); for
+  more, Dask's TLS as in the README.
 - The storage URL (PostgreSQL) comes from a Secret, as ``WORKBENCH_STORAGE``
   (``valueFrom.secretKeyRef``) in the driver only; it never appears on a command line or in
   the manifest. An experiment with a ``storage`` field is refused (it would be printed).
@@ -92,7 +95,8 @@ def check_experiment(exp: Experiment, config: Path, mount: str) -> None:
 def manifest(exp: Experiment, config: Path, *, workers: int, image: str, pvc: str, name: str = "workbench",
              namespace: str = "default", secret: str = "workbench-storage", secret_key: str = "url",
              cpu: str = "1", memory: str = "2Gi", mount: str = "/shared") -> str:
-    """The manifest as YAML documents: ConfigMap, scheduler Deployment and Service, workers, driver Job."""
+    """The manifest as YAML documents: ConfigMap, scheduler Deployment and Service, workers, driver
+    Job, and a NetworkPolicy that lets only these pods reach one another."""
     mount = mount.rstrip("/")
     labels = {"app.kubernetes.io/name": "workbench", "app.kubernetes.io/instance": name}
 
@@ -157,7 +161,13 @@ def manifest(exp: Experiment, config: Path, *, workers: int, image: str, pvc: st
                 "volumeMounts": [{"name": "shared", "mountPath": mount},
                                  {"name": "experiment", "mountPath": CONFIG_DIR, "readOnly": True}]}],
             "volumes": [shared, {"name": "experiment", "configMap": {"name": f"{name}-experiment"}}]}}}}
-    docs = [configmap, scheduler, service, worker_deployment, driver]
+    # Dask runs whatever a client submits: only this sweep's own pods may reach its scheduler and
+    # workers (enforced where the cluster's network plug-in implements NetworkPolicy)
+    policy = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta("dask", "network"),
+        "spec": {"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": labels}}]}]}}
+    docs = [configmap, scheduler, service, worker_deployment, driver, policy]
     return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
