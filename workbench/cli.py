@@ -1,4 +1,5 @@
-"""The ``workbench`` command: ``sweep``, ``plan``, ``trial``, ``report``, ``export``, ``image``, ``serve``, ``load``, ``bench``, ``doctor``.
+"""The ``workbench`` command: ``sweep``, ``k8s``, ``plan``, ``trial``, ``report``, ``export``, ``image``,
+``serve``, ``load``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
 else is a bug: one line naming a log file that holds the traceback, exit code 1.
@@ -7,6 +8,7 @@ else is a bug: one line naming a log file that holds the traceback, exit code 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -24,10 +26,20 @@ def _sweep(args: argparse.Namespace) -> int:
                                ("--workers", args.workers, 1)):
         if value is not None and value < least:
             raise WorkbenchError(f"{flag}: must be at least {least} (got {value})")
+    launcher = contextlib.nullcontext()
+    if args.dask is not None:
+        from workbench.sweep import dask
+
+        if args.workers > 1:
+            raise WorkbenchError("--workers and --dask: choose one (with --dask the cluster's workers run the trials)")
+        dask.check_address(args.dask)  # before anything is loaded or started
     exp = config.load(args.config)
-    run_dir = sweep.run(exp, n_trials=args.n_trials, add=args.add, study_name=args.study,
-                        storage=args.storage, runs_dir=args.runs_dir, workers=args.workers,
-                        progress=not args.quiet)
+    if args.dask is not None:
+        launcher = dask.Launcher(args.dask)  # connected, workers' code checked: still nothing written
+    with launcher:
+        run_dir = sweep.run(exp, n_trials=args.n_trials, add=args.add, study_name=args.study,
+                            storage=args.storage, runs_dir=args.runs_dir, workers=args.workers,
+                            progress=not args.quiet, launcher=launcher if args.dask else None)
     _print_table(run_dir)
     return 0
 
@@ -47,6 +59,19 @@ def _work(args: argparse.Namespace) -> int:
     exp = config.load(args.config)
     study = open_study(exp, args.study, url, worker=args.worker)
     sweep.work(exp, Path(args.run_dir), study, url, args.n_trials, progress=False)
+    return 0
+
+
+def _k8s(args: argparse.Namespace) -> int:
+    from workbench import config
+    from workbench.sweep import k8s
+
+    opts = {k: getattr(args, k) for k in ("workers", "name", "namespace", "secret", "secret_key", "pvc",
+                                          "image", "cpu", "memory", "mount")}
+    k8s.check_options(**opts, config=args.config)
+    exp = config.load(args.config)
+    k8s.check_experiment(exp, Path(args.config), args.mount)
+    print(k8s.manifest(exp, Path(args.config), **opts), end="")
     return 0
 
 
@@ -253,12 +278,33 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--add", type=int, help="add this many trials to what the study has")
     sp.add_argument("--workers", type=int, default=1,
                     help="worker processes on this machine sharing the study (journal storage)")
+    sp.add_argument("--dask", metavar="ADDRESS",
+                    help="run the trial notebooks on a Dask cluster: tcp://HOST:PORT of a running "
+                         "scheduler, or local:N (N worker processes on 127.0.0.1)")
     sp.add_argument("--study", help="study name (default: the experiment name)")
     sp.add_argument("--storage", help="Optuna storage URL (default: $WORKBENCH_STORAGE, else sqlite in "
                                       "the run directory); prefer WORKBENCH_STORAGE for a password")
     sp.add_argument("--runs-dir", default="experiments/runs", help="where run directories go")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_sweep)
+
+    kp = sub.add_parser("k8s", help="print a Kubernetes manifest that runs the sweep on Dask (scheduler, "
+                                    "workers, driver Job); kubectl apply -f it")
+    kp.add_argument("config", help="experiment YAML file (goes into a ConfigMap)")
+    kp.add_argument("--workers", type=int, required=True, help="Dask worker pods, one per node")
+    kp.add_argument("--image", required=True, help="an image with the workbench installed (its .venv on PATH: "
+                                                    "dask and workbench), the same for every pod")
+    kp.add_argument("--pvc", required=True, help="a ReadWriteMany PersistentVolumeClaim: file models and "
+                                                 "data, and the run directory (MOUNT/runs)")
+    kp.add_argument("--mount", default="/shared", help="where the claim is mounted in every pod")
+    kp.add_argument("--secret", default="workbench-storage",
+                    help="the Secret holding the storage URL (PostgreSQL), given to the driver as WORKBENCH_STORAGE")
+    kp.add_argument("--secret-key", default="url", help="the key of the URL in the Secret")
+    kp.add_argument("--name", default="workbench", help="prefix of every object's name")
+    kp.add_argument("--namespace", default="default")
+    kp.add_argument("--cpu", default="1", help="CPU request of a worker pod (no limit)")
+    kp.add_argument("--memory", default="2Gi", help="memory request and limit of a worker pod")
+    kp.set_defaults(func=_k8s)
 
     wp = sub.add_parser("work")  # no help: not listed (started by `sweep --workers`)
     wp.add_argument("config")

@@ -41,9 +41,10 @@ def points(exp: Experiment) -> list[dict[str, Any]]:
             for rt in baseline_runtimes(exp) for b in batches]
 
 
-def run(exp: Experiment, run_dir: Path, log=print, kernels: notebook.Kernels | None = None
-        ) -> list[dict[str, Any]]:
-    """Measure the baselines not measured yet in ``run_dir`` (kept on resume)."""
+def run(exp: Experiment, run_dir: Path, log=print, kernels: notebook.Kernels | None = None,
+        execute=notebook.execute) -> list[dict[str, Any]]:
+    """Measure the baselines not measured yet in ``run_dir`` (kept on resume); ``execute`` is
+    :func:`notebook.execute` or a launcher's, with its signature (a Dask worker's notebook)."""
     results = []
     for point in points(exp):
         out = run_dir / "baselines" / f"{point['runtime']}-b{point['batch_size']}-t{point['threads']}"
@@ -53,7 +54,7 @@ def run(exp: Experiment, run_dir: Path, log=print, kernels: notebook.Kernels | N
             continue
         log(f"baseline {point['runtime']} fp32 batch {point['batch_size']} ...")
         try:
-            results.append(notebook.execute({**trial_settings(exp), **point, **_in_process(exp)}, out,
+            results.append(execute({**trial_settings(exp), **point, **_in_process(exp)}, out,
                                             timeout_s=exp.trial_timeout_s, kernels=kernels))
         except TrialFailed as err:
             log(f"baseline {out.name} failed: {err.reason} (see {err.notebook})")

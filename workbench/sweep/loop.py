@@ -63,7 +63,7 @@ def _tell(study, trial, exp: Experiment, params: dict, metrics: dict | None, err
 def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
         study_name: str | None = None, storage: str | None = None,
         runs_dir: str | Path = DEFAULT_RUNS_DIR, workers: int = 1, fresh: bool = False,
-        progress: bool = True) -> Path:
+        progress: bool = True, launcher=None) -> Path:
     """Run (or continue) the sweep of ``exp`` and build its report; returns the run directory.
 
     ``n_trials`` is the total the study should reach, counting trials finished by earlier
@@ -71,11 +71,15 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     ``workers`` > 1 starts that many worker processes sharing the study. ``storage`` (or
     ``WORKBENCH_STORAGE``) names the study's storage. ``fresh`` deletes the run directory first
     if the workbench created it (the quickstart notebook uses it to be re-runnable).
+    ``launcher`` runs the baselines and trial notebooks elsewhere while this process keeps the
+    study (:class:`workbench.sweep.dask.Launcher`: on a Dask cluster).
     """
 
     study_name = exp.name if study_name is None else study_name
     run_dir = run_dir_of(exp, study_name, runs_dir)  # names checked before anything is loaded
     preflight.check(exp)  # model + data loaded once and checked: nothing is created before this
+    if launcher is not None:
+        launcher.check(exp)  # its workers see the same code, model and data: still nothing created
     exp = space.resolve(exp)  # the automatic search space and default n_trials, when omitted
     create_run_dir(run_dir, fresh=fresh and not (resolve_url(storage) or exp.storage))
     url = storage_url(exp, run_dir, storage, workers)
@@ -85,13 +89,17 @@ def run(exp: Experiment, *, n_trials: int | None = None, add: int | None = None,
     log = _logger(progress)
     target = _target(study, exp, n_trials, add)
     space.enqueue_first_points(study, exp, target)
-    with measured_in(run_dir), notebook.Kernels(run_dir / "trials") as kernels:
-        baselines.run(exp, run_dir, log, kernels)
-        if workers > 1:
-            kernels.close()  # each worker process keeps its own kernel ahead
-            _run_workers(exp, run_dir, study, study_name, url, target, workers, progress)
-        else:
-            work(exp, run_dir, study, url, target, progress=progress, kernels=kernels)
+    if launcher is not None:  # the trials' kernels are the launcher's workers'
+        with measured_in(run_dir):
+            launcher.run(exp, run_dir, study, target, log, progress)
+    else:
+        with measured_in(run_dir), notebook.Kernels(run_dir / "trials") as kernels:
+            baselines.run(exp, run_dir, log, kernels)
+            if workers > 1:
+                kernels.close()  # each worker process keeps its own kernel ahead
+                _run_workers(exp, run_dir, study, study_name, url, target, workers, progress)
+            else:
+                work(exp, run_dir, study, url, target, progress=progress, kernels=kernels)
 
     best_mod.decide(run_dir, log=log)
     report.build(run_dir)
@@ -177,6 +185,91 @@ def _finished(study) -> int:
                for t in study.get_trials(deepcopy=False))
 
 
+class Progress:
+    """What a loop remembers between trials: outcomes so far, failures in a row, skipped
+    duplicates, and whether the rest of a finite space is enumerated."""
+
+    def __init__(self, exp: Experiment):
+        self.counts = {"complete": 0, "pruned": 0, "fail": 0}
+        self.consecutive_failures = 0
+        self.duplicates = 0
+        self.enumerate_rest = exp.sampler == "grid"  # a sampled finite space switches at its first repeat
+
+
+def next_trial(study, exp: Experiment, target: int, state: Progress, log) -> tuple | None:
+    """Ask the study for its next trial to run, ``(trial, params)``, or None once it holds
+    ``target`` counted trials (or the space is exhausted). Interrupted trials are recovered
+    first; a configuration already measured is told PRUNED here and the next one asked.
+    The caller serialises this between askers (``ask_lock``) when there are several."""
+    import optuna
+
+    while True:
+        for number in recover_interrupted(study):
+            log(f"trial {number} was interrupted (its worker is gone): marked FAIL, retried")
+        if sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) >= target:
+            return None
+        if state.enumerate_rest and not enqueue_next_grid_point(study, exp):
+            log(f"every distinct configuration of the space ({len(grid_points(exp))}) has been tried")
+            return None
+        with warnings.catch_warnings():  # we beat the heartbeat ourselves (storage.heartbeat)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            trial = study.ask()
+        trial.set_user_attr("worker", worker_id())
+        try:
+            params = {**trial_settings(exp), **suggest(trial, exp)}
+        except Exception as err:  # never left RUNNING (it would count, then show as a bare FAIL)
+            trial.set_user_attr("reason", f"parameters not sampled: {first_line(err)}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise WorkbenchError(f"trial {trial.number}: its parameters could not be sampled "
+                                 f"({type(err).__name__}: {first_line(err)})") from None
+        trial.set_user_attr("params", params)
+        twin = _measured_twin(study, params, trial.number)
+        if twin is None:
+            return trial, params
+        # Not run twice: recorded as pruned (TPE counts a pruned trial among the bad
+        # ones, so the sampler learns a failed configuration too), not counted against n_trials.
+        number, failed = twin
+        trial.set_user_attr("duplicate_of", number)
+        trial.set_user_attr("reason", failed or f"same parameters as trial {number} (not measured twice)")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        if space.finite(exp):  # the configurations not yet tried are enumerated instead
+            state.enumerate_rest = True
+            continue
+        state.duplicates += 1
+        if state.duplicates >= 25:
+            log("search space exhausted: the sampler keeps proposing measured configurations")
+            return None
+
+
+def record_trial(study, trial, exp: Experiment, run_dir: Path, params: dict, metrics: dict | None,
+                 error: TrialFailed | None, state: Progress, bar, log) -> None:
+    """Tell the study how ``trial`` ended, remember its measurement for reuse, move the
+    progress bar; after ``max_consecutive_failures`` failures in a row, decide and report on
+    what was measured and stop with one line."""
+    outcome = _tell(study, trial, exp, params, metrics, error)
+    if metrics:
+        reuse.record(run_dir, trial.number, metrics)
+    state.counts[outcome] += 1
+    state.consecutive_failures = state.consecutive_failures + 1 if outcome == "fail" else 0
+    bar.n = min(bar.total, _finished(study))
+    bar.set_postfix(complete=state.counts["complete"], pruned=state.counts["pruned"],
+                    failed=state.counts["fail"], best=_best_so_far(study))
+    if state.consecutive_failures >= exp.max_consecutive_failures:
+        bar.close()
+        best_mod.decide(run_dir, log=log)
+        report.build(run_dir)
+        raise WorkbenchError(f"sweep stopped: {state.consecutive_failures} trials failed in a row "
+                             f"(max_consecutive_failures); last: {error.reason} "
+                             f"(notebook: {error.notebook})")
+
+
+def progress_bar(study, exp: Experiment, target: int, progress: bool, desc: str | None = None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=target, initial=min(_finished(study), target), desc=desc or f"sweep {exp.name}",
+                unit="trial", disable=not progress, file=sys.stderr)
+
+
 def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress: bool = True,
          kernels: notebook.Kernels | None = None) -> None:
     """One worker: ask, run the trial notebook, tell; until the study holds ``target`` trials.
@@ -188,52 +281,15 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
     if kernels is None:
         with measured_in(run_dir), notebook.Kernels(run_dir / "trials") as kernels:
             return work(exp, run_dir, study, url, target, progress, kernels)
-    import optuna
-    from tqdm.auto import tqdm
-
     log = _logger(progress)
-    bar = tqdm(total=target, initial=min(_finished(study), target), desc=f"sweep {exp.name}",
-               unit="trial", disable=not progress, file=sys.stderr)
-    counts = {"complete": 0, "pruned": 0, "fail": 0}
-    consecutive_failures = duplicates = 0
-    enumerate_rest = exp.sampler == "grid"  # a sampled finite space switches at its first repeat
+    bar = progress_bar(study, exp, target, progress)
+    state = Progress(exp)
     while True:
         with ask_lock(url, run_dir, study.study_name):
-            for number in recover_interrupted(study):
-                log(f"trial {number} was interrupted (its worker is gone): marked FAIL, retried")
-            if sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False)) >= target:
-                break
-            if enumerate_rest and not enqueue_next_grid_point(study, exp):
-                log(f"every distinct configuration of the space ({len(grid_points(exp))}) has been tried")
-                break
-            with warnings.catch_warnings():  # we beat the heartbeat ourselves (storage.heartbeat)
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-                trial = study.ask()
-            trial.set_user_attr("worker", worker_id())
-            try:
-                params = {**trial_settings(exp), **suggest(trial, exp)}
-            except Exception as err:  # never left RUNNING (it would count, then show as a bare FAIL)
-                trial.set_user_attr("reason", f"parameters not sampled: {first_line(err)}")
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                raise WorkbenchError(f"trial {trial.number}: its parameters could not be sampled "
-                                     f"({type(err).__name__}: {first_line(err)})") from None
-            trial.set_user_attr("params", params)
-            twin = _measured_twin(study, params, trial.number)
-            if twin is not None:
-                # Not run twice: recorded as pruned (TPE counts a pruned trial among the bad
-                # ones, so the sampler learns a failed configuration too), not counted against n_trials.
-                number, failed = twin
-                trial.set_user_attr("duplicate_of", number)
-                trial.set_user_attr("reason", failed or f"same parameters as trial {number} (not measured twice)")
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                if space.finite(exp):  # the configurations not yet tried are enumerated instead
-                    enumerate_rest = True
-                    continue
-                duplicates += 1
-                if duplicates >= 25:
-                    log("search space exhausted: the sampler keeps proposing measured configurations")
-                    break
-                continue
+            asked = next_trial(study, exp, target, state, log)
+        if asked is None:
+            break
+        trial, params = asked
         out_dir = run_dir / "trials" / str(trial.number)
         metrics, error = None, None
         with heartbeat(study, trial):
@@ -243,22 +299,7 @@ def work(exp: Experiment, run_dir: Path, study, url: str, target: int, progress:
             except TrialFailed as err:
                 error = err
                 log(f"trial {trial.number} failed: {err.reason} (notebook: {err.notebook})")
-        outcome = _tell(study, trial, exp, params, metrics, error)
-        if metrics:
-            reuse.record(run_dir, trial.number, metrics)
-        counts[outcome] += 1
-        consecutive_failures = consecutive_failures + 1 if outcome == "fail" else 0
-        bar.n = min(target, _finished(study))
-        bar.set_postfix(complete=counts["complete"], pruned=counts["pruned"], failed=counts["fail"],
-                        best=_best_so_far(study))
-        if consecutive_failures >= exp.max_consecutive_failures:
-            bar.close()
-
-            best_mod.decide(run_dir, log=log)
-            report.build(run_dir)
-            raise WorkbenchError(f"sweep stopped: {consecutive_failures} trials failed in a row "
-                                 f"(max_consecutive_failures); last: {error.reason} "
-                                 f"(notebook: {error.notebook})")
+        record_trial(study, trial, exp, run_dir, params, metrics, error, state, bar, log)
     bar.close()
 
 

@@ -245,6 +245,12 @@ class Kernels:
             self._taking.clear()
             self._booting = None
 
+    def start_ahead(self) -> None:
+        """Start booting the first notebook's kernel now (a Dask worker does, when it joins a
+        sweep), rather than when the first notebook asks for it."""
+        if self._booting is None and self._spare is None:
+            self._booting = _thread(self._boot_spare, "workbench-kernel-ahead")
+
     def take(self, out_dir: Path) -> Kernel:
         """A kernel for the notebook going to ``out_dir``; the next one starts booting now."""
         self._join()

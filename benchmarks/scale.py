@@ -1,0 +1,172 @@
+"""The Dask path (``workbench sweep --dask``) against a local sweep, and what N machines give.
+
+Writes benchmarks/scale.md. One 16-trial grid sweep of the builtin digits CNN (offline, 20
+distinct configurations) run four times in this one process, one after the other, with one
+warm artifact cache: a local sweep (the warm-up: it trains and builds everything once), a local
+sweep again, ``--dask local:1`` and ``--dask local:2``. Numbers of one run only are compared:
+the machine is shared and noisy.
+
+- Per-trial overhead of the Dask path: a trial's time in the study (asked -> told) minus its
+  notebook's own wall time (``notebook_seconds``, measured where the notebook ran), median
+  over the trials; the same for the local sweep.
+- Wall time: the command's, and the trial phase's (first trial asked -> last trial told).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from workbench.core import fingerprint  # noqa: E402
+from workbench.results.storage import open_storage  # noqa: E402
+
+N_TRIALS = 16
+EXPERIMENT = f"""\
+name: scale
+model: digits_cnn
+data: digits
+scenario: offline
+sampler: grid
+n_trials: {N_TRIALS}
+measurement: {{warmup: 5, min_runs: 50, min_seconds: 0.5, max_seconds: 5}}
+search_space:
+  bits: [32, 8]
+  int8_mode: [static, dynamic]
+  per_channel: [false, true]
+  batch_size: [1, 8]
+  threads: [1, 2]
+"""
+
+
+def sweep(exp: Path, runs: Path, cache: Path, *extra: str) -> dict:
+    import optuna
+
+    env = {**os.environ, "WORKBENCH_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT),
+           "DASK_TEMPORARY_DIRECTORY": str(runs / "dask")}
+    t0 = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "workbench"), "sweep", str(exp), "--quiet",
+                    "--runs-dir", str(runs), *extra], check=True, env=env, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    run_dir = runs / "scale" / "scale"
+    trials = [t for t in optuna.load_study(study_name="scale", storage=open_storage(
+        f"sqlite:///{run_dir / 'study.db'}")).trials if t.state.name == "COMPLETE"]
+    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    m = [t.user_attrs["metrics"] for t in trials]
+    overhead = [(t.datetime_complete - t.datetime_start).total_seconds() - x["notebook_seconds"]
+                for t, x in zip(trials, m)]
+    return dict(wall=wall, span=span, n=len(trials), overhead=statistics.median(overhead),
+                notebook=statistics.median(x["notebook_seconds"] for x in m),
+                measured=statistics.median(x["measured_seconds"] for x in m),
+                workers=len({t.user_attrs["worker"]["pid"] for t in trials}))
+
+
+def driver_seconds(run_dir: Path, tmp: Path) -> float:
+    """The driver's serialised work per trial, timed alone: ask, the attributes and the tell of
+    a trial in a fresh SQLite study, and writing one trial's files (those of ``run_dir``'s first
+    trial), median of 16."""
+    import json
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial_dir = run_dir / "trials" / "0"
+    files = {f.name: f.read_bytes() for f in trial_dir.iterdir() if f.is_file()}
+    metrics = json.loads(files["metrics.json"])
+    study = optuna.create_study(storage=f"sqlite:///{tmp / 'driver.db'}", directions=["minimize", "maximize"])
+    times = []
+    for i in range(16):
+        t0 = time.perf_counter()
+        trial = study.ask()
+        trial.set_user_attr("worker", {"host": "h", "pid": i})
+        trial.set_user_attr("params", metrics.get("params"))
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("notebook", str(trial_dir))
+        out = tmp / "driver" / str(i)
+        out.mkdir(parents=True)
+        for name, blob in files.items():
+            (out / name).write_bytes(blob)
+        study.tell(trial, [1.0, 1.0])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        exp = tmp / "scale.yaml"
+        exp.write_text(EXPERIMENT)
+        cache = tmp / "cache"
+        sweep(exp, tmp / "warmup", cache)  # train and build everything once
+        runs = {"local (1 process)": sweep(exp, tmp / "local", cache),
+                "--dask local:1": sweep(exp, tmp / "dask1", cache, "--dask", "local:1"),
+                "--dask local:2": sweep(exp, tmp / "dask2", cache, "--dask", "local:2")}
+        driver = driver_seconds(tmp / "dask2" / "scale" / "scale", tmp)
+    fp = fingerprint.collect()
+    local, one, two = runs.values()
+    lines = [
+        "# Scale: sweeps on a Dask cluster", "",
+        f"Generated by `benchmarks/scale.py` on {time.strftime('%Y-%m-%d')}. Machine: {fp['cpu']['model']}, "
+        f"{fp['cpu']['cores']} cores, shared with other jobs (noisy): compare only the numbers of one "
+        "run, which were measured one after the other in one process.",
+        f"A {N_TRIALS}-trial grid sweep of the digits CNN (offline: bits, int8 mode, per-channel, "
+        "batch 1/8, threads 1/2), warm artifact cache, measurement min_seconds 0.5.", "",
+        "| sweep | workers used | command wall s | trial phase s | trials/min | per-trial overhead s (asked -> told minus notebook wall) | notebook wall s (median) | timed section s (median) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in runs.items():
+        lines.append(f"| {name} | {r['workers']} | {r['wall']:.1f} | {r['span']:.1f} | {r['n'] / r['span'] * 60:.1f} "
+                     f"| {r['overhead']:.3f} | {r['notebook']:.2f} | {r['measured']:.2f} |")
+    lines += [
+        "",
+        "The command wall includes the baselines, the decision's re-measurement and the report;",
+        "`--dask` adds the cluster's start (LocalCluster, the workers' imports and code check) to it.",
+        f"The Dask path's per-trial overhead is {one['overhead'] - local['overhead']:+.3f} s against the local "
+        f"loop ({one['overhead']:.3f} s vs {local['overhead']:.3f} s): the task's round trip through the "
+        "scheduler, the notebook's files sent back and written, and the driver's tell.",
+        f"Two workers on this 2-core machine: trial phase {one['span']:.1f} s -> {two['span']:.1f} s "
+        f"({one['span'] / two['span']:.2f}x).",
+        "",
+        "## N machines", "",
+        "What is serialised: (1) on each machine, the timed sections (the machine-wide measurement",
+        "lock: one timed trial per machine at a time, by design); (2) on the driver, each trial's",
+        "ask, tell and file write (one asker). Everything else (kernel start, imports, building,",
+        "the accuracy pass) overlaps. With W worker processes per machine and N machines:",
+        "",
+        "    trials/s  ~=  min( N * min(W / (notebook_wall + overhead), 1 / timed_section),  1 / driver_per_trial )",
+        "",
+        f"With this run's medians (notebook wall {two['notebook']:.2f} s, overhead {two['overhead']:.2f} s, "
+        f"timed section {two['measured']:.2f} s, "
+        f"the driver's ask + tell + files of one trial timed alone {driver * 1000:.0f} ms, SQLite):",
+        "",
+        "| machines N (W = 2 each) | trials per minute, bound |", "| --- | --- |",
+    ]
+    per_machine = min(2 / (two["notebook"] + two["overhead"]), 1 / two["measured"])
+    cap = 1 / driver
+    for n in (1, 2, 4, 8, 16, 64, 256):
+        lines.append(f"| {n} | {min(n * per_machine, cap) * 60:.0f} |")
+    lines += [
+        "",
+        f"Measured here, N = 1: {two['n'] / two['span'] * 60:.0f} trials per minute (the bound assumes the",
+        "machine's cores are the workers' own; here six other jobs share them).",
+        "The driver's cap assumes its storage answers as fast as a local SQLite file (a remote",
+        "PostgreSQL adds its round trips); the scheduler's own per-task cost (about a millisecond)",
+        "is far below it. A 2-core machine's notebook wall also carries the other worker's CPU,",
+        "so a bigger machine's per-machine rate is higher. The baselines (run by one worker) and",
+        "the decision's re-measurement (on the driver) do not scale with N.",
+    ]
+    (HERE / "scale.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
