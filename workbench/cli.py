@@ -1,5 +1,7 @@
-"""The ``workbench`` command: ``sweep``, ``k8s``, ``plan``, ``trial``, ``report``, ``export``, ``image``,
-``serve``, ``load``, ``bench``, ``doctor``.
+"""The ``workbench`` command: find, measure and ship the best way to deploy a trained model.
+
+Subcommands: ``sweep``, ``k8s``, ``plan``, ``trial``, ``report``, ``export``, ``image``, ``serve``,
+``load``, ``bench``, ``doctor``.
 
 A user error prints one line (``error: ...``) and exits with code 2; no traceback. Anything
 else is a bug: one line naming a log file that holds the traceback, exit code 1.
