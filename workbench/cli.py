@@ -443,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted: completed trials are kept in the study; run the same command to continue",
-              file=sys.stderr)
+        kept = {"sweep": "completed trials are kept in the study; run the same command to continue",
+                "image": "the half-built image and its containers are removed"}
+        print("interrupted" + (f": {kept[args.command]}" if args.command in kept else ""), file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last resort: never a traceback on the terminal
         return _internal_error(err)
