@@ -41,9 +41,7 @@ from workbench.serve import grpc_server, guard, protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
 
-LARGE_BODY = 2**20  # bytes: bodies above are read and parsed LARGE_AT_ONCE at a time, off the event loop
-LARGE_AT_ONCE = 2
-LARGE_WAITING = 6  # large bodies waiting their turn beyond these get 503 before they are read
+LARGE_BODY, LARGE_AT_ONCE, LARGE_WAITING = guard.LARGE_BODY, guard.LARGE_AT_ONCE, guard.LARGE_WAITING  # and off the loop
 log = logging.getLogger("workbench.serve")
 
 

@@ -32,6 +32,7 @@ queue when ``max_queue`` is checked.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -45,6 +46,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from workbench.core.errors import WorkbenchError
 
+# Large bodies (both engines): read and parsed LARGE_AT_ONCE at a time (parsing JSON takes about 9
+# times the body); beyond LARGE_WAITING waiting their turn, 503 before they are read.
+LARGE_BODY = 2**20  # bytes
+LARGE_AT_ONCE = 2
+LARGE_WAITING = 6
 HEALTH = re.compile(r"/v2/health/(live|ready)|/v2/models/[^/]+/ready")  # probes: never behind the token
 
 
@@ -125,11 +131,15 @@ class Gate:
     """ASGI middleware: the bearer token on every route but the health probes (401); with
     ``routes``, any other path is 404 (KServe's model repository can unload the model); with
     ``max_body_bytes``, a body over it is 400, refused before it is read when its length is
-    declared, else as soon as it grows over the limit, and the connection is closed."""
+    declared, else as soon as it grows over the limit, and the connection is closed; a body over
+    ``LARGE_BODY`` (or of no declared length) is read and handled ``LARGE_AT_ONCE`` at a time
+    (the app behind, KServe's, parses it whole on the event loop), beyond ``LARGE_WAITING``
+    waiting: 503 before it is read, as the builtin engine does."""
 
     def __init__(self, app: ASGIApp, auth_token: str | None = None, routes: re.Pattern | None = None,
                  max_body_bytes: int | None = None):
         self.app, self.token, self.routes, self.max_body = app, auth_token or None, routes, max_body_bytes
+        self.large, self.large_count = asyncio.Semaphore(LARGE_AT_ONCE), 0
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] != "http":
@@ -151,6 +161,19 @@ class Gate:
         if declared.isdigit() and int(declared) > self.max_body:
             return await _send(send, 400, f"body of {int(declared)} bytes is over the limit of {self.max_body}",
                                close=True)
+        if declared.isdigit() and int(declared) <= LARGE_BODY:
+            return await self._read_and_call(scope, receive, send)
+        if self.large_count >= LARGE_AT_ONCE + LARGE_WAITING:
+            return await _send(send, 503, f"{self.large_count} large bodies are being handled or waiting; "
+                                          "retry later", close=True)
+        self.large_count += 1
+        try:
+            async with self.large:
+                await self._read_and_call(scope, receive, send)
+        finally:
+            self.large_count -= 1
+
+    async def _read_and_call(self, scope: dict, receive, send) -> None:
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
