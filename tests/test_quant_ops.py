@@ -206,3 +206,31 @@ def test_the_fallback_scores_the_chosen_output(two_outputs):
     assert not {"w3", "w3_quantized"} & {w.name for w in graph.initializer}
     assert rec["rounds"][0]["calib_disagreement_pt"] > 50 >= rec["rounds"][-1]["calib_disagreement_pt"]
     assert rec["accuracy_budget_met"] and m["accuracy_drop"] < 10  # from a collapse to a few points
+
+
+def test_on_the_tflite_route_the_op_choice_is_the_converters_int8_mode(digits, digits_model):
+    """The TFLite converter's stable API has no per-op choice: quant_ops does not apply there
+    (the same artifact, and a label that does not claim it); what the converter offers is the
+    mode: dynamic-range int8 quantizes only the weights of the compute ops and keeps every
+    activation float, full int8 quantizes the activations too."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from workbench import variants
+
+    def build(**kw):
+        art = variants.build(digits_model, digits, TrialParams(runtime="litert", bits=8, **kw), 200)
+        # activations have the batch dimension (1) first; weights [out, ...] do not
+        details = Interpreter(model_path=str(art.path)).get_tensor_details()
+        acts = {np.dtype(t["dtype"]) for t in details if len(t["shape"]) >= 2 and t["shape"][0] == 1}
+        weights = {np.dtype(t["dtype"]) for t in details if len(t["shape"]) >= 2 and t["shape"][0] != 1}
+        return art, acts, weights
+
+    full, full_acts, _ = build(int8_mode="static")
+    assert build(int8_mode="static", quant_ops="compute")[0].path == full.path
+    assert TrialParams(runtime="litert", bits=8, quant_ops="compute", per_channel=True).describe() == \
+        "litert int8-static b1 t1"
+    assert TrialParams(runtime="onnxruntime", bits=8, quant_ops="compute", per_channel=True).describe() == \
+        "onnxruntime int8-static-pc-mm b1 t1"
+    _, dyn_acts, dyn_weights = build(int8_mode="dynamic")
+    assert dyn_acts == {np.dtype(np.float32)} and np.dtype(np.int8) in dyn_weights
+    assert np.dtype(np.int8) in full_acts and np.dtype(np.float32) not in full_acts

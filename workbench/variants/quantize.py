@@ -64,7 +64,8 @@ CALIBRATION = Parameter("calibration", "minmax", str, choices=("minmax", "entrop
                         applies=_onnx_static_int8)
 def _onnx_int8(p) -> bool:
     """int8 (static or dynamic) made by this transform: a runtime that reads ONNX (onnxruntime,
-    OpenVINO on the ONNX QDQ model). The TFLite converter offers no choice of op types."""
+    OpenVINO on the ONNX QDQ model). The TFLite converter's stable API has no choice of op types
+    (its counterpart there is ``int8_mode``: ``workbench.variants.tflite``)."""
     rt = runtimes.registered().get(p.get("runtime", ""))
     return p.get("bits") == 8 and (rt is None or "onnx" in rt.formats)
 
