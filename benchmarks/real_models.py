@@ -241,32 +241,48 @@ def accuracy(path: Path, data: Path) -> float:
     return float(np.mean(pred == z["y_eval"]) * 100)
 
 
-def interleaved(cands: dict[str, tuple[Path, int]], x: np.ndarray, rounds: int) -> dict[str, float]:
-    """Median over rotating rounds of each candidate's p50 (ms) at batch 1, all in this process."""
+def interleaved(cands: dict, x: np.ndarray, rounds: int) -> dict[str, float]:
+    """Median over rotating rounds of each candidate's p50 (ms) at batch 1, all in this process.
+    A candidate is an ONNX file and its threads (onnxruntime), or a function of the batch (the
+    workbench's recommendation in its own runtime session)."""
     import onnxruntime as ort
 
-    sess = {}
-    for label, (path, threads) in cands.items():
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        sess[label] = (s, {s.get_inputs()[0].name: x[:1]})
+    calls = {}
+    for label, cand in cands.items():
+        if callable(cand):
+            calls[label] = lambda c=cand: c(x[:1])
+        else:
+            path, threads = cand
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            calls[label] = lambda s=s, feed={s.get_inputs()[0].name: x[:1]}: s.run(None, feed)
         for _ in range(20):
-            s.run(None, sess[label][1])
+            calls[label]()
     per = {k: [] for k in cands}
     names = list(cands)
     for r in range(rounds):
         for label in names[r % len(names):] + names[:r % len(names)]:
-            s, feed = sess[label]
+            call = calls[label]
             t = []
             end = time.perf_counter() + 0.3
             while time.perf_counter() < end or len(t) < 30:
                 t0 = time.perf_counter_ns()
-                s.run(None, feed)
+                call()
                 t.append((time.perf_counter_ns() - t0) / 1e6)
             per[label].append(float(np.median(t)))
     return {k: float(np.median(v)) for k, v in per.items()}
+
+
+def version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(package)
+    except PackageNotFoundError:
+        return "?"
 
 
 def bench_model(key: str, work: Path, rounds: int) -> dict:
@@ -293,9 +309,15 @@ def bench_model(key: str, work: Path, rounds: int) -> dict:
 
     cands = {f"fp32 t{t}": (Path(base.artifact), t) for t in (1, 2)}
     cands.update({f"hand int8 MatMul/Conv t{t}": (hand, t) for t in (1, 2)})
-    rec_runtime = rec.runtime
-    if rec_runtime == "onnxruntime":
+    libs = ""
+    if rec.runtime == "onnxruntime":
         cands[f"workbench: {rec.label}"] = (Path(rec.artifact), int(rec.threads))
+    else:  # in its own runtime, opened as the workbench's re-measurement opens it
+        from workbench.trial.remeasure import open_candidate
+
+        session = open_candidate(rec.params_full, rec.artifact, rec.artifact_format)[0]
+        cands[f"workbench: {rec.label}"] = session.run
+        libs = f"{rec.runtime} {version(rec.runtime)}"
     p50 = interleaved(cands, np.load(data)["x_eval"], rounds)
     # my best by hand: whichever of my own configurations (fp32 included) is fastest
     hand_best = min((k for k in p50 if not k.startswith("workbench")), key=p50.get)
@@ -305,7 +327,7 @@ def bench_model(key: str, work: Path, rounds: int) -> dict:
             "failed": int((trials.state == "FAIL").sum()), "recommendation": best.get("reason"),
             "label": rec.label, "rec_accuracy": float(rec.accuracy), "fp32_accuracy": float(base.accuracy),
             "hand_accuracy": accuracy(hand, data), "p50": p50, "hand_best": hand_best,
-            "fp32_best": fp32_best, "workbench": wb, "ort": ort.__version__,
+            "fp32_best": fp32_best, "workbench": wb, "ort": ort.__version__ + (f", {libs}" if libs else ""),
             "float_nodes": rec.get("float_nodes") if isinstance(rec.get("float_nodes"), str) else None,
             "workarounds": (quantize.record(rec.artifact) or {}).get("workarounds", []) if rec.artifact else [],
             "failures": sorted({f"{t.label}: {t.reason}" for t in trials[trials.state == "FAIL"].itertuples()}),
