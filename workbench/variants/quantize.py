@@ -354,17 +354,17 @@ def _scored_subgraph(src: Path, dst: Path) -> str:
 
     model = onnx.load(str(src))
     graph, output = model.graph, model.graph.output[0].name
-    made_by = {t: n for n in graph.node for t in n.output}
+    made_by = {t: i for i, n in enumerate(graph.node) for t in n.output}
     needed, todo, keep = set(), [output], set()
     while todo:
         t = todo.pop()
         if t in needed:
             continue
         needed.add(t)
-        if t in made_by and id(made_by[t]) not in keep:
-            keep.add(id(made_by[t]))
-            todo += [u for u in _used_names(made_by[t]) if u]
-    nodes = [n for n in graph.node if id(n) in keep]
+        if t in made_by and made_by[t] not in keep:
+            keep.add(made_by[t])
+            todo += [u for u in _used_names(graph.node[made_by[t]]) if u]
+    nodes = [n for i, n in enumerate(graph.node) if i in keep]
     weights = [w for w in graph.initializer if w.name in needed]
     del graph.node[:]
     graph.node.extend(nodes)
