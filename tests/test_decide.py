@@ -358,18 +358,3 @@ def test_a_sweep_that_finds_nothing_faster_recommends_and_exports_the_baseline(t
     assert best["reason"] in (run_dir / "report.md").read_text()
     bundle = export(run_dir)
     assert (bundle / "predict.py").exists()
-
-
-def test_the_best_of_every_thread_count_is_re_measured_with_the_leaders():
-    # the two-thread configurations all lead (timed in a quiet stretch); the best one-thread
-    # configuration joins them, so the thread count is decided by timing them together
-    rows = [dict(latency_p90_ms=v, threads=t) for v, t in ((1.8, 2), (1.86, 2), (1.9, 2), (3.0, 1), (3.1, 1))]
-    df = _table(rows).sort_values("latency_p90_ms")
-    assert list(choose.leaders(df, "latency_p90_ms", "minimize").trial) == ["0", "1", "2", "3"]
-    many = _table([dict(latency_p90_ms=1 + i / 1000, threads=2) for i in range(9)] +
-                  [dict(latency_p90_ms=3.0, threads=1)]).sort_values("latency_p90_ms")
-    lead = choose.leaders(many, "latency_p90_ms", "minimize")
-    assert len(lead) == choose.MAX_LEADERS and list(lead.trial)[-1] == "9"
-    # one thread count only: as before
-    same = _table([dict(latency_p90_ms=v, threads=1) for v in (1.0, 3.0)]).sort_values("latency_p90_ms")
-    assert list(choose.leaders(same, "latency_p90_ms", "minimize").trial) == ["0", "1"]

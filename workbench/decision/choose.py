@@ -66,26 +66,14 @@ def candidates(df, info: dict[str, Any]):
 
 def leaders(cands, col: str, direction: str):
     """Every candidate within :data:`LEAD_MARGIN` of the best on ``col`` (sorted best first):
-    at least two when there are two, at most :data:`MAX_LEADERS`; and the best candidate of
-    every thread count the sweep measured. How fast a thread count is depends on how busy the
-    machine is when it is timed, and the sweep timed them minutes apart: on a shared machine
-    the two-thread configurations can all lead after a quiet stretch, so the thread count is
-    decided only where the re-measurement times them together."""
+    at least two when there are two, at most :data:`MAX_LEADERS`."""
     if cands.empty:
         return cands
     best = float(cands[col].iloc[0])
     vals = cands[col].astype(float)
     near = vals <= best * (1 + LEAD_MARGIN) if direction == "minimize" else vals >= best / (1 + LEAD_MARGIN)
-    lead = cands.head(min(max(int(near.sum()), 2), MAX_LEADERS))
-    if "threads" not in cands or cands.threads.isna().any():
-        return lead
-    others = [cands[cands.threads == t].head(1) for t in cands.threads.unique() if t not in set(lead.threads)]
-    if not others:
-        return lead
-    keep = max(MAX_LEADERS - len(others), 1)
-    rows = [lead.head(keep), *others[:MAX_LEADERS - 1]]
-    return cands.loc[[i for r in rows for i in r.index]].sort_values(col, ascending=direction == "minimize",
-                                                                      kind="stable")
+    n = int(near.sum())
+    return cands.head(min(max(n, 2), MAX_LEADERS))
 
 
 def pick_simplest(rows) -> Any:
