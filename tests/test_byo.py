@@ -78,6 +78,8 @@ def test_user_model_sweeps_end_to_end(examples, tmp_path, kind):
     assert base.loc["onnxruntime fp32 b1 t1", "accuracy"] >= 90.0
     if kind == "onnx":  # no Keras model to run: no row for a framework the model does not have
         assert "tensorflow fp32 b1 t1" not in base.index
+        headline = (run_dir / "report.md").read_text().split("## Trials")[0]
+        assert "speed-up vs the fp32 model " in headline and "Keras" not in headline and "nan" not in headline
     else:
         assert base.loc["tensorflow fp32 b1 t1", "accuracy"] >= 90.0
     best = json.loads((run_dir / "best.json").read_text())

@@ -152,3 +152,85 @@ def test_the_report_shows_which_nodes_stayed_float():
             "row": {"float_nodes": kept}}
     head = {"accuracy": 97.5, "accuracy_drop": [0.5, 0.1, 0.9], "latency_p50_ms": [1.0, 0.9, 1.1], "batch_size": 1}
     assert ("kept in float", kept) in summary_items(head, best)
+
+
+@pytest.fixture(scope="module")
+def two_outputs(tmp_path_factory):
+    """Two outputs over one trunk: ``aux`` (first) and ``logits`` (second, the one the experiment
+    scores). Each branch has a wide-range Mul/Div pair that per-tensor int8 breaks, the unscored
+    branch's wider (so its nodes add the most output error of all). Labels: the float model's
+    own class on ``logits``."""
+    rng = np.random.default_rng(2)
+    n_in, hidden, classes = 16, 32, 10
+    w1 = rng.normal(size=(n_in, hidden)).astype(np.float32)
+    w2 = (rng.normal(size=(hidden, classes)) / 4).astype(np.float32)
+    w3 = (rng.normal(size=(hidden, classes)) / 4).astype(np.float32)
+    widen, widen_aux = np.ones(hidden, np.float32), np.ones(hidden, np.float32)
+    widen[0], widen_aux[0] = 1e4, 1e5
+    x = rng.normal(size=(600, n_in)).astype(np.float32)
+    y = ((x @ w1) @ w2).argmax(-1)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="dense1"),
+             helper.make_node("Mul", ["h", "widen_aux"], ["za"], name="widen_aux"),
+             helper.make_node("Div", ["za", "widen_aux"], ["ya"], name="narrow_aux"),
+             helper.make_node("MatMul", ["ya", "w3"], ["aux"], name="aux_head"),
+             helper.make_node("Mul", ["h", "widen"], ["z"], name="widen"),
+             helper.make_node("Div", ["z", "widen"], ["y"], name="narrow"),
+             helper.make_node("MatMul", ["y", "w2"], ["logits"], name="head")]
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", classes]) for n in ("aux", "logits")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", n_in])],
+                              out, [numpy_helper.from_array(w, name) for name, w in
+                                    {"w1": w1, "w2": w2, "w3": w3, "widen": widen, "widen_aux": widen_aux}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("two") / "two.onnx"
+    onnx.save(model, str(path))
+    data = path.with_suffix(".npz")
+    np.savez(data, x_eval=x[:400], y_eval=y[:400], x_calib=x[400:])
+    return str(path), str(data)
+
+
+def test_the_fallback_scores_the_chosen_output(two_outputs):
+    model, data = two_outputs
+    m = _trial(model, data, output="logits", quant_ops="all", max_accuracy_drop=2.0)
+    rec = quantize.record(m["artifact"])
+    kept = [f["node"] for f in rec["float_nodes"]]
+    # the scored output's wide-range op is kept in float; nothing of the unscored branch is a
+    # candidate (it does not reach the output the accuracy is measured on), and none of it is
+    # quantized or counted in the artifact
+    assert "widen" in kept
+    assert not {"widen_aux", "narrow_aux", "aux_head"} & set(kept)
+    assert rec["output"] == "logits"
+    graph = onnx.load(m["artifact"]).graph
+    assert {"dense1", "widen", "head"} <= {n.name for n in graph.node}
+    assert not {"widen_aux", "narrow_aux", "aux_head"} & {n.name for n in graph.node}
+    assert not {"w3", "w3_quantized"} & {w.name for w in graph.initializer}
+    assert rec["rounds"][0]["calib_disagreement_pt"] > 50 >= rec["rounds"][-1]["calib_disagreement_pt"]
+    assert rec["accuracy_budget_met"] and m["accuracy_drop"] < 10  # from a collapse to a few points
+
+
+def test_on_the_tflite_route_the_op_choice_is_the_converters_int8_mode(digits, digits_model):
+    """The TFLite converter's stable API has no per-op choice: quant_ops does not apply there
+    (the same artifact, and a label that does not claim it); what the converter offers is the
+    mode: dynamic-range int8 quantizes only the weights of the compute ops and keeps every
+    activation float, full int8 quantizes the activations too."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from workbench import variants
+
+    def build(**kw):
+        art = variants.build(digits_model, digits, TrialParams(runtime="litert", bits=8, **kw), 200)
+        # activations have the batch dimension (1) first; weights [out, ...] do not
+        details = Interpreter(model_path=str(art.path)).get_tensor_details()
+        acts = {np.dtype(t["dtype"]) for t in details if len(t["shape"]) >= 2 and t["shape"][0] == 1}
+        weights = {np.dtype(t["dtype"]) for t in details if len(t["shape"]) >= 2 and t["shape"][0] != 1}
+        return art, acts, weights
+
+    full, full_acts, _ = build(int8_mode="static")
+    assert build(int8_mode="static", quant_ops="compute")[0].path == full.path
+    assert TrialParams(runtime="litert", bits=8, quant_ops="compute", per_channel=True).describe() == \
+        "litert int8-static b1 t1"
+    assert TrialParams(runtime="onnxruntime", bits=8, quant_ops="compute", per_channel=True).describe() == \
+        "onnxruntime int8-static-pc-mm b1 t1"
+    _, dyn_acts, dyn_weights = build(int8_mode="dynamic")
+    assert dyn_acts == {np.dtype(np.float32)} and np.dtype(np.int8) in dyn_weights
+    assert np.dtype(np.int8) in full_acts and np.dtype(np.float32) not in full_acts

@@ -270,3 +270,18 @@ def test_headline_states_the_asked_metric_and_how_to_deploy(run_dir, tmp_path):
     one = full[full.batch_size == 1]
     (tmp_path / "one").mkdir()
     assert "latency_batch.png" not in plots.draw_all(one, tmp_path / "one", ["accuracy"], 1.0)
+
+
+def test_the_headline_speed_up_is_against_the_fp32_model_the_run_has(run_dir):
+    from workbench.report.summary import speedup_text
+
+    best = json.loads((run_dir / "best.json").read_text())
+    row = best["row"]
+    recommendation = (run_dir / "report.md").read_text().split("## Trials")[0]
+    assert speedup_text(row) in recommendation and "nan" not in recommendation
+    assert speedup_text(row) == f"speed-up vs Keras fp32 {row['speedup_vs_baseline']:.2f}x"
+    # a model that exists only as ONNX has no Keras baseline (the table leaves that speed-up
+    # empty): the headline compares with its own fp32 model, never "vs Keras nan x"
+    onnx_only = {**row, "speedup_vs_baseline": None}
+    assert speedup_text(onnx_only) == f"speed-up vs the fp32 model {row['speedup_vs_onnx_fp32']:.2f}x"
+    assert "nan" not in speedup_text({**onnx_only, "speedup_vs_onnx_fp32": float("nan")})

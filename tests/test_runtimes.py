@@ -164,3 +164,23 @@ def test_openvino_hint_and_streams_are_applied(digits, digits_model, hint, strea
     elif hint == "LATENCY":
         assert session.options["NUM_STREAMS"] == "1"
     assert float(np.max(np.abs(out - digits_model.reference()))) <= TOLERANCE
+
+
+def test_openvino_fp16_computes_in_the_devices_16_bit_precision(digits, digits_model):
+    """fp16 on OpenVINO is the device's own 16-bit compute (f16, else bf16 where the CPU has
+    AVX512-BF16/AMX), not the fp16 model upcast to f32; fp32 stays f32. Accuracy is what the
+    trial measures: here the answers still agree with fp32's."""
+    import openvino as ov
+
+    from workbench import variants
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    native = "f16" if "FP16" in caps else "bf16" if "BF16" in caps else "f32"
+    hints = {}
+    for bits in (32, 16):
+        p = TrialParams(runtime="openvino", bits=bits)
+        out, session = _run_session(p, variants.build(digits_model, digits, p, 200), digits.x_eval)
+        hints[bits] = session.options["INFERENCE_PRECISION_HINT"]
+        agree = float(np.mean(out.argmax(-1) == digits_model.reference().argmax(-1)))
+        assert agree >= 0.97, (bits, agree)
+    assert hints == {32: str(ov.Type.f32), 16: str(getattr(ov.Type, native))}  # what OpenVINO chose

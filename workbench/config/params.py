@@ -105,9 +105,12 @@ class TrialParams(BaseModel):
     def describe(self) -> str:
         """A short human label, e.g. ``onnxruntime int8-static b1 t1``."""
         bits = {32: "fp32", 16: "fp16", 8: f"int8-{self.int8_mode}", 4: "int4"}[self.bits]
-        if self.bits == 8 and self.int8_mode == "static" and self.per_channel:
+        # only where the route applies them (the TFLite converter has neither choice): a label
+        # never names a choice its artifact did not make
+        here = self.model_dump()
+        if self.per_channel and parameters.applies("per_channel", here):
             bits += "-pc"  # per-channel scales: another artifact, so another label
-        if self.bits == 8 and getattr(self, "quant_ops", "all") == "compute":
+        if getattr(self, "quant_ops", "all") == "compute" and parameters.applies("quant_ops", here):
             bits += "-mm"  # only MatMul/Gemm/Conv quantized
         sp = f" sp{self.sparsity:g}-{self.prune_structure}" if self.sparsity else ""
         if self.distill_width < 1.0:

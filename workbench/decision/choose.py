@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from workbench.core.scenarios import TIE_MARGIN, question, scenario
-from workbench.decision.stats import beats, paired_ratio, settle
+from workbench.decision.stats import beats, geomean, paired_ratio, settle
 from workbench.results.best import clean, processes_text
 from workbench.results.pareto import complete_trials, feasible, pareto_flags
 
@@ -142,7 +142,8 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
         tied = lead[lead.trial.astype(str).isin(got["tied"])]
         decided_by = "interleaved re-measurement"
         leader = got["leader"]
-        detail = {**interleaved, **got}
+        # every candidate timed in the rounds (the fastest baseline too) has its geometric mean
+        detail = {**interleaved, **got, "geomean": {t: geomean(v) for t, v in interleaved["rounds"].items()}}
     else:
         best = float(lead[col].iloc[0])
         vals = lead[col].astype(float)

@@ -45,6 +45,11 @@ def beats(ratio: tuple[float, float, float], direction: str, margin: float = TIE
         return hi < 1.0 and est < 1.0 / (1.0 + margin)
     return lo > 1.0 and est > 1.0 + margin
 
+def geomean(values: list[float]) -> float:
+    """The geometric mean of one candidate's per-round values (what the rounds compare)."""
+    return float(np.exp(np.mean(np.log(np.asarray(values, dtype=float)))))
+
+
 def settle(rounds: dict[str, list[float]], direction: str) -> dict[str, Any]:
     """The decision among re-measured candidates from their per-round values.
 
@@ -53,7 +58,7 @@ def settle(rounds: dict[str, list[float]], direction: str) -> dict[str, Any]:
     candidate's ratio to the leader (candidate / leader, with its CI across rounds).
     """
     names = list(rounds)
-    gm = {t: float(np.exp(np.mean(np.log(np.asarray(v, dtype=float))))) for t, v in rounds.items()}
+    gm = {t: geomean(v) for t, v in rounds.items()}
     leader = (min if direction == "minimize" else max)(names, key=lambda t: gm[t])
     ratios = {}
     tied = [leader]

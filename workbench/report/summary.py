@@ -102,6 +102,17 @@ def deploy_text(run_dir: Path, best: dict) -> str:
             + (f"; artifact {artifact}" if artifact else ""))
 
 
+def speedup_text(row: dict) -> str:
+    """The headline's speed-up: against the fp32 Keras model where the model is Keras, else
+    against the fp32 ONNX model (a model that exists only as ONNX has no Keras baseline: its
+    speed-up is against its own fp32)."""
+    for col, what in (("speedup_vs_baseline", "Keras fp32"), ("speedup_vs_onnx_fp32", "the fp32 model")):
+        v = row.get(col)
+        if v is not None and v == v:
+            return f"speed-up vs {what} {v:.2f}x"
+    return "no fp32 baseline at this batch size to compare with"
+
+
 def summary_items(head: dict, best: dict | None, run_dir: Path | None = None) -> list[tuple[str, str]]:
     """The recommendation as (name, text) items: the question's metric first, then how to deploy
     it (with ``run_dir``), the comparisons with the baselines, and why it won."""
@@ -240,7 +251,7 @@ def markdown(info: dict, df, best: dict | None, head: dict | None = None,
                   f"[95% CI within one measurement {r['latency_p50_ci_low_ms']:.4f}-{r['latency_p50_ci_high_ms']:.4f}], "
                   f"p90 {r['latency_p90_ms']:.4f} ms per batch of {r['batch_size']}, "
                   f"{r['throughput_sps']:.4g} samples/s, {r['size_bytes']:,} bytes, "
-                  f"speed-up vs Keras {r['speedup_vs_baseline'] or float('nan'):.2f}x.",
+                  f"{speedup_text(r)}.",
                   ""]
         lines += [f"- {k}: {v}" for k, v in summary_items(head or {}, best, run_dir)
                   if k not in ("recommended", "question", name, "p50 per batch")] + [""]

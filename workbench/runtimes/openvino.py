@@ -13,6 +13,7 @@ number of streams the hint would choose.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,29 @@ def device_for(provider: str) -> str:
         return provider
     raise TrialPruned(f"runtime openvino: {provider} is not an OpenVINO device (devices: "
                       f"{', '.join(DEVICES)}); onnxruntime provider names are not translated")
+
+
+@functools.lru_cache(maxsize=None)
+def _capabilities(device: str) -> tuple[str, ...]:
+    import openvino as ov
+
+    try:
+        return tuple(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # noqa: BLE001 - a device OpenVINO does not list: the session says why
+        return ()
+
+
+def precision_hint(device: str, bits: int) -> str:
+    """OpenVINO's inference precision for a trial of ``bits``. fp32: f32 (on CPUs with
+    AMX/AVX512-BF16 OpenVINO would otherwise run fp32 models in bf16, a different, lossy
+    deployment than the one asked for). fp16: the device's own 16-bit compute, f16 where it has
+    it, else bf16 (AVX512-BF16, AMX), else f32: with an f32 hint OpenVINO upcasts the fp16 model
+    and computes it in f32, and fp16 is then the same deployment as fp32 (the trial measures
+    the accuracy the 16-bit compute keeps). int8 models run their int8 ops as they are."""
+    if bits == 16:
+        caps = _capabilities(device)
+        return "f16" if "FP16" in caps else "bf16" if "BF16" in caps else "f32"
+    return "f32"
 
 
 def compile_config(params) -> dict:
@@ -68,7 +92,7 @@ class OpenvinoSession:
         self.providers = [f"openvino:{device}"]
         # what OpenVINO actually chose (the hint decides streams and threads unless overridden)
         self.options = {k: str(compiled.get_property(k)) for k in
-                        ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")}
+                        ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT")}
 
     def run(self, batch) -> np.ndarray:
         """``batch``: one array, or a dict of named arrays for a model with several inputs."""
@@ -94,13 +118,12 @@ class OpenvinoRuntime(Runtime):
         return device_for(params.provider)
 
     def session_options(self, params) -> dict[str, Any]:
-        # f32 precision hint: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs fp32 models
-        # in bf16, which is a different (lossy) deployment than the one the trial asked for.
+        device = device_for(params.provider)
         config = {"PERFORMANCE_HINT": params.ov_hint, "INFERENCE_NUM_THREADS": params.threads,
-                  "INFERENCE_PRECISION_HINT": "f32"}
+                  "INFERENCE_PRECISION_HINT": precision_hint(device, params.bits)}
         if params.ov_streams:
             config["NUM_STREAMS"] = params.ov_streams
-        return {"device": device_for(params.provider), "config": config}
+        return {"device": device, "config": config}
 
     def open_session(self, path: Path, params) -> OpenvinoSession:
         return OpenvinoSession(path, params, self.session_options(params))

@@ -64,7 +64,8 @@ CALIBRATION = Parameter("calibration", "minmax", str, choices=("minmax", "entrop
                         applies=_onnx_static_int8)
 def _onnx_int8(p) -> bool:
     """int8 (static or dynamic) made by this transform: a runtime that reads ONNX (onnxruntime,
-    OpenVINO on the ONNX QDQ model). The TFLite converter offers no choice of op types."""
+    OpenVINO on the ONNX QDQ model). The TFLite converter's stable API has no choice of op types
+    (its counterpart there is ``int8_mode``: ``workbench.variants.tflite``)."""
     rt = runtimes.registered().get(p.get("runtime", ""))
     return p.get("bits") == 8 and (rt is None or "onnx" in rt.formats)
 
@@ -114,7 +115,7 @@ def recipe(params, calibration_samples: int) -> dict[str, Any]:
     # the fallback needs labels' stand-in (top-1 against fp32): classification only
     fallback = params.max_accuracy_drop if params.task == "classification" else None
     common = {"bits": 8, "ops": params.quant_ops, "fallback_budget": fallback,
-              "samples": calibration_samples}
+              "samples": calibration_samples, "scored_subgraph": 1}  # v2: only the scored output's nodes
     if params.int8_mode == "dynamic":
         return {**common, "mode": "dynamic", "per_channel": params.per_channel}
     return {**common, "mode": "static", "per_channel": params.per_channel,
@@ -332,21 +333,63 @@ def _sensitivity(fp32: Path, quant: Path, feeds: list[dict], candidates: dict[st
             for name, n in candidates.items()}
 
 
+def _used_names(node) -> set[str]:
+    """The tensors ``node`` reads, with those its subgraphs (If/Loop/Scan bodies) read."""
+    names = set(node.input)
+    for a in node.attribute:
+        for g in [a.g] if a.HasField("g") else list(a.graphs):
+            for n in g.node:
+                names |= _used_names(n)
+    return names
+
+
+def _scored_subgraph(src: Path, dst: Path) -> str:
+    """Write to ``dst`` only what the scored output (the model's first, and in the model cache
+    its only, output: ``workbench.models.user`` keeps the one the experiment's ``output:``
+    chose) is computed from, and return that output's name. A model cut down to one of its
+    outputs still holds the other outputs' nodes and weights: the quantizer would calibrate and
+    quantize them, the fallback would spend its rounds keeping them in float, and the
+    artifact's size would count them, while none of them changes the scored output."""
+    import onnx
+
+    model = onnx.load(str(src))
+    graph, output = model.graph, model.graph.output[0].name
+    made_by = {t: i for i, n in enumerate(graph.node) for t in n.output}
+    needed, todo, keep = set(), [output], set()
+    while todo:
+        t = todo.pop()
+        if t in needed:
+            continue
+        needed.add(t)
+        if t in made_by and made_by[t] not in keep:
+            keep.add(made_by[t])
+            todo += [u for u in _used_names(graph.node[made_by[t]]) if u]
+    nodes = [n for i, n in enumerate(graph.node) if i in keep]
+    weights = [w for w in graph.initializer if w.name in needed]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
+    onnx.save(model, str(dst))
+    return output
+
+
 def _int8(src: Path, dst: Path, r: dict[str, Any], data: Dataset) -> None:
-    """int8 with the accuracy-aware fallback; writes :data:`RECORD_FILE` beside ``dst``."""
+    """int8 with the accuracy-aware fallback, scored on the scored output; writes
+    :data:`RECORD_FILE` beside ``dst``."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = _prepared(src, Path(tmp)) if r["mode"] == "static" else src
+        output = _scored_subgraph(src, Path(tmp) / "scored.onnx")
+        fp32 = _prepared(Path(tmp) / "scored.onnx", Path(tmp)) if r["mode"] == "static" else Path(tmp) / "scored.onnx"
         names = _input_names(fp32)
         x = inputs.cast_float32(data.take("calib", 0, r["samples"]))
         feeds = [dict(zip(names, inputs.by_runtime_names(inputs.take(x, i, i + 1), names)))
                  for i in range(inputs.rows(x))]
         graph = onnx.load(str(fp32)).graph
-        output = graph.output[0].name
         ops = set(COMPUTE_OPS) if r.get("ops") == "compute" else None
         candidates = {n.name: n for n in graph.node if n.name and (ops is None or n.op_type in ops)}
-        rec: dict[str, Any] = {"ops": r.get("ops", "all"), "float_nodes": [], "rounds": []}
+        rec: dict[str, Any] = {"ops": r.get("ops", "all"), "output": output, "float_nodes": [], "rounds": []}
         extra: dict[str, Any] = {}
         ref = _run_all(fp32, feeds) if r.get("fallback_budget") is not None else None
         for rnd in range(FALLBACK_ROUNDS + 1):

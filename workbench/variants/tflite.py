@@ -8,6 +8,18 @@
   integer inputs (token ids, masks) stay integer. Several inputs are calibrated by name.
 - 4: not offered by the TFLite converter: the trial is pruned with that reason.
 
+Which ops int8 touches is, on this route, the converter's choice of mode: full int8 quantizes
+every op; dynamic-range quantizes only the weights of the compute ops (FULLY_CONNECTED, CONV_2D,
+DEPTHWISE_CONV_2D, BATCH_MATMUL, above the converter's minimum size) and keeps every activation
+float, the TFLite counterpart of ``quant_ops=compute``. ``quant_ops`` and the accuracy-aware
+fallback (``workbench.variants.quantize``) do not apply here: the converter's stable API
+(``optimizations``, ``representative_dataset``, ``target_spec.supported_ops`` /
+``supported_types``, ``inference_input_type`` / ``inference_output_type``) has no per-op or
+per-node choice. The only one, ``tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=,
+denylisted_nodes=)`` with ``QuantizationDebugger.get_nondebug_quantized_model()``, is outside
+TensorFlow's compatibility guarantee (its versions guide excludes every symbol whose name holds
+"experimental"), as is the 16x8 mode (``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``).
+
 Converted from a SavedModel export (``model.export``), the route LiteRT documents for Keras 3.
 """
 
