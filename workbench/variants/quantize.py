@@ -325,9 +325,10 @@ def _sensitivity(fp32: Path, quant: Path, feeds: list[dict], candidates: dict[st
     def err(t: str) -> float:
         if t not in ref[0] or t not in got[0] or not np.issubdtype(ref[0][t].dtype, np.floating):
             return 0.0
-        num = sum(float(np.sum((a[t] - b[t]) ** 2)) for a, b in zip(ref, got))
-        den = sum(float(np.sum(a[t] ** 2)) for a in ref)
-        return (num / den) ** 0.5 if den > 0 else 0.0
+        # in float64: a float32 activation squared overflows (the transformer's did), giving inf/inf
+        num = sum(float(np.sum(np.square(a[t] - b[t], dtype=np.float64))) for a, b in zip(ref, got))
+        den = sum(float(np.sum(np.square(a[t], dtype=np.float64))) for a in ref)
+        return (num / den) ** 0.5 if den > 0 and np.isfinite(den) else 0.0
 
     return {name: err(n.output[0]) - max([err(t) for t in n.input if t] or [0.0])
             for name, n in candidates.items()}
