@@ -142,7 +142,8 @@ Layers of the image (`podman history`, empty ones left out):
 def main() -> None:
     if "--render" not in sys.argv:
         res = measure(cold="--cold" in sys.argv)
-        (HERE / "image.json").write_text(json.dumps(res, indent=2, default=str))
+        # no machine-specific path in the repository: the home directory as ~
+        (HERE / "image.json").write_text(json.dumps(res, indent=2, default=str).replace(str(Path.home()), "~"))
     res = json.loads((HERE / "image.json").read_text())
     page = (HERE / "serving.md").read_text() if (HERE / "serving.md").exists() else ""
     at = page.find(HEADING)
