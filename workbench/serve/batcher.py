@@ -11,7 +11,8 @@ Dispatch is a callback scheduled on the event loop (``call_soon``), not a task w
 event: the requests whose handlers run in the same turn of the loop all join the queue first, and
 waking a dispatcher task cost more than the model on a tiny one. A batch of one request on the
 only instance, a thread instance, runs inline, on the event loop's thread, as a hand-written
-endpoint does, while the model answers one within ``INLINE_MAX_S``; at once, without queueing, when the batch can only be that request
+endpoint does, while the model answers one within ``INLINE_MAX_S``; at once, without queueing,
+when the batch can only be that request
 (``max_batch_size`` 1, or policy ``idle`` and no other request in the server: ``ahead``, counted
 by :mod:`workbench.serve.guard`). Handing it to the instance's thread and back was the largest
 item of the engine's own time at batch 1 (py-spy: ``ThreadPoolExecutor.submit`` alone 9.5% of
