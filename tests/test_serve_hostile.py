@@ -355,10 +355,14 @@ def test_random_npy_bodies_are_answers_or_bad_requests(version, descr, shape, pa
 @given(_request, st.binary(max_size=400))
 def test_random_bodies_never_give_a_500_from_the_server(server, request, raw):
     """The same strategies against the live server: 400 or 200, and it keeps answering."""
+    _answers_or_bad_requests(server, request, raw)
+
+
+def _answers_or_bad_requests(eng, request, raw: bytes) -> None:
     for body in (json.dumps(request, allow_nan=True).encode(), raw):
         for ctype in ("application/json", protocol.NPY):
-            status, answer = _post(server.infer_url, body, ctype)
-            assert status in (200, 400), (status, body[:200])
+            status, answer = _post(eng.infer_url, body, ctype)
+            assert status in (200, 400), (status, body[:200], answer[:200])
 
 
 def test_the_server_still_answers_after_the_random_bodies(server):
@@ -804,7 +808,4 @@ def test_64_clients_mixing_valid_and_invalid_requests_on_kserve(kserve_server, d
 @given(_request, st.binary(max_size=400))
 def test_random_bodies_never_give_a_500_from_kserve(kserve_server, request, raw):
     """The parser's strategies against the kserve engine: an answer or a 4xx, never a 500."""
-    for body in (json.dumps(request, allow_nan=True).encode(), raw):
-        for ctype in ("application/json", protocol.NPY):
-            status, answer = _post(kserve_server.infer_url, body, ctype)
-            assert status in (200, 400), (status, body[:200], answer[:200])
+    _answers_or_bad_requests(kserve_server, request, raw)

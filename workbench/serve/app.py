@@ -9,9 +9,9 @@ leaves no server behind). With ``grpc_port`` in the options, the v2 gRPC service
 
 Hostile input: limits before parsing are :mod:`workbench.serve.guard`'s (header size, read
 deadlines, connections); a body over ``max_body_bytes`` is refused before it is read; a body over
-``LARGE_BODY`` is read and parsed by at most ``LARGE_AT_ONCE`` requests at a time, its JSON in a
+``guard.LARGE_BODY`` is read and parsed by at most ``guard.LARGE_AT_ONCE`` requests at a time, its JSON in a
 thread, so that one client's 16 MiB bodies neither hold the event loop (health probes stay fast)
-nor multiply the memory (parsing JSON takes about 9 times the body); beyond ``LARGE_WAITING``
+nor multiply the memory (parsing JSON takes about 9 times the body); beyond ``guard.LARGE_WAITING``
 waiting their turn, a large body gets 503 before it is read. Anything malformed is a 400 (:mod:`workbench.serve.protocol`); an error
 the server did not expect is still an answer: a one-line 500 on a connection that stays usable,
 counted in ``workbench_requests_failure_total``, its traceback in the server's log (stderr).
@@ -41,7 +41,6 @@ from workbench.serve import grpc_server, guard, protocol, watch_parent
 from workbench.serve.batcher import Batcher, QueueFull, process_instance, releases_gil, thread_instance
 from workbench.serve.metrics import ServerMetrics
 
-LARGE_BODY, LARGE_AT_ONCE, LARGE_WAITING = guard.LARGE_BODY, guard.LARGE_AT_ONCE, guard.LARGE_WAITING  # and off the loop
 log = logging.getLogger("workbench.serve")
 
 
@@ -77,7 +76,7 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
     bundle = open_bundle(bundle_path, opts.trust_model_code)
     metrics = ServerMetrics()
     state: dict = {"ready": False}
-    large = asyncio.Semaphore(LARGE_AT_ONCE)
+    large = asyncio.Semaphore(guard.LARGE_AT_ONCE)
     large_count = [0]  # large bodies being read, parsed or waiting to be
 
     @contextlib.asynccontextmanager
@@ -173,9 +172,9 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > opts.max_body_bytes:
             return _error(400, f"body of {declared} bytes is over the limit of {opts.max_body_bytes}", close=True)
-        if declared and declared.isdigit() and int(declared) <= LARGE_BODY:
+        if declared and declared.isdigit() and int(declared) <= guard.LARGE_BODY:
             parsed = await _read_and_parse(request, False)
-        elif large_count[0] >= LARGE_AT_ONCE + LARGE_WAITING:
+        elif large_count[0] >= guard.LARGE_AT_ONCE + guard.LARGE_WAITING:
             return _error(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later", close=True)
         else:
             large_count[0] += 1

@@ -55,6 +55,25 @@ class KServeEngine(Engine):
         return {}  # KServe's /metrics has its own names; the monitor reads CPU and RSS from the process
 
 
+# What every predictor container of ours has: the v2 port, its readiness probe, and CPU as many
+# cores as the threads it was measured with.
+_CONTAINER_TAIL = """\
+        ports:
+          - containerPort: 8080
+            protocol: TCP
+        readinessProbe:
+          httpGet:
+            path: /v2/models/{name}/ready
+            port: 8080
+        resources:
+          requests:
+            cpu: "{threads}"
+            memory: 512Mi
+          limits:
+            cpu: "{threads}"
+            memory: 1Gi
+"""
+
 MANIFEST = """# KServe InferenceService for this bundle (written by `workbench export --engine kserve`).
 # 1. Build an image with the workbench and .venv-kserve's packages (kserve 0.21, the runtime), e.g.
 #    FROM python:3.11-slim; pip install "kserve>=0.21,<0.22" {runtime_pkg}; COPY workbench /app/workbench
@@ -78,21 +97,7 @@ spec:
             value: {storage_uri}
           - name: PYTHONPATH
             value: /app
-        ports:
-          - containerPort: 8080
-            protocol: TCP
-        readinessProbe:
-          httpGet:
-            path: /v2/models/{name}/ready
-            port: 8080
-        resources:
-          requests:
-            cpu: "{threads}"
-            memory: 512Mi
-          limits:
-            cpu: "{threads}"
-            memory: 1Gi
-"""
+""" + _CONTAINER_TAIL
 
 IMAGE_MANIFEST = """# KServe InferenceService for the image `workbench image --tag {image}` built from this bundle.
 # The image holds the bundle and serves it with the builtin engine (`workbench serve`) on $PORT.
@@ -113,21 +118,7 @@ spec:
         env:
           - name: PORT
             value: "8080"
-        ports:
-          - containerPort: 8080
-            protocol: TCP
-        readinessProbe:
-          httpGet:
-            path: /v2/models/{name}/ready
-            port: 8080
-        resources:
-          requests:
-            cpu: "{threads}"
-            memory: 512Mi
-          limits:
-            cpu: "{threads}"
-            memory: 1Gi
-"""
+""" + _CONTAINER_TAIL
 
 RUNTIME_PACKAGES = {"onnxruntime": '"onnxruntime>=1.32,<1.33"', "openvino": '"openvino>=2026.4,<2026.5"',
                     "litert": '"ai-edge-litert>=2.3,<2.4"', "tensorflow": '"tensorflow>=2.21,<2.22"'}
