@@ -285,3 +285,14 @@ def test_the_headline_speed_up_is_against_the_fp32_model_the_run_has(run_dir):
     onnx_only = {**row, "speedup_vs_baseline": None}
     assert speedup_text(onnx_only) == f"speed-up vs the fp32 model {row['speedup_vs_onnx_fp32']:.2f}x"
     assert "nan" not in speedup_text({**onnx_only, "speedup_vs_onnx_fp32": float("nan")})
+
+
+def test_the_trials_table_of_an_onnx_only_model_shows_the_speed_up_it_has(run_dir):
+    # no Keras baseline: the summary's speed-up column is the one against the fp32 ONNX model,
+    # not an empty "vs Keras" column; with a Keras baseline, that one
+    full = table.load_table(run_dir)
+    assert "speedup_vs_baseline" in table.summary_columns(full)
+    onnx_only = full[full.runtime != "tensorflow"].assign(speedup_vs_baseline=float("nan"))
+    cols = table.summary_columns(onnx_only)
+    assert "speedup_vs_onnx_fp32" in cols and "speedup_vs_baseline" not in cols
+    assert onnx_only[cols]["speedup_vs_onnx_fp32"].notna().any()
