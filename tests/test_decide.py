@@ -66,7 +66,9 @@ def test_pareto_mask_on_known_points():
 
 
 @pytest.mark.parametrize("seed", range(25))
-def test_recommendation_is_always_on_the_front(seed):
+def test_recommendation_is_on_the_front_or_within_the_noise_of_the_best(seed):
+    # the front is drawn from one timing per trial: a row within LEAD_MARGIN of the best answer
+    # stays a candidate (its re-measurement decides), one further away and off the front never
     rng = np.random.default_rng(seed)
     n = 12
     df = _table([dict(bits=int(rng.choice([32, 16, 8])), batch_size=int(rng.choice([1, 1, 8])),
@@ -82,7 +84,13 @@ def test_recommendation_is_always_on_the_front(seed):
         if best is None:
             continue
         i = int(best["trial"])
-        assert pareto.pareto_flags(df, objectives)[i]
+        col, minimize = best["primary_metric"], best["direction"] == "minimize"
+        same = df[df.feasible & (df.hardware_id == best["hardware_id"])]
+        if scenario == "single_stream":
+            same = same[same.batch_size == same.batch_size.min()]
+        top = same[col].min() if minimize else same[col].max()
+        near = df[col][i] <= top * (1 + choose.LEAD_MARGIN) if minimize else df[col][i] >= top / (1 + choose.LEAD_MARGIN)
+        assert pareto.pareto_flags(df, objectives)[i] or near
         assert df.hardware_id[i] == best["hardware_id"] and df.feasible[i]
         if scenario == "single_stream":
             assert df.batch_size[i] == 1
@@ -171,6 +179,24 @@ def test_choose_clear_winner_on_rounds():
     rounds = {"0": (base * 1.2).tolist(), "1": base.tolist()}
     best = choose.choose(df, INFO, {"rounds": rounds, "n_rounds": 5})
     assert best["trial"] == "1" and not best["tie"] and "beats trials 0" in best["reason"]
+
+
+def test_a_twin_off_the_front_by_noise_is_still_re_measured():
+    # rapidocr's classifier: OpenVINO fp16 at 1 and at 2 threads, equal in accuracy and size,
+    # the 1-thread trial timed in a noisy minute: off the front, it must still be a leader, and
+    # the rounds (where it is the faster) decide
+    df = _table([dict(label="ov fp16 t2", threads=2, bits=16, latency_p90_ms=0.78, size_bytes=400),
+                 dict(label="ov fp16 t1", threads=1, bits=16, latency_p90_ms=0.88, size_bytes=400),
+                 dict(label="ort fp32 t1", threads=1, latency_p90_ms=0.87, size_bytes=600),
+                 dict(label="ort int8 t1", threads=1, bits=8, latency_p90_ms=1.5, size_bytes=200, accuracy=97.5)])
+    assert pareto.pareto_flags(df, INFO["objectives"]) == [True, False, False, True]
+    cands, _, col = choose.candidates(df, INFO)
+    assert set(cands.trial) == {"0", "1", "2", "3"}  # 3: on the front; 1, 2: within the margin
+    assert list(choose.leaders(cands, col, "minimize").trial) == ["0", "2", "1"]
+    base = np.array([0.6, 0.65, 0.7, 0.62, 0.61, 0.66, 0.6])
+    rounds = {"0": (base * 1.3).tolist(), "1": base.tolist(), "2": (base * 1.4).tolist()}
+    best = choose.choose(df, INFO, {"rounds": rounds, "n_rounds": 7})
+    assert best["trial"] == "1" and not best["tie"]
 
 
 def test_without_rounds_close_leaders_tie_and_reason_says_so():
