@@ -199,6 +199,15 @@ def test_a_twin_off_the_front_by_noise_is_still_re_measured():
     assert best["trial"] == "1" and not best["tie"]
 
 
+def test_a_tie_between_thread_counts_goes_to_fewer_threads():
+    df = _table([dict(threads=2, latency_p90_ms=0.58, size_bytes=400),
+                 dict(threads=1, latency_p90_ms=0.59, size_bytes=400)])
+    base = np.array([0.6, 0.65, 0.7, 0.62, 0.61, 0.66, 0.6])
+    rounds = {"0": base.tolist(), "1": (base * 1.005).tolist()}
+    best = choose.choose(df, INFO, {"rounds": rounds, "n_rounds": 7})
+    assert best["tie"] and best["trial"] == "1"
+
+
 def test_without_rounds_close_leaders_tie_and_reason_says_so():
     df = _table([dict(bits=32, latency_p90_ms=1.000, size_bytes=400),
                  dict(bits=8, latency_p90_ms=1.010, size_bytes=100)])

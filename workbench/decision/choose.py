@@ -8,7 +8,8 @@
   at most :data:`MAX_LEADERS`) are compared on their interleaved re-measurement
   (``workbench.decision.remeasure``) by paired per-round ratios (``workbench.decision.stats``);
   without one (server trials, or it failed), every leader within ``TIE_MARGIN`` of the best is
-  tied, and the reason says so. Among tied candidates the smallest, simplest artifact wins.
+  tied, and the reason says so. Among tied candidates the smallest, simplest artifact wins, on
+  the fewest threads.
 * Never worse than doing nothing: the fastest feasible fp32 baseline at the same batch size
   and hardware takes part. When the chosen trial does not beat it beyond ``TIE_MARGIN`` (on the
   interleaved re-measurement when the baseline was re-measured with the leaders, else on the
@@ -91,10 +92,13 @@ def leaders(cands, col: str, direction: str):
 
 
 def pick_simplest(rows) -> Any:
-    """Among tied rows, the smallest artifact, then the simplest, then the best listed first."""
-    rows = rows.assign(_simplicity=[simplicity(r) for _, r in rows.iterrows()],
-                       _order=range(len(rows)))
-    return rows.sort_values(["size_bytes", "_simplicity", "_order"]).iloc[0]
+    """Among tied rows, the smallest artifact, then the simplest, then the one using fewer
+    threads (as fast on fewer cores leaves the others to the rest of the machine), then the
+    best listed first."""
+    threads = rows["threads"] if "threads" in rows else None
+    rows = rows.assign(_simplicity=[simplicity(r) for _, r in rows.iterrows()], _order=range(len(rows)),
+                       _threads=1 if threads is None else threads.astype(float).fillna(1))
+    return rows.sort_values(["size_bytes", "_simplicity", "_threads", "_order"]).iloc[0]
 
 def fastest_baseline(df, info: dict[str, Any], hw, batch: int | None, col: str):
     """The fastest feasible baseline row on hardware ``hw`` at ``batch`` (None: any), or None.
@@ -186,7 +190,7 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
     else:
         why = (f"tie on {col} between trials {', '.join(str(t) for t in tied.trial)} (leader {leader}: "
                f"the others are within {TIE_MARGIN:.0%} of it, or further but not surely worse: the 95% CI "
-               f"of their ratio includes 1); the smallest, simplest artifact "
+               f"of their ratio includes 1); the smallest, simplest artifact on the fewest threads "
                f"wins; {how}")
     out = {**base, "trial": str(winner.trial), "label": winner.label, "reason": why,
            "tie": len(tied) > 1, "tied_with": others, "decided_by": decided_by,
