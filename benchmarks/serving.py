@@ -169,6 +169,8 @@ REST_RUNS = [("floor", "digits_cnn", 1), ("builtin batch 1", "digits_cnn", 1),
              ("builtin batch 1, no guard", "digits_cnn", 1), ("builtin batch<=8 idle", "digits_cnn", 1),
              ("floor", "digits_cnn", 8), ("builtin batch 1", "digits_cnn", 8),
              ("builtin batch 1, no guard", "digits_cnn", 8), ("builtin batch<=8 idle", "digits_cnn", 8),
+             ("kserve", "digits_cnn", 1), ("kserve", "digits_cnn", 8),
+             ("container batch 1", "digits_cnn", 1), ("container batch 1", "digits_cnn", 8),
              ("builtin batch 1", "cnn32", 16), ("builtin batch<=16 idle", "cnn32", 16),
              ("floor", "cnn32_head", 16), ("builtin batch 1", "cnn32_head", 16),
              ("builtin batch<=8 idle", "cnn32_head", 16), ("builtin batch<=16 idle", "cnn32_head", 16)]
@@ -176,7 +178,10 @@ REST_MODELS = {"digits_cnn": "digits", "cnn32": "digits32", "cnn32_head": "digit
 REST_SERVERS = {"floor": None, "builtin batch 1": dict(max_batch_size=1, batch_policy="idle"),
                 "builtin batch 1, no guard": dict(max_batch_size=1, batch_policy="idle"),
                 "builtin batch<=8 idle": dict(max_batch_size=8, batch_policy="idle"),
-                "builtin batch<=16 idle": dict(max_batch_size=16, batch_policy="idle")}
+                "builtin batch<=16 idle": dict(max_batch_size=16, batch_policy="idle"),
+                "kserve": "kserve",  # the kserve engine (no batching), where .venv-kserve exists
+                # `workbench image` of the bundle under podman (host network), where podman can run
+                "container batch 1": ["--max-batch-size", "1", "--batch-policy", "idle"]}
 
 
 def cnn32_head(path: Path, hidden: int = 512, seed: int = 0) -> Path:
@@ -230,7 +235,12 @@ def _wrk(url: str, lua: Path, connections: int, seconds: float, server_pid: int 
 
     import psutil
 
-    cpu = (lambda: sum(psutil.Process(server_pid).cpu_times()[:2])) if server_pid else (lambda: 0.0)
+    def cpu() -> float:  # the server and its children (`workbench serve` in a container starts one)
+        if not server_pid:
+            return 0.0
+        top = psutil.Process(server_pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [top, *top.children(recursive=True)])
+
     cpu0 = cpu()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(lua), url],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
@@ -245,21 +255,29 @@ def _started(cmd: list[str], url: str, log: Path):
     """A server process of its own session (so its whole group is stopped), ready within 120 s."""
     import signal
     import subprocess
-    import urllib.request
 
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                 p for p in [str(HERE.parent), os.environ.get("PYTHONPATH", "")] if p)})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
+    if _ready(url, alive=lambda: proc.poll() is None):
+        return proc
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError(f"{cmd} did not come up; see {log}")
+
+
+def _ready(url: str, seconds: float = 120, alive=lambda: True) -> bool:
+    """Whether ``url`` answers 200 within ``seconds`` (while ``alive()``)."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive():
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
-                    return proc
+                    return True
         except OSError:
             time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"{cmd} did not come up; see {log}")
+    return False
 
 
 def rest_floor() -> dict:
@@ -271,8 +289,9 @@ def rest_floor() -> dict:
     import numpy as np
 
     from workbench.config.params import TrialParams
+    from workbench.export import image
     from workbench.export.bundle import write_bundle
-    from workbench.serve import free_port, load, protocol
+    from workbench.serve import ServeOptions, free_port, kserve, load, protocol
     from workbench.variants import artifact_for
 
     runs_dir = HERE / "serving-runs" / "floor"
@@ -282,18 +301,23 @@ def rest_floor() -> dict:
         spec = str(cnn32_head(runs_dir / "cnn32_head.onnx")) if model == "cnn32_head" else model
         p = TrialParams.parse({"model": spec, "data": data})
         d, _, art = artifact_for(p)
-        bundles[model] = write_bundle(runs_dir / f"bundle-{model}", p, art, d)
+        bundles[model] = write_bundle(runs_dir / f"bundle-{model}", p, art, d, metrics={})  # whole: `workbench image` needs its requirements.txt
         body = runs_dir / f"body-{model}.json"
         body.write_bytes(protocol.request_json(np.ascontiguousarray(d.x_eval[:1])))
         lua[model] = runs_dir / f"post-{model}.lua"
         lua[model].write_text(WRK_LUA.format(body=body))
-    wanted = sorted({(server, model) for server, model, _ in REST_RUNS})
-    urls, pids, procs = {}, {}, []
+    podman_reason = image.missing_tool("podman", "runc", "mmdebstrap")
+    runs = [r for r in REST_RUNS if (r[0] != "kserve" or kserve.available())
+            and (not r[0].startswith("container") or podman_reason is None)]
+    wanted = sorted({(server, model) for server, model, _ in runs})
+    urls, pids, procs, containers, built = {}, {}, [], [], {}
     try:
         for server, model in wanted:
             port, opts = free_port(), REST_SERVERS[server]
             if opts is None:
                 cmd = [sys.executable, str(HERE / "floor_server.py"), str(bundles[model] / "model.onnx"), str(port)]
+            elif opts == "kserve":
+                cmd = kserve.KServeEngine(bundles[model], ServeOptions(port=port, name="model")).command()
             elif "no guard" in server:
                 cmd = [sys.executable, str(HERE / "serving.py"), "--serve-unguarded", str(bundles[model]),
                        str(port), json.dumps(opts)]
@@ -301,13 +325,26 @@ def rest_floor() -> dict:
                 cmd = [sys.executable, "-m", "workbench.serve.app", str(bundles[model]), "--port", str(port),
                        "--options", json.dumps(opts)]
             base = f"http://127.0.0.1:{port}"
-            procs.append(_started(cmd, base + "/v2/health/ready", runs_dir / f"{server}-{model}.log".replace(" ", "_")))
-            urls[server, model], pids[server, model] = base + "/v2/models/model/infer", procs[-1].pid
+            if server.startswith("container"):
+                tag = f"localhost/workbench-bench:floor-{model}"
+                built[tag] = image.build(bundles[model], tag)
+                cid = image.podman("run", "-d", "--network=host", "-e", "HOST=127.0.0.1", "-e", f"PORT={port}",
+                                   tag, *opts).stdout.strip()
+                containers.append(cid)
+                if not _ready(base + "/v2/health/ready"):
+                    raise RuntimeError(f"container of {tag} did not come up: "
+                                       + image.podman("logs", cid, check=False).stderr[-500:])
+                pid = int(image.podman("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+            else:
+                procs.append(_started(cmd, base + "/v2/health/ready",
+                                      runs_dir / f"{server}-{model}.log".replace(" ", "_")))
+                pid = procs[-1].pid
+            urls[server, model], pids[server, model] = base + "/v2/models/model/infer", pid
         for (server, model), url in urls.items():  # warm-up
             _wrk(url, lua[model], 8, 1.0)
         rows = []
         for r in range(FLOOR_ROUNDS):
-            order = REST_RUNS if r % 2 == 0 else REST_RUNS[::-1]
+            order = runs if r % 2 == 0 else runs[::-1]
             for server, model, c in order:
                 m = _wrk(urls[server, model], lua[model], c, FLOOR_SECONDS, pids[server, model])
                 rows.append({"round": r + 1, "server": server, "model": model, "connections": c, **m})
@@ -323,6 +360,10 @@ def rest_floor() -> dict:
                           "valid": o["valid"], "loadavg": os.getloadavg()[0]})
             print(cross[-1], flush=True)
     finally:
+        for cid in containers:
+            image.podman("rm", "-f", "-t", "5", cid, check=False)
+        for tag in built:
+            image.podman("rmi", "-f", tag, check=False)
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -331,7 +372,9 @@ def rest_floor() -> dict:
                 proc.wait(30)
             except Exception:  # noqa: BLE001 - still there after 30 s: no process left behind
                 os.killpg(proc.pid, signal.SIGKILL)
-    return {"rows": rows, "cross_check": cross, "seconds_per_run": FLOOR_SECONDS, "rounds": FLOOR_ROUNDS}
+    return {"rows": rows, "cross_check": cross, "seconds_per_run": FLOOR_SECONDS, "rounds": FLOOR_ROUNDS,
+            "images": {tag: {k: b.get(k) for k in ("size_bytes", "seconds")} for tag, b in built.items()},
+            "skipped": {"container": podman_reason} if podman_reason else {}}
 
 
 def _median(xs: list[float]) -> float:
@@ -359,8 +402,8 @@ def render_rest_floor(res: dict) -> str:
            "in its own process on 127.0.0.1, with the bundle's session options (onnxruntime fp32, one thread). The "
            f"client is wrk (closed loop, 1 thread) posting one V2 JSON sample, {rf['seconds_per_run']:g} s per run, "
            f"{rf['rounds']} rounds, the order reversed every other round. **All figures of this section were "
-           "measured together, in one run**; the machine was shared (2 cores; other engineers' test suites ran "
-           f"meanwhile): load average (1 min) during the runs {min(la):.1f} - {max(la):.1f}, before "
+           f"measured together, in one run**, on 2 cores shared by wrk and the servers: load average (1 min) "
+           f"during the runs {min(la):.1f} - {max(la):.1f}, before "
            f"{_load(rf, 'loadavg_before')}, after {_load(rf, 'loadavg_after')}. Absolute figures move with that "
            "load from run to run; the ratios are per round (the same minute), median and range over rounds. "
            "`server CPU us/req` is the server process's CPU time (user + system) over answered requests: the "
@@ -386,7 +429,13 @@ def render_rest_floor(res: dict) -> str:
             "against builtin batch 1, and builtin batch 1 against the floor. cnn32_head "
             "(:func:`cnn32_head`, built here) is a 32x32x3 CNN whose cost is a dense head (33 MB of weights, a few "
             "ms per image at batch 1); cnn32 is the builtin six-convolution CNN, whose cost per image barely falls "
-            f"with the batch. The SLO here: p99 <= {rf.get('slo_ms', SLO_MS):g} ms.",
+            f"with the batch. The SLO here: p99 <= {rf.get('slo_ms', SLO_MS):g} ms. `kserve` is the kserve engine "
+            "(KServe's ModelServer behind the workbench's guard, no batching; from .venv-kserve); `container batch 1` "
+            "is the `workbench image` of the same bundle, run by podman (runc, host network) with `--max-batch-size 1 "
+            "--batch-policy idle`, its CPU read from the container's processes"
+            + "".join(f"; {k} skipped: {v}" for k, v in rf.get("skipped", {}).items())
+            + "".join(f"; image {t}: {b['size_bytes'] / 1e6:.0f} MB, built in {b['seconds']:.1f} s"
+                      for t, b in rf.get("images", {}).items()) + ".",
             "", "`workbench load` (open loop, 50 QPS, 10 s) against wrk at c=1, on the builtin batch 1 server, "
             "alternated in the same run:", "",
             "| round | wrk p50 ms | workbench load p50 ms | workbench load p99 ms | late sends | valid | load avg |",
