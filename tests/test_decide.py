@@ -367,6 +367,17 @@ def test_the_baseline_timed_with_the_leaders_decides_on_paired_rounds():
     assert best["keep_baseline"] and "nothing tried is faster" in best["reason"]
 
 
+def test_a_faster_but_uncertain_trial_keeps_the_baseline_and_says_why():
+    # 11% faster on average, but the rounds disagree: kept, and the reason gives the ratio and
+    # its interval rather than saying the gap was under 2%
+    trial = [0.8, 1.1, 0.7, 1.05, 0.75, 1.0, 0.85]
+    base = [1.0] * 7
+    df = _with_baseline([dict(bits=8, latency_p90_ms=0.5)], 1.0)
+    best = choose.choose(df, INFO, {"rounds": {"0": trial, "baseline:onnx-fp32:b1": base}, "n_rounds": 7})
+    assert best["keep_baseline"] and "nothing tried is faster" in best["reason"]
+    assert "95% CI" in best["reason"] and "not better by more than" not in best["reason"]
+
+
 def test_no_feasible_trial_keeps_the_fastest_feasible_baseline():
     df = _with_baseline([dict(latency_p90_ms=0.1, feasible=False)], 1.0, threads=1)
     best = choose.choose(df, INFO)

@@ -206,12 +206,15 @@ def choose(df, info: dict[str, Any], interleaved: dict[str, Any] | None = None) 
             r = paired_ratio(rounds[str(winner.trial)], rounds[str(ref.trial)])
             theirs = ours / r[0]
             faster = beats(r, sc.direction)
+            short = (f"ratio {r[0]:.2f}, 95% CI {r[1]:.2f} - {r[2]:.2f} over the paired rounds; faster needs "
+                     f"the CI clear of 1 and a gap over {TIE_MARGIN:.0%}")
         else:
             faster = (ours < theirs / (1 + TIE_MARGIN) if sc.direction == "minimize"
                       else ours > theirs * (1 + TIE_MARGIN))
+            short = f"not better by more than {TIE_MARGIN:.0%}"
         if not faster:
             why = (f"nothing tried is faster (best trial {winner.trial}, {winner.label}: {ours:.4g} {unit} "
-                   f"against {theirs:.4g} {unit}, not better by more than {TIE_MARGIN:.0%}; {how})")
+                   f"against {theirs:.4g} {unit}, {short}; {how})")
             return _keep_baseline(ref, info, col, why, {**base, "decided_by": decided_by,
                                                          "best_trial": str(winner.trial),
                                                          **({"interleaved": detail} if detail else {})})
