@@ -166,18 +166,20 @@ def test_export_bundle_predicts_in_a_subprocess(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_best_json_answers_the_scenario_question_on_the_front(run_dir):
+def test_best_json_answers_the_scenario_question_among_the_candidates(run_dir):
     best = json.loads((run_dir / "best.json").read_text())
     assert best["scenario"] == "single_stream" and best["primary_metric"] == "latency_p90_ms"
     assert best["question"].startswith("single_stream: lowest p90 latency at batch 1")
     df = pd.read_csv(run_dir / "results.csv")
     row = df[df.trial.astype(str) == best["trial"]].iloc[0]  # a trial, or the fp32 baseline kept
-    assert row.batch_size == 1 and bool(row.feasible) and (bool(row.pareto) or best.get("keep_baseline"))
+    assert row.batch_size == 1 and bool(row.feasible)
+    # on the front, or within the sweep's noise of the best (choose.candidates), or the baseline kept
+    assert best["trial"] in best["candidates"] or best.get("keep_baseline")
     assert best["question"] in (run_dir / "report.md").read_text()
-    if len(best["candidates"]) > 1:  # leaders are always re-measured together
+    if len(best["candidates"]) > 1:  # leaders are always re-measured together, with the fastest baseline
         inter = best["interleaved"]
         assert best["decided_by"] == "interleaved re-measurement", best["reason"]
-        assert inter["n_rounds"] >= 5 and set(inter["rounds"]) == set(best["candidates"])
+        assert inter["n_rounds"] >= 5 and set(inter["rounds"]) - {best.get("baseline")} == set(best["candidates"])
         assert inter["hardware_id"] == best["hardware_id"]
 
 
