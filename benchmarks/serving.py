@@ -301,7 +301,8 @@ def rest_floor() -> dict:
         spec = str(cnn32_head(runs_dir / "cnn32_head.onnx")) if model == "cnn32_head" else model
         p = TrialParams.parse({"model": spec, "data": data})
         d, _, art = artifact_for(p)
-        bundles[model] = write_bundle(runs_dir / f"bundle-{model}", p, art, d, metrics={})  # whole: `workbench image` needs its requirements.txt
+        # metrics given: the whole bundle, with the requirements.txt that `workbench image` needs
+        bundles[model] = write_bundle(runs_dir / f"bundle-{model}", p, art, d, metrics={})
         body = runs_dir / f"body-{model}.json"
         body.write_bytes(protocol.request_json(np.ascontiguousarray(d.x_eval[:1])))
         lua[model] = runs_dir / f"post-{model}.lua"

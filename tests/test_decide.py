@@ -89,7 +89,8 @@ def test_recommendation_is_on_the_front_or_within_the_noise_of_the_best(seed):
         if scenario == "single_stream":
             same = same[same.batch_size == same.batch_size.min()]
         top = same[col].min() if minimize else same[col].max()
-        near = df[col][i] <= top * (1 + choose.LEAD_MARGIN) if minimize else df[col][i] >= top / (1 + choose.LEAD_MARGIN)
+        margin = 1 + choose.LEAD_MARGIN
+        near = df[col][i] <= top * margin if minimize else df[col][i] >= top / margin
         assert pareto.pareto_flags(df, objectives)[i] or near
         assert df.hardware_id[i] == best["hardware_id"] and df.feasible[i]
         if scenario == "single_stream":
