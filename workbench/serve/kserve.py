@@ -55,6 +55,21 @@ class KServeEngine(Engine):
         return {}  # KServe's /metrics has its own names; the monitor reads CPU and RSS from the process
 
 
+# What both manifests start with: the InferenceService and its one predictor container.
+_CONTAINER_HEAD = """\
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: {name}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: {max_replicas}
+    containers:
+      - name: kserve-container
+        image: {image}
+"""
+
 # What every predictor container of ours has: the v2 port, its readiness probe, and CPU as many
 # cores as the threads it was measured with.
 _CONTAINER_TAIL = """\
@@ -79,18 +94,7 @@ MANIFEST = """# KServe InferenceService for this bundle (written by `workbench e
 #    FROM python:3.11-slim; pip install "kserve>=0.21,<0.22" {runtime_pkg}; COPY workbench /app/workbench
 # 2. Upload this bundle directory to STORAGE_URI; KServe's storage initializer mounts it on /mnt/models.
 # 3. kubectl apply -f inferenceservice.yaml; the endpoint speaks the same v2 protocol as `workbench serve`.
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata:
-  name: {name}
-spec:
-  predictor:
-    minReplicas: 1
-    maxReplicas: {max_replicas}
-    containers:
-      - name: kserve-container
-        image: {image}
-        command: ["python", "-m", "workbench.serve.kserve_main", "/mnt/models",
+""" + _CONTAINER_HEAD + """        command: ["python", "-m", "workbench.serve.kserve_main", "/mnt/models",
                   "--host", "0.0.0.0", "--http_port", "8080", "--model_name", "{name}", "--threads", "{threads}"]
         env:
           - name: STORAGE_URI
@@ -103,18 +107,7 @@ IMAGE_MANIFEST = """# KServe InferenceService for the image `workbench image --t
 # The image holds the bundle and serves it with the builtin engine (`workbench serve`) on $PORT.
 # 1. Push it where the cluster pulls from (podman push {image} REGISTRY/NAME) and put that name below.
 # 2. kubectl apply -f inferenceservice.yaml; the endpoint speaks the same v2 protocol as `workbench serve`.
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata:
-  name: {name}
-spec:
-  predictor:
-    minReplicas: 1
-    maxReplicas: {max_replicas}
-    containers:
-      - name: kserve-container
-        image: {image}
-        args: ["--name", "{name}"]
+""" + _CONTAINER_HEAD + """        args: ["--name", "{name}"]
         env:
           - name: PORT
             value: "8080"
