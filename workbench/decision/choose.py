@@ -69,14 +69,14 @@ def candidates(df, info: dict[str, Any]):
         sel &= (df.hardware_id == hw).to_numpy()
     if sc.batch_one:  # one sample at a time: batch 1, or the smallest size an experiment fixed
         sel &= (df.batch_size == pool.batch_size.min()).to_numpy()
-    front = sel & np.array(pareto_flags(df, info["objectives"], feas), dtype=bool)
+    keep = sel & np.array(pareto_flags(df, info["objectives"], feas), dtype=bool)
     if sel.any():  # near the best: the sweep's one timing of each cannot rank them (docstring)
         vals = df[col].astype(float)
         best = vals[sel].min() if sc.direction == "minimize" else vals[sel].max()
         near = (vals <= best * (1 + LEAD_MARGIN) if sc.direction == "minimize"
                 else vals >= best / (1 + LEAD_MARGIN)).to_numpy()
-        front |= sel & near
-    out = df[front]
+        keep |= sel & near
+    out = df[keep]
     return out.sort_values(col, ascending=sc.direction == "minimize"), hw, col
 
 def leaders(cands, col: str, direction: str):
