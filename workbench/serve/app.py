@@ -1,4 +1,5 @@
-"""The builtin serving engine: Starlette on uvicorn (uvloop, httptools) + the dynamic batcher.
+"""The builtin serving engine: uvicorn (uvloop, httptools) + the dynamic batcher; the infer route
+is plain ASGI, the other routes Starlette.
 
 Run as its own process (``python -m workbench.serve.app BUNDLE --port P ...``); the engine in
 :mod:`workbench.serve.engines` starts it in a process group of its own and stops it. SIGTERM
@@ -31,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -42,6 +43,7 @@ from workbench.serve.batcher import Batcher, QueueFull, process_instance, releas
 from workbench.serve.metrics import ServerMetrics
 
 log = logging.getLogger("workbench.serve")
+_HEADER_LENGTH = protocol.HEADER_LENGTH.encode()
 
 
 @dataclass
@@ -61,11 +63,19 @@ class Options:
     grpc_port: int | None = None  # also serve v2 over gRPC there (workbench.serve.grpc_server)
 
 
-def _error(status: int, message: str, close: bool = False) -> JSONResponse:
-    """The one-line JSON error; ``close``: the rest of the body is not read, so the connection
-    cannot carry another request (uvicorn closes it after the answer, saying so)."""
-    return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code=status,
-                        headers={"connection": "close"} if close else None)
+def _error(status: int, message: str, close: bool = False) -> Response:
+    """The one-line JSON error of the routes Starlette serves; ``close``: the rest of the body is
+    not read, so the connection cannot carry another request (uvicorn closes it after the answer,
+    saying so)."""
+    return Response(guard.json_body(message), status, media_type="application/json",
+                    headers={"connection": "close"} if close else None)
+
+
+def _refusal(status: int, message: str, close: bool = False) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and headers of :func:`_error`, for the infer route (plain ASGI)."""
+    body = guard.json_body(message)
+    return status, body, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                          *([(b"connection", b"close")] if close else [])]
 
 
 def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_token: str | None = None) -> Callable:
@@ -148,68 +158,86 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
             return _error(404, f"unknown model {request.path_params['model']!r}")
         return JSONResponse(metadata())
 
-    async def infer(request: Request) -> Response:
+    async def infer(scope: dict, receive: Callable, send: Callable) -> None:
+        """POST /v2/models/{name}/infer, as plain ASGI: Starlette's Request and Response objects
+        cost more per request than the model on a small one (benchmarks/serving.md)."""
         t0 = time.perf_counter()
         try:
-            response = await _infer(request)
-        except ClientDisconnect:  # gone (or timed out by the guard) mid-body: nobody to answer
-            response = _error(408, "client disconnected before its body was read")
+            status, body, headers = await _infer(scope, receive)
         except Exception as err:  # noqa: BLE001 - a bug, not the client's: answered, counted, logged
             log.exception("infer failed")
-            response = _error(500, f"internal error: {type(err).__name__}")
-        if response.status_code == 200:
+            status, body, headers = _refusal(500, f"internal error: {type(err).__name__}")
+        if status == 200:
             metrics.success += 1
             metrics.request.observe(time.perf_counter() - t0)
         else:
-            metrics.add_failure(response.status_code)
-        return response
+            metrics.add_failure(status)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    async def _infer(request: Request) -> Response:
-        if not _model(request):
-            return _error(404, f"unknown model {request.path_params['model']!r}")
+    async def _infer(scope: dict, receive: Callable) -> tuple[int, bytes, list]:
         if not state["ready"]:
-            return _error(503, "model is not ready")
-        declared = request.headers.get("content-length")
+            return _refusal(503, "model is not ready")
+        declared = content_type = binary = None
+        for k, v in scope["headers"]:  # ASGI header names are lower case
+            if k == b"content-length":
+                declared = v
+            elif k == b"content-type":
+                content_type = v
+            elif k == _HEADER_LENGTH:
+                binary = v
         if declared and declared.isdigit() and int(declared) > opts.max_body_bytes:
-            return _error(400, f"body of {declared} bytes is over the limit of {opts.max_body_bytes}", close=True)
+            return _refusal(400, f"body of {int(declared)} bytes is over the limit of {opts.max_body_bytes}", True)
         if declared and declared.isdigit() and int(declared) <= guard.LARGE_BODY:
-            parsed = await _read_and_parse(request, False)
+            parsed = await _read_and_parse(receive, content_type, binary, False)
         elif large_count[0] >= guard.LARGE_AT_ONCE + guard.LARGE_WAITING:
-            return _error(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later", close=True)
+            return _refusal(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later", True)
         else:
             large_count[0] += 1
             try:
                 async with large:
-                    parsed = await _read_and_parse(request, True)
+                    parsed = await _read_and_parse(receive, content_type, binary, True)
             finally:
                 large_count[0] -= 1
-        if isinstance(parsed, Response):
+        if parsed[0] != 200:
             return parsed
-        x, header = parsed
+        x, header = parsed[1]
         try:
-            y = await state["batcher"].submit(x, request.scope.get(guard.AHEAD, 0))
+            y = await state["batcher"].submit(x, scope.get(guard.AHEAD, 0))
         except QueueFull as err:
-            return _error(503, str(err))
+            return _refusal(503, str(err))
         except Exception as err:  # noqa: BLE001 - the runtime failed on this batch
-            return _error(500, f"inference failed: {type(err).__name__}: {err}")
+            return _refusal(500, f"inference failed: {type(err).__name__}: {err}")
         content, out_headers = protocol.encode(y, header, opts.name, "output")
-        return Response(content, headers=out_headers)
+        return 200, content, [(k.encode(), v.encode()) for k, v in out_headers.items()] + [
+            (b"content-length", b"%d" % len(content))]
 
-    async def _read_and_parse(request: Request, in_thread: bool):
-        """The model inputs and JSON header of the request, or the 400 that refuses it."""
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > opts.max_body_bytes:
-                return _error(400, f"body is over the limit of {opts.max_body_bytes} bytes", close=True)
-        headers = request.headers  # ASGI header names are lower case; parse reads two of them
-        binary = {protocol.HEADER_LENGTH: headers[protocol.HEADER_LENGTH]} if protocol.HEADER_LENGTH in headers else {}
-        args = (bytes(body), headers.get("content-type", ""), binary, bundle.inputs, protocol.MAX_ROWS)
+    async def _read_and_parse(receive: Callable, content_type: bytes | None, binary: bytes | None,
+                              in_thread: bool) -> tuple:
+        """``(200, (model inputs, JSON header))``, or the refusal of the request."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # gone (or timed out by the guard) mid-body
+                return _refusal(408, "client disconnected before its body was read")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > opts.max_body_bytes:
+                return _refusal(400, f"body is over the limit of {opts.max_body_bytes} bytes", True)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        del chunks
+        args = (body, (content_type or b"").decode("latin-1"),
+                {protocol.HEADER_LENGTH: binary.decode("latin-1")} if binary is not None else {},
+                bundle.inputs, protocol.MAX_ROWS)
         del body
         try:
-            return await asyncio.to_thread(protocol.parse, *args) if in_thread else protocol.parse(*args)
+            return 200, (await asyncio.to_thread(protocol.parse, *args) if in_thread else protocol.parse(*args))
         except protocol.BadRequest as err:
-            return _error(400, str(err))
+            return _refusal(400, str(err))
+
+    async def unknown_infer(request: Request) -> Response:
+        return _error(404, f"unknown model {request.path_params['model']!r}")
 
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -217,19 +245,17 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
     routes = [
         Route("/v2/health/live", live), Route("/v2/health/ready", ready),
         Route("/v2/models/{model}", model_meta), Route("/v2/models/{model}/ready", model_ready),
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]), Route("/metrics", prometheus),
+        Route("/v2/models/{model}/infer", unknown_infer, methods=["POST"]), Route("/metrics", prometheus),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    infer_path, path_params = f"/v2/models/{opts.name}/infer", {"model": opts.name}
+    infer_path = f"/v2/models/{opts.name}/infer"
 
     async def asgi(scope, receive, send) -> None:
         """The served model's infer route straight to its handler; everything else to Starlette.
         Its router and two error middlewares wrapped every request and every message sent, and
         caught nothing: ``infer`` answers every error itself (py-spy, benchmarks/serving.md)."""
         if scope["type"] == "http" and scope["path"] == infer_path and scope["method"] == "POST":
-            scope["path_params"] = path_params
-            response = await infer(Request(scope, receive))
-            await response(scope, receive, send)
+            await infer(scope, receive, send)
         else:
             await app(scope, receive, send)
 
@@ -261,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         watch_parent(args.parent_pid)
     if token:  # the bearer token, in front of every route but the health probes
         app = guard.Gate(app, auth_token=token)
+    # proxy_headers off: uvicorn's middleware for X-Forwarded-* wrapped every request, and nothing
+    # here reads the client's address
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http=guard.protocol(limits),
                             log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             backlog=2048, timeout_keep_alive=limits.idle_timeout,
-                            limit_concurrency=limits.limit_concurrency)
+                            limit_concurrency=limits.limit_concurrency, proxy_headers=False)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
