@@ -295,8 +295,9 @@ def test_batcher_policies(session, digits):
 def test_inline_answers_are_the_batched_answers(session, digits):
     """A request that would be a batch of one runs inline, on the event loop's thread (batch 1;
     alone under policy idle, at once or from the queue when others were in the server; or when
-    its delay passed): requests that arrive together go to the instance's thread in batches.
-    Both give the same answer, bit for bit, and the same as the session offline."""
+    its delay passed); requests that arrive together form batches, which a model as fast as this
+    one also computes inline. Both give the same answer, bit for bit, and the same as the session
+    offline."""
     import threading
 
     from workbench.serve.batcher import Batcher, thread_instance
@@ -319,7 +320,7 @@ def test_inline_answers_are_the_batched_answers(session, digits):
     main = threading.current_thread().name
     offline = session.run(np.concatenate(xs))
     batched, seen = asyncio.run(serve(8, "delay", True))
-    assert all(name != main for name, _ in seen) and max(n for _, n in seen) == 8
+    assert all(name == main for name, _ in seen) and [n for _, n in seen] == [8, 8, 4], seen
     for max_batch_size, policy, ahead in ((1, "idle", 0), (8, "idle", 0), (8, "idle", 1), (8, "delay", 0)):
         inline, seen = asyncio.run(serve(max_batch_size, policy, False, ahead))
         assert seen == [(main, 1)] * len(xs)
@@ -328,8 +329,8 @@ def test_inline_answers_are_the_batched_answers(session, digits):
 
 
 def test_a_slow_model_never_holds_the_event_loop(session, digits):
-    """A model slower than INLINE_MAX_S per lone request leaves the inline path after a few
-    requests: its compute runs on the instance's thread, so the loop stays free for probes and
+    """A model slower than INLINE_MAX_S per row leaves the inline path after a few requests, lone
+    or batched: its compute runs on the instance's thread, so the loop stays free for probes and
     parsing; the answers are the session's."""
     import threading
     import time
@@ -337,23 +338,28 @@ def test_a_slow_model_never_holds_the_event_loop(session, digits):
     from workbench.serve.batcher import INLINE_MAX_S, Batcher, thread_instance
 
     xs = [np.ascontiguousarray(digits.x_eval[i:i + 1]) for i in range(20)]
-    inst, seen = thread_instance(session), []
-    run = inst.run
-    inst.run = lambda b: (seen.append(threading.current_thread().name), time.sleep(5 * INLINE_MAX_S), run(b))[2]
+    seen = []
 
-    async def lone_requests():
-        b = Batcher([inst], 1, 0.0, "idle", 64)
+    async def requests(max_batch_size, together):
+        inst = thread_instance(session)
+        run = inst.run
+        inst.run = lambda b: (seen.append(threading.current_thread().name), time.sleep(5 * INLINE_MAX_S), run(b))[2]
+        b = Batcher([inst], max_batch_size, 0.0, "idle", 64)
         b.start()
         try:
+            if together:
+                return await asyncio.gather(*(b.submit(x, 1) for x in xs))
             return [await b.submit(x) for x in xs]
         finally:
             await b.stop()
 
-    answers = asyncio.run(lone_requests())
     main = threading.current_thread().name
-    assert seen[0] == main and all(name != main for name in seen[5:]), seen
-    for i, y in enumerate(answers):
-        assert np.array_equal(y, session.run(xs[i]))
+    for max_batch_size, together in ((1, False), (2, True)):
+        seen.clear()
+        answers = asyncio.run(requests(max_batch_size, together))
+        assert seen[0] == main and all(name != main for name in seen[5:]), seen
+        for i, y in enumerate(answers):
+            assert np.array_equal(y, session.run(xs[i]))
 
 
 def test_a_model_with_several_named_inputs(tmp_path):

@@ -9,16 +9,17 @@ latency grow without bound.
 
 Dispatch is a callback scheduled on the event loop (``call_soon``), not a task waiting on an
 event: the requests whose handlers run in the same turn of the loop all join the queue first, and
-waking a dispatcher task cost more than the model on a tiny one. A batch of one request on the
-only instance, a thread instance, runs inline, on the event loop's thread, as a hand-written
-endpoint does, while the model answers one within ``INLINE_MAX_S``; at once, without queueing,
-when the batch can only be that request
-(``max_batch_size`` 1, or policy ``idle`` and no other request in the server: ``ahead``, counted
-by :mod:`workbench.serve.guard`). Handing it to the instance's thread and back was the largest
-item of the engine's own time at batch 1 (py-spy: ``ThreadPoolExecutor.submit`` alone 9.5% of
-the event loop's samples, then the GIL hand-back; benchmarks/serving.md). Batches of several
-requests, several instances and process instances go to the instance's worker, where the model
-computes while the event loop reads and parses the next requests.
+waking a dispatcher task cost more than the model on a tiny one. On the only instance, a thread
+instance, a batch runs inline, on the event loop's thread, as a hand-written endpoint does, when
+the model computes its rows one at a time within ``INLINE_MAX_S``; a lone request runs at once,
+without queueing, when the batch can only be that request (``max_batch_size`` 1, or policy
+``idle`` and no other request in the server: ``ahead``, counted by :mod:`workbench.serve.guard`).
+Handing a batch to the instance's thread and back costs the event loop more than a small model's
+compute: at batch 1, ``ThreadPoolExecutor.submit`` alone took 9.5% of the loop's samples, then the
+GIL hand-back (py-spy); batches of 8 on digits_cnn used more server CPU per request through the
+thread than one at a time inline (benchmarks/serving.md). Slower models' batches, several
+instances and process instances go to the instance's worker, where the model computes while the
+event loop reads and parses the next requests.
 
 Each request's answer is its own rows of the batch output: runtimes compute rows independently,
 so it is exactly the unbatched answer (tests/test_serve.py checks this under concurrent load, and
@@ -41,12 +42,12 @@ from workbench.data import inputs
 from workbench.export.bundle import open_bundle
 
 POLICIES = ("delay", "idle")
-# A lone request runs on the event loop only while the model answers one in less than this
-# (smoothed): a hand-written endpoint does the same for a tiny model, but a slower one would hold
-# the loop (health probes, reading and parsing the next requests) for its whole compute, where
-# the thread hop (~0.1 ms) is noise against it.
+# A batch runs on the event loop only while its rows, at the model's smoothed compute time per row
+# of the recent batches, take less than this: a hand-written endpoint does the same for a tiny
+# model, but a slower one would hold the loop (health probes, reading and parsing the next
+# requests) for its whole compute, where the thread hop (~0.1 ms) is noise against it.
 INLINE_MAX_S = 0.002
-_SMOOTH = 0.1  # weight of the newest single-request compute time in the running estimate
+_SMOOTH = 0.1  # weight of the newest batch's compute time per row in the running estimate
 
 
 class QueueFull(Exception):
@@ -165,7 +166,7 @@ class Batcher:
         self.running = 0  # requests inside a dispatched batch
         self._free = list(instances)
         self._inline = len(instances) == 1 and instances[0].inline
-        self._lone_s = 0.0  # smoothed compute time of a one-request batch (INLINE_MAX_S)
+        self._row_s = 0.0  # smoothed compute time per row of the recent batches (INLINE_MAX_S)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -192,7 +193,7 @@ class Batcher:
         has not answered (on the inline path they wait in the event loop, not in the queue)."""
         if len(self.queue) >= self.max_queue:
             raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
-        if self._inline_now() and self._free and not self.queue and (
+        if self._inline_now(inputs.rows(x)) and self._free and not self.queue and (
                 self.max_batch_size == 1 or (self.policy == "idle" and ahead == 0)):
             # the batch is this request whatever comes next (batch 1), or nobody else is here
             if ahead > self.max_queue:
@@ -205,24 +206,26 @@ class Batcher:
             self._loop.call_soon(self._dispatch)
         return await item.future
 
-    def _inline_now(self) -> bool:
-        return self._inline and self._lone_s < INLINE_MAX_S
+    def _inline_now(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` runs on the event loop (see ``INLINE_MAX_S``)."""
+        return self._inline and rows * self._row_s < INLINE_MAX_S
 
-    def _lone(self, seconds: float) -> None:
-        self._lone_s += _SMOOTH * (seconds - self._lone_s)
+    def _computed(self, seconds: float, rows: int) -> None:
+        self._row_s += _SMOOTH * (seconds / rows - self._row_s)
 
-    def _inline_run(self, x, queued: float = 0.0) -> np.ndarray:
+    def _inline_run(self, x, queued: list[float] | tuple[float, ...] = (0.0,)) -> np.ndarray:
         inst = self._free.pop()
-        self.running += 1
+        self.running += len(queued)
         start = time.perf_counter()
         try:
             y = inst.run(x)
         finally:
-            self.running -= 1
+            self.running -= len(queued)
             self._free.append(inst)
         compute = time.perf_counter() - start
-        self._lone(compute)
-        self.observe(batch_rows=inputs.rows(x), compute=compute, queued=(queued,))
+        rows = inputs.rows(x)
+        self._computed(compute, rows)
+        self.observe(batch_rows=rows, compute=compute, queued=queued)
         return y
 
     def _rows(self) -> int:
@@ -251,39 +254,55 @@ class Batcher:
                     rows += inputs.rows(item.x)
             if not items:
                 continue
-            if len(items) == 1 and self._inline_now():
-                item = items[0]
-                try:
-                    y = self._inline_run(item.x, time.perf_counter() - item.enqueued)
-                except Exception as err:  # noqa: BLE001 - its request gets the error
-                    item.future.set_exception(err)
-                else:
-                    item.future.set_result(y)
-                continue
+            if self._inline_now(rows):
+                self._run_inline(items, rows)
+                if self.queue and not self._scheduled:  # the next batch after the loop's I/O
+                    self._scheduled = True
+                    self._loop.call_soon(self._dispatch)
+                return
             inst = self._free.pop()
             self.running += len(items)
             task = self._loop.create_task(self._run(inst, items, rows))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
+    def _run_inline(self, items: list[_Item], rows: int) -> None:
+        """A batch the model computes within ``INLINE_MAX_S``, on the event loop's thread: handing
+        it to the instance's thread and back cost the loop more than the batch's compute
+        (benchmarks/serving.md)."""
+        start = time.perf_counter()
+        try:
+            y = self._inline_run(_concat([i.x for i in items]), [start - i.enqueued for i in items])
+        except Exception as err:  # noqa: BLE001 - every waiting request gets the error
+            self._fail(items, err)
+        else:
+            self._deliver(items, y)
+
+    def _deliver(self, items: list[_Item], y: np.ndarray) -> None:
+        """Each request's own rows of the batch's outputs."""
+        at = 0
+        for item in items:
+            n = inputs.rows(item.x)
+            if not item.future.done():
+                item.future.set_result(y[at:at + n] if len(items) > 1 else y)
+            at += n
+
+    @staticmethod
+    def _fail(items: list[_Item], err: Exception) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(err)
+
     async def _run(self, inst: Instance, items: list[_Item], rows: int) -> None:
         start = time.perf_counter()
         try:
             y = await inst(_concat([i.x for i in items]))
             end = time.perf_counter()
-            if len(items) == 1:  # a slow model's lone requests stay off the loop; a fast one's come back
-                self._lone(end - start)
-            at = 0
-            for item in items:
-                n = inputs.rows(item.x)
-                if not item.future.done():
-                    item.future.set_result(y[at:at + n])
-                at += n
+            self._computed(end - start, rows)  # a slow model's batches stay off the loop; a fast one's come back
+            self._deliver(items, y)
             self.observe(batch_rows=rows, compute=end - start, queued=[start - i.enqueued for i in items])
         except Exception as err:  # noqa: BLE001 - every waiting request gets the error
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(err)
+            self._fail(items, err)
         finally:
             self.running -= len(items)
             self._free.append(inst)
