@@ -44,11 +44,14 @@ class BadRequest(ValueError):
     """The body is not a valid inference request for this model (HTTP 400)."""
 
 
+_DTYPES = {name: np.dtype(t) for name, t in DATATYPES.items()}
+_DATATYPE_OF = {dtype: name for name, dtype in _DTYPES.items()}
+# the JSON values each kind of tensor takes (anything else is refused, never converted)
+_ALLOWED = {"b": frozenset({bool}), "i": frozenset({int}), "u": frozenset({int}), "f": frozenset({int, float})}
+
+
 def datatype_of(dtype: np.dtype) -> str:
-    for name, t in DATATYPES.items():
-        if np.dtype(t) == np.dtype(dtype):
-            return name
-    return "BYTES"
+    return _DATATYPE_OF.get(np.dtype(dtype), "BYTES")
 
 
 Spec = tuple  # (name or None, sample shape, numpy dtype name): workbench.data.inputs.specs
@@ -87,8 +90,7 @@ def _values(data: list, dtype: np.dtype, datatype: str, what: str) -> np.ndarray
     """The array of JSON ``data``: numbers for numeric datatypes (integers for integer ones),
     true/false for BOOL; anything else (null, strings, booleans) is refused, never converted."""
     flat, types = _flat(data, what)
-    allowed = {bool} if dtype.kind == "b" else {int} if dtype.kind in "iu" else {int, float}
-    wrong = types - allowed
+    wrong = types - _ALLOWED[dtype.kind]
     if wrong:
         names = sorted(_JSON_NAMES.get(t, t.__name__) for t in wrong)
         raise BadRequest(f"{what} holds {', '.join(names)}: a {datatype} tensor takes "
@@ -139,10 +141,9 @@ def _tensor(tensor: Any, i: int, raw: bytes, at: int, bound: int) -> tuple[str |
         raise BadRequest(f"inputs[{i}].shape must be a list of at most {MAX_DIMS} non-negative integers")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(f"inputs[{i}].datatype {str(datatype)[:40]!r} is not a v2 numeric datatype")
-    dtype = np.dtype(DATATYPES[datatype])
-    if any(s > bound for s in shape) or math.prod(shape) > bound:  # each dimension first: no huge product
+    dtype = _DTYPES[datatype]
+    if any(s > bound for s in shape) or (size := math.prod(shape)) > bound:  # each dimension first: no huge product
         raise BadRequest(f"inputs[{i}].shape holds more elements than the body of {bound} bytes can")
-    size = math.prod(shape)
     params = _dict_or_none(tensor.get("parameters"), f"inputs[{i}].parameters")
     if "binary_data_size" in params:
         n = params["binary_data_size"]
