@@ -11,9 +11,10 @@ Dispatch is a callback scheduled on the event loop (``call_soon``), not a task w
 event: the requests whose handlers run in the same turn of the loop all join the queue first, and
 waking a dispatcher task cost more than the model on a tiny one. On the only instance, a thread
 instance, a batch runs inline, on the event loop's thread, as a hand-written endpoint does, when
-the model computes its rows one at a time within ``INLINE_MAX_S``; a lone request runs at once,
-without queueing, when the batch can only be that request (``max_batch_size`` 1, or policy
-``idle`` and no other request in the server: ``ahead``, counted by :mod:`workbench.serve.guard`).
+its rows at the model's recent compute time per row take less than ``INLINE_MAX_S``; a lone
+request runs at once, without queueing, when the batch can only be that request
+(``max_batch_size`` 1, or policy ``idle`` and no other request in the server: ``ahead``, counted
+by :mod:`workbench.serve.guard`).
 Handing a batch to the instance's thread and back costs the event loop more than a small model's
 compute: at batch 1, ``ThreadPoolExecutor.submit`` alone took 9.5% of the loop's samples, then the
 GIL hand-back (py-spy); batches of 8 on digits_cnn used more server CPU per request through the
