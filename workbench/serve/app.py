@@ -64,18 +64,13 @@ class Options:
 
 
 def _error(status: int, message: str, close: bool = False) -> Response:
-    """The one-line JSON error of the routes Starlette serves; ``close``: the rest of the body is
-    not read, so the connection cannot carry another request (uvicorn closes it after the answer,
-    saying so)."""
-    return Response(guard.json_body(message), status, media_type="application/json",
-                    headers={"connection": "close"} if close else None)
+    """``guard.refusal`` as a Starlette response, for the routes Starlette serves."""
+    status, body, headers = guard.refusal(status, message, close)
+    return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
 
 
-def _refusal(status: int, message: str, close: bool = False) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """Status, body and headers of :func:`_error`, for the infer route (plain ASGI)."""
-    body = guard.json_body(message)
-    return status, body, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                          *([(b"connection", b"close")] if close else [])]
+class _Refused(Exception):
+    """The infer route refuses the request: ``guard.refusal``'s arguments."""
 
 
 def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_token: str | None = None) -> Callable:
@@ -163,10 +158,13 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
         cost more per request than the model on a small one (benchmarks/serving.md)."""
         t0 = time.perf_counter()
         try:
-            status, body, headers = await _infer(scope, receive)
+            body, headers = await _infer(scope, receive)
+            status = 200
+        except _Refused as refused:
+            status, body, headers = guard.refusal(*refused.args)
         except Exception as err:  # noqa: BLE001 - a bug, not the client's: answered, counted, logged
             log.exception("infer failed")
-            status, body, headers = _refusal(500, f"internal error: {type(err).__name__}")
+            status, body, headers = guard.refusal(500, f"internal error: {type(err).__name__}")
         if status == 200:
             metrics.success += 1
             metrics.request.observe(time.perf_counter() - t0)
@@ -175,9 +173,10 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _infer(scope: dict, receive: Callable) -> tuple[int, bytes, list]:
+    async def _infer(scope: dict, receive: Callable) -> tuple[bytes, list]:
+        """The answer's body and headers; a refusal raises :class:`_Refused`."""
         if not state["ready"]:
-            return _refusal(503, "model is not ready")
+            raise _Refused(503, "model is not ready")
         declared = content_type = binary = None
         for k, v in scope["headers"]:  # ASGI header names are lower case
             if k == b"content-length":
@@ -187,44 +186,41 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
             elif k == _HEADER_LENGTH:
                 binary = v
         if declared and declared.isdigit() and int(declared) > opts.max_body_bytes:
-            return _refusal(400, f"body of {int(declared)} bytes is over the limit of {opts.max_body_bytes}", True)
+            raise _Refused(400, f"body of {int(declared)} bytes is over the limit of {opts.max_body_bytes}", True)
         if declared and declared.isdigit() and int(declared) <= guard.LARGE_BODY:
-            parsed = await _read_and_parse(receive, content_type, binary, False)
+            x, header = await _read_and_parse(receive, content_type, binary, False)
         elif large_count[0] >= guard.LARGE_AT_ONCE + guard.LARGE_WAITING:
-            return _refusal(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later", True)
+            raise _Refused(503, f"{large_count[0]} large bodies are being parsed or waiting; retry later", True)
         else:
             large_count[0] += 1
             try:
                 async with large:
-                    parsed = await _read_and_parse(receive, content_type, binary, True)
+                    x, header = await _read_and_parse(receive, content_type, binary, True)
             finally:
                 large_count[0] -= 1
-        if parsed[0] != 200:
-            return parsed
-        x, header = parsed[1]
         try:
             y = await state["batcher"].submit(x, scope.get(guard.AHEAD, 0))
         except QueueFull as err:
-            return _refusal(503, str(err))
+            raise _Refused(503, str(err)) from None
         except Exception as err:  # noqa: BLE001 - the runtime failed on this batch
-            return _refusal(500, f"inference failed: {type(err).__name__}: {err}")
+            raise _Refused(500, f"inference failed: {type(err).__name__}: {err}") from None
         content, out_headers = protocol.encode(y, header, opts.name, "output")
-        return 200, content, [(k.encode(), v.encode()) for k, v in out_headers.items()] + [
+        return content, [(k.encode(), v.encode()) for k, v in out_headers.items()] + [
             (b"content-length", b"%d" % len(content))]
 
     async def _read_and_parse(receive: Callable, content_type: bytes | None, binary: bytes | None,
                               in_thread: bool) -> tuple:
-        """``(200, (model inputs, JSON header))``, or the refusal of the request."""
+        """The model inputs and JSON header of the request; a refusal raises :class:`_Refused`."""
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":  # gone (or timed out by the guard) mid-body
-                return _refusal(408, "client disconnected before its body was read")
+                raise _Refused(408, "client disconnected before its body was read")
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > opts.max_body_bytes:
-                return _refusal(400, f"body is over the limit of {opts.max_body_bytes} bytes", True)
+                raise _Refused(400, f"body is over the limit of {opts.max_body_bytes} bytes", True)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         del chunks
         args = (body, (content_type or b"").decode("latin-1"),
@@ -232,9 +228,9 @@ def build_app(bundle_path: str, opts: Options, host: str = "127.0.0.1", auth_tok
                 bundle.inputs, protocol.MAX_ROWS)
         del body
         try:
-            return 200, (await asyncio.to_thread(protocol.parse, *args) if in_thread else protocol.parse(*args))
+            return await asyncio.to_thread(protocol.parse, *args) if in_thread else protocol.parse(*args)
         except protocol.BadRequest as err:
-            return _refusal(400, str(err))
+            raise _Refused(400, str(err)) from None
 
     async def unknown_infer(request: Request) -> Response:
         return _error(404, f"unknown model {request.path_params['model']!r}")

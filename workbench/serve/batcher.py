@@ -199,7 +199,7 @@ class Batcher:
             # the batch is this request whatever comes next (batch 1), or nobody else is here
             if ahead > self.max_queue:
                 raise QueueFull(f"queue full ({self.max_queue} requests waiting)")
-            return self._inline_run(x)
+            return self._compute_here(x)
         item = _Item(x, self._loop.create_future())
         self.queue.append(item)
         if not self._scheduled and self._free:
@@ -214,7 +214,9 @@ class Batcher:
     def _computed(self, seconds: float, rows: int) -> None:
         self._row_s += _SMOOTH * (seconds / rows - self._row_s)
 
-    def _inline_run(self, x, queued: list[float] | tuple[float, ...] = (0.0,)) -> np.ndarray:
+    def _compute_here(self, x, queued: list[float] | tuple[float, ...] = (0.0,)) -> np.ndarray:
+        """The outputs of rows ``x`` computed on the event loop's thread; ``queued``: each of its
+        requests' time in the queue."""
         inst = self._free.pop()
         self.running += len(queued)
         start = time.perf_counter()
@@ -256,7 +258,7 @@ class Batcher:
             if not items:
                 continue
             if self._inline_now(rows):
-                self._run_inline(items, rows)
+                self._batch_here(items)
                 if self.queue and not self._scheduled:  # the next batch after the loop's I/O
                     self._scheduled = True
                     self._loop.call_soon(self._dispatch)
@@ -267,13 +269,13 @@ class Batcher:
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
-    def _run_inline(self, items: list[_Item], rows: int) -> None:
+    def _batch_here(self, items: list[_Item]) -> None:
         """A batch the model computes within ``INLINE_MAX_S``, on the event loop's thread: handing
         it to the instance's thread and back cost the loop more than the batch's compute
         (benchmarks/serving.md)."""
         start = time.perf_counter()
         try:
-            y = self._inline_run(_concat([i.x for i in items]), [start - i.enqueued for i in items])
+            y = self._compute_here(_concat([i.x for i in items]), [start - i.enqueued for i in items])
         except Exception as err:  # noqa: BLE001 - every waiting request gets the error
             self._fail(items, err)
         else:

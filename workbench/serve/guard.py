@@ -83,13 +83,20 @@ async def _over_concurrency(scope, receive, send) -> None:
     await _send(send, 503, "over the server's concurrency limit; retry later", close=True)
 
 
-async def _send(send, status: int, message: str, close: bool = False) -> None:
+def refusal(status: int, message: str, close: bool = False) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and ASGI headers of a one-line JSON refusal; ``close``: the rest of the body
+    is not read, so the connection cannot carry another request (uvicorn closes it after the
+    answer, saying so)."""
     body = json_body(message)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status,
-                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    return status, body, headers + ([(b"connection", b"close")] if close else [])
+
+
+async def _send(send, status: int, message: str, close: bool = False) -> None:
+    status, body, headers = refusal(status, message, close)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
